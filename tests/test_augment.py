@@ -1,0 +1,57 @@
+import torch
+
+from vivi.config import AugmentConfig
+from vivi.data.augment import augment, color_distort, crop_boxes, crop_resize
+
+
+def _gray(x):
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def test_color_matrix_equals_sequential_ops():
+    """The fused 3x3 colour transform equals brightness -> contrast -> saturation applied one by one."""
+    g = torch.Generator().manual_seed(0)
+    cfg = AugmentConfig(hue=0.0, color_prob=1.0, gray_prob=0.0, brightness=0.3, contrast=0.3, saturation=0.3)
+    x = torch.rand(6, 3, 5, 5) * 0.5 + 0.25
+    got = color_distort(x, cfg, g)
+    g = torch.Generator().manual_seed(0)
+    u = lambda s: torch.rand(6, generator=g) * 2 * s + (1 - s)  # noqa: E731 - same draw order as the code
+    b, c, s = (u(0.3).view(6, 1, 1, 1) for _ in range(3))
+    y = x * b
+    m = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
+    y = (y - m) * c + m
+    y = _gray(y) + (y - _gray(y)) * s
+    assert torch.allclose(got, y.clamp(0, 1), atol=1e-5)
+
+
+def test_hue_rotation_keeps_gray_and_luma():
+    g = torch.Generator().manual_seed(1)
+    cfg = AugmentConfig(hue=0.5, color_prob=1.0, gray_prob=0.0, brightness=0, contrast=0, saturation=0)
+    gray = torch.full((4, 3, 3, 3), 0.4)
+    assert torch.allclose(color_distort(gray, cfg, g), gray, atol=1e-5)
+
+
+def test_crop_boxes_inside_frame_and_in_range():
+    g = torch.Generator().manual_seed(0)
+    b = crop_boxes(2000, (0.08, 1.0), (0.75, 4 / 3), g, torch.device("cpu"))
+    cx, cy, w, h = b.unbind(1)
+    assert ((cx - w / 2) >= -1e-6).all() and ((cx + w / 2) <= 1 + 1e-6).all()
+    assert ((cy - h / 2) >= -1e-6).all() and ((cy + h / 2) <= 1 + 1e-6).all()
+    area = w * h
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6
+
+
+def test_full_box_crop_is_a_resize_and_flip_mirrors():
+    x = torch.arange(16.0).view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous()
+    full = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    assert torch.allclose(crop_resize(x, full, 4), x, atol=1e-5)
+    assert torch.allclose(crop_resize(x, full, 4, torch.tensor([True])), x.flip(3), atol=1e-5)
+
+
+def test_augment_shape_range_and_determinism():
+    frames = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    cfg = AugmentConfig(image_size=24)
+    a = augment(frames, cfg, torch.Generator().manual_seed(3))
+    b = augment(frames, cfg, torch.Generator().manual_seed(3))
+    assert a.shape == (8, 3, 24, 24) and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from vivi.config import PRESET_NAMES, apply_overrides, from_dict, preset
+from vivi.errors import UserError
+from vivi.train.schedule import lr_schedule
+
+
+def test_every_preset_resolves_at_both_scales():
+    for name in PRESET_NAMES:
+        for scale in ("tiny", "paper"):
+            cfg = preset(name, scale)
+            assert cfg.preset == name
+            if scale == "paper":
+                assert cfg.shots_per_batch == 2048  # Table 5: V * K = 2048
+                assert cfg.model.backbone.layers == [3, 4, 6, 3]
+                assert cfg.augment.image_size == 224
+
+
+def test_paper_schedules_follow_table5():
+    ex4 = preset("VIVI-Ex(4)", "paper").optim
+    assert (ex4.lr, ex4.steps, ex4.warmup_steps, ex4.decay_steps) == (0.8, 120_000, 5_000, [90_000, 110_000])
+    exf = preset("Ex-YT-F", "paper").optim
+    assert (exf.warmup_steps, exf.decay_steps) == (17_000, [52_000, 86_000])
+    assert preset("VIVI-Ex(4)-Big", "paper").optim.weight_decay == 0.04
+
+
+def test_vivi_ex4_shape():
+    cfg = preset("VIVI-Ex(4)")
+    assert (cfg.data.shots, cfg.data.frames, cfg.model.predictor, cfg.loss.margin) == (4, 8, "lstm", 0.5)
+    assert cfg.model.video_dim == 512 and cfg.model.lstm_hidden == 256 and cfg.model.lstm_layers == 2
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(UserError, match="VIVI-Ex\\(4\\)"):
+        preset("VIVI-Ex(9)")
+
+
+def test_overrides_cast_and_rescale_schedule():
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["optim.lr=0.05", "optim.steps=1200", "augment.flip=false"])
+    assert cfg.optim.lr == 0.05 and cfg.augment.flip is False
+    assert cfg.optim.warmup_steps == 50 and cfg.optim.decay_steps == [900, 1100]
+
+
+@pytest.mark.parametrize("bad", ["optim.nope=1", "nothing", "optim.lr=abc", "data=3"])
+def test_bad_overrides_are_user_errors(bad):
+    with pytest.raises(UserError):
+        apply_overrides(preset("VIVI-Ex(4)"), [bad])
+
+
+def test_config_round_trips_through_json():
+    cfg = apply_overrides(preset("VIVI-Ex(2)"), ["optim.lr=0.3"])
+    assert from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_lr_schedule_warmup_and_steps():
+    opt = preset("VIVI-Ex(4)").optim
+    opt.steps, opt.warmup_steps, opt.decay_steps, opt.lr = 10, 2, [6, 8], 1.0
+    lr = lr_schedule(opt)
+    assert lr.tolist() == pytest.approx([0.5, 1, 1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])

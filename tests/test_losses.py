@@ -1,0 +1,103 @@
+"""Losses against slow references written independently of the implementation."""
+
+import math
+
+import pytest
+import torch
+
+from vivi.losses import info_nce, other_video_candidates, semi_hard_triplet_loss
+from vivi.losses.infonce import InfoNCELoss
+
+
+def reference_semi_hard(emb, labels, margin, squared):
+    """Triple loop, the FaceNet/TF definition spelled out."""
+    n = len(labels)
+    def d(i, j):
+        s = sum((float(emb[i, k]) - float(emb[j, k])) ** 2 for k in range(emb.shape[1]))
+        return s if squared else math.sqrt(s)
+    total, count = 0.0, 0
+    for a in range(n):
+        for p in range(n):
+            if a == p or labels[a] != labels[p]:
+                continue
+            d_ap = d(a, p)
+            negs = [d(a, k) for k in range(n) if labels[k] != labels[a]]
+            if not negs:
+                continue
+            farther = [x for x in negs if x > d_ap]
+            neg = min(farther) if farther else max(negs)
+            total += max(margin + d_ap - neg, 0.0)
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("squared", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_semi_hard_matches_reference(seed, squared):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(18, 5, generator=g), dim=1)
+    labels = torch.randint(0, 5, (18,), generator=g)
+    got = semi_hard_triplet_loss(emb, labels, margin=0.5, squared=squared)
+    assert got.item() == pytest.approx(reference_semi_hard(emb, labels.tolist(), 0.5, squared), rel=1e-5, abs=1e-6)
+
+
+def test_semi_hard_hand_worked_case():
+    # 1-D points: class 0 at 0 and 1, class 1 at 1.5 and 4. Squared distances.
+    emb = torch.tensor([[0.0], [1.0], [1.5], [4.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # (0,1): d_ap=1, negs {2.25, 16} -> semi-hard 2.25 -> relu(0.5+1-2.25)=0
+    # (1,0): d_ap=1, negs {0.25, 9} -> 9 -> 0
+    # (2,3): d_ap=6.25, negs {2.25, 0.25} -> none farther -> max 2.25 -> 0.5+6.25-2.25=4.5
+    # (3,2): d_ap=6.25, negs {16, 9} -> 9 -> relu(0.5+6.25-9)=0
+    got = semi_hard_triplet_loss(emb, labels, margin=0.5, squared=True)
+    assert got.item() == pytest.approx(4.5 / 4)
+
+
+def test_semi_hard_gradient_flows_and_is_finite():
+    emb = torch.randn(32, 8, requires_grad=True)
+    loss = semi_hard_triplet_loss(torch.nn.functional.normalize(emb, dim=1), torch.arange(32) // 8)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+
+
+def test_semi_hard_no_positive_pairs_is_zero():
+    assert semi_hard_triplet_loss(torch.randn(4, 3), torch.arange(4)).item() == 0.0
+
+
+def reference_vivi_infonce(pred, keys, pred_video, pred_target, key_video):
+    """For each prediction: -log(exp(s_pos) / (exp(s_pos) + sum over keys of other videos exp(s)))."""
+    total = 0.0
+    for i in range(pred.shape[0]):
+        s = [float(pred[i] @ keys[j]) for j in range(keys.shape[0])]
+        pos = s[pred_target[i]]
+        denom = math.exp(pos) + sum(math.exp(s[j]) for j in range(len(s)) if key_video[j] != pred_video[i])
+        total += -(pos - math.log(denom))
+    return total / pred.shape[0]
+
+
+def test_infonce_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    V, K, D = 3, 4, 6
+    keys = torch.randn(V * K, D, generator=g)
+    key_video = torch.arange(V).repeat_interleave(K)
+    # predict shots 1..K-1 of each video
+    pred_video = torch.arange(V).repeat_interleave(K - 1)
+    pred_target = torch.tensor([v * K + t for v in range(V) for t in range(1, K)])
+    pred = torch.randn(len(pred_target), D, generator=g)
+    got = InfoNCELoss()(pred, keys, pred_video, key_video, pred_target)
+    want = reference_vivi_infonce(pred, keys, pred_video.tolist(), pred_target.tolist(), key_video.tolist())
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_candidates_exclude_same_video_but_keep_positive():
+    qv = torch.tensor([0, 1])
+    kv = torch.tensor([0, 0, 1, 1])
+    mask = other_video_candidates(qv, kv, torch.tensor([1, 2]))
+    assert mask.tolist() == [[False, True, True, True], [True, True, True, False]]
+
+
+def test_infonce_two_candidates_hand_worked():
+    scores = torch.tensor([[2.0, 0.0, 5.0]])
+    cand = torch.tensor([[True, True, False]])
+    # -log(e^2 / (e^2 + e^0))
+    assert info_nce(scores, torch.tensor([0]), cand).item() == pytest.approx(math.log(1 + math.exp(-2.0)))

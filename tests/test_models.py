@@ -1,0 +1,91 @@
+import pytest
+import torch
+from timm.models.resnetv2 import ResNetV2
+
+import vivi
+from vivi.config import BackboneConfig, preset
+from vivi.errors import UserError
+from vivi.models.backbone import build_backbone, save_backbone
+from vivi.models.predictors import LSTMPredictor, MLPPairPredictor, prediction_targets
+from vivi.models.vivi import VIVIModel
+from vivi.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def test_backbone_round_trip_through_safetensors(tmp_path):
+    spec = BackboneConfig(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_chs=16)
+    torch.manual_seed(0)
+    model = build_backbone(spec).eval()
+    path = tmp_path / "backbone.safetensors"
+    save_backbone(model, spec, path, extra={"image_size": "32"})
+    loaded = vivi.load_backbone(tmp_path)  # a run folder works as well as the file
+    assert isinstance(loaded, ResNetV2) and not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_groupnorm_ws_backbone_builds():
+    spec = BackboneConfig(norm="groupnorm_ws")
+    assert build_backbone(spec)(torch.randn(2, 3, 32, 32)).shape == (2, 256)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\x00" * 64])
+def test_corrupt_backbone_is_a_user_error(tmp_path, content):
+    path = tmp_path / "backbone.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="backbone.safetensors"):
+        vivi.load_backbone(path)
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    path = save_checkpoint(tmp_path, 5, {"step": 5, "model": {"w": torch.ones(2)}})
+    assert load_checkpoint(path)["step"] == 5
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "checkpoints" / "step_00000001.pt"
+    path.parent.mkdir()
+    torch.save({"step": 1, "model": Evil()}, path)
+    with pytest.raises(UserError):
+        load_checkpoint(path)
+
+
+def test_lstm_predicts_each_next_shot_from_previous_only():
+    torch.manual_seed(0)
+    lstm = LSTMPredictor(dim=8, hidden=6, layers=2)
+    shots = torch.randn(3, 4, 8)
+    pred, keys = lstm(shots)
+    assert pred.shape == (3, 3, 8) and keys is shots
+    changed = shots.clone()
+    changed[:, 3] += 1  # the last shot is never an input
+    assert torch.equal(lstm(changed)[0], pred)
+    changed[:, 1] += 1  # shot 2 influences predictions of shots 3 and 4 but not of shot 2
+    new = lstm(changed)[0]
+    assert torch.equal(new[:, 0], pred[:, 0]) and not torch.allclose(new[:, 1], pred[:, 1])
+
+
+def test_mlp_pair_predictor_shapes():
+    pred, keys = MLPPairPredictor(dim=8, hidden=5, out=4)(torch.randn(3, 2, 8))
+    assert pred.shape == (3, 1, 4) and keys.shape == (3, 2, 4)
+
+
+def test_prediction_targets_point_at_later_shots_of_same_video():
+    qv, kv, pos = prediction_targets(2, 4, torch.device("cpu"))
+    assert qv.tolist() == [0, 0, 0, 1, 1, 1]
+    assert pos.tolist() == [1, 2, 3, 5, 6, 7]
+    assert (kv[pos] == qv).all()
+
+
+def test_vivi_model_outputs():
+    cfg = preset("VIVI-Ex(4)")
+    model = VIVIModel(cfg)
+    out = model(torch.randn(2, 4, 2, 3, 32, 32))
+    assert out.exemplar.shape == (16, 1000)
+    assert torch.allclose(out.exemplar.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert out.predictions.shape == (2, 3, 512) and out.keys.shape == (2, 4, 512)

@@ -1,0 +1,268 @@
+"""Typed run configuration, the paper's presets, and ``--set key=value`` overrides.
+
+A preset is named as the paper names its model (Table 4/5 of VIVI) and resolved at a size
+(``tiny``: a CPU-sized ResNet v2 at 64 px; ``paper``: ResNet-50 v2 at 224 px with Table 5's
+batch and schedule). The resolved config is saved with every run, so a run can always be
+reproduced from its ``config.json`` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vivi.errors import UserError
+
+
+@dataclass
+class BackboneConfig:
+    """Arguments of timm's ``ResNetV2`` (pre-activation ResNet v2)."""
+
+    layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    stem_chs: int = 32
+    width_factor: int = 1
+    basic: bool = True
+    norm: str = "batchnorm"  # "batchnorm" | "groupnorm_ws" (BiT: GroupNorm + weight standardisation)
+
+
+@dataclass
+class DataConfig:
+    """How a batch is drawn from the video hierarchy: V videos x K shots x F frames."""
+
+    mode: str = "shots"  # "shots": K consecutive shots of F consecutive frames; "frame": one fixed frame per video
+    videos: int = 8  # V
+    shots: int = 4  # K
+    frames: int = 8  # F (for mode "frame": the number of augmented copies of the one frame)
+    load_size: int = 96  # frames are resized (short side) and centre-cropped to this square on load
+    workers: int = 1  # loader processes
+    shuffle_buffer: int = 256  # videos held in the shuffle buffer
+
+
+@dataclass
+class AugmentConfig:
+    """Inception-style crop + flip + colour distortion, applied per frame, batched on the device."""
+
+    image_size: int = 64
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    flip: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    color_prob: float = 0.8
+    gray_prob: float = 0.2
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    exemplar_dim: int = 1000  # linear head before L2 normalisation and the triplet loss
+    video_dim: int = 512  # shot embedding: mean-pooled pre-logits projected to this size
+    pooling: str = "mean"  # shot pooling p
+    predictor: str = "lstm"  # "lstm" (K > 2 shots) | "mlp" (K = 2 shots) | "none"
+    lstm_hidden: int = 256
+    lstm_layers: int = 2
+    mlp_hidden: int = 256
+    mlp_out: int = 128
+
+
+@dataclass
+class LossConfig:
+    frame_loss: str = "exemplar"  # frame/shot-level loss L_SF
+    margin: float = 0.5  # semi-hard triplet margin (Appendix B)
+    squared: bool = True  # squared Euclidean distances, as TF's triplet_semihard_loss
+    video_loss: str = "infonce"  # "infonce" | "none"
+    video_weight: float = 0.1  # lambda
+    infonce_temperature: float = 1.0  # the paper's score is a plain dot product (temperature 1)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum, linear warm-up, step decay: the shape of Table 5, scaled to ``steps``."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    steps: int = 400
+    warmup_steps: int = 17
+    decay_steps: list[int] = field(default_factory=lambda: [300, 367])
+    decay_factor: float = 0.1
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass
+class RunConfig:
+    preset: str = "VIVI-Ex(4)"
+    scale: str = "tiny"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
+    channels_last: bool = False
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @property
+    def shots_per_batch(self) -> int:
+        return self.data.videos * self.data.shots
+
+
+SCALES = ("tiny", "paper")
+
+# Table 5 of the paper: (iterations, warm-up iterations, decay milestones) at 120k/100k scale.
+_FRAME_SCHEDULE = (120_000, 17_000, (52_000, 86_000))
+_SHOT_SCHEDULE = (120_000, 5_000, (90_000, 110_000))
+
+# name -> (data mode, K shots, F frames, predictor, video loss, wider backbone, schedule)
+_PRESETS: dict[str, dict[str, Any]] = {
+    "Ex-YT-F": dict(mode="frame", shots=1, frames=8, predictor="none", video_loss="none", schedule=_FRAME_SCHEDULE),
+    "Ex-YT-S": dict(mode="shots", shots=1, frames=8, predictor="none", video_loss="none", schedule=_SHOT_SCHEDULE),
+    "VIVI-Ex(2)": dict(mode="shots", shots=2, frames=8, predictor="mlp", video_loss="infonce", schedule=_SHOT_SCHEDULE),
+    "VIVI-Ex(4)": dict(mode="shots", shots=4, frames=8, predictor="lstm", video_loss="infonce", schedule=_SHOT_SCHEDULE),
+    "VIVI-Ex(4)-Big": dict(
+        mode="shots", shots=4, frames=8, predictor="lstm", video_loss="infonce", schedule=_SHOT_SCHEDULE,
+        width_factor=3, weight_decay=0.04,
+    ),
+}
+
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def _scale_schedule(steps: int, schedule: tuple[int, int, tuple[int, ...]]) -> tuple[int, list[int]]:
+    """Keep Table 5's shape (warm-up and decay points as fractions of the run) at any length."""
+    total, warm, decays = schedule
+    return round(steps * warm / total), [round(steps * d / total) for d in decays]
+
+
+def preset(name: str, scale: str = "tiny") -> RunConfig:
+    """Resolve a paper model name at a size; unknown names list the valid ones."""
+    if name not in _PRESETS:
+        raise UserError(f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}")
+    if scale not in SCALES:
+        raise UserError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    p = _PRESETS[name]
+    cfg = RunConfig(preset=name, scale=scale)
+    shots_per_batch = 32 if scale == "tiny" else 2048  # Table 5: V * K = 2048 shots (exemplars) per batch
+    cfg.data.mode = p["mode"]
+    cfg.data.shots = p["shots"]
+    cfg.data.frames = p["frames"]
+    cfg.data.videos = shots_per_batch // p["shots"]
+    cfg.model.predictor = p["predictor"]
+    cfg.loss.video_loss = p["video_loss"]
+    cfg.model.backbone.width_factor = p.get("width_factor", 1)
+    cfg.optim.weight_decay = p.get("weight_decay", 0.0)
+    if scale == "paper":
+        cfg.model.backbone = BackboneConfig(
+            layers=[3, 4, 6, 3], channels=[256, 512, 1024, 2048], stem_chs=64,
+            width_factor=p.get("width_factor", 1), basic=False,
+        )
+        cfg.data.load_size, cfg.augment.image_size = 256, 224
+        cfg.data.workers, cfg.data.shuffle_buffer = 8, 2000
+        cfg.optim.lr, cfg.optim.steps = 0.8, p["schedule"][0]
+        cfg.ckpt_every, cfg.log_every = 2000, 50
+        cfg.channels_last = True
+    else:
+        cfg.optim.lr, cfg.optim.steps = 0.1, 400
+    cfg.optim.warmup_steps, cfg.optim.decay_steps = _scale_schedule(cfg.optim.steps, p["schedule"])
+    return cfg
+
+
+def _parse_value(raw: str, current: Any, key: str) -> Any:
+    """Cast a command-line string to the type of the field it overrides."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, list):
+            value = json.loads(raw) if raw.strip().startswith("[") else [x for x in raw.split(",") if x]
+            kind = type(current[0]) if current else float
+            return [kind(v) for v in value]
+        return raw
+    except (ValueError, json.JSONDecodeError):
+        raise UserError(f"--set {key}={raw}: expected a value of type {type(current).__name__}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.field=value`` overrides; a changed ``optim.steps`` rescales the schedule."""
+    steps_before = cfg.optim.steps
+    schedule_set = False
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item}: expected key=value, e.g. optim.lr=0.05")
+        target: Any = cfg
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+                raise UserError(f"--set {key}: unknown setting; see `vivi presets` for the fields")
+            target = getattr(target, part)
+        leaf = parts[-1]
+        if not dataclasses.is_dataclass(target) or not hasattr(target, leaf) or dataclasses.is_dataclass(
+            getattr(target, leaf)
+        ):
+            raise UserError(f"--set {key}: unknown setting; see `vivi presets` for the fields")
+        setattr(target, leaf, _parse_value(raw, getattr(target, leaf), key))
+        schedule_set |= key in ("optim.warmup_steps", "optim.decay_steps")
+    if cfg.optim.steps != steps_before and not schedule_set:
+        sched = _PRESETS.get(cfg.preset, {}).get("schedule", _SHOT_SCHEDULE)
+        cfg.optim.warmup_steps, cfg.optim.decay_steps = _scale_schedule(cfg.optim.steps, sched)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject combinations that cannot train, with the reason."""
+    d = cfg.data
+    if min(d.videos, d.shots, d.frames) < 1:
+        raise UserError("data.videos, data.shots and data.frames must be >= 1")
+    if cfg.loss.video_loss != "none":
+        if d.shots < 2 or d.videos < 2:
+            raise UserError("a video-level loss needs data.shots >= 2 and data.videos >= 2 (negatives come from other videos)")
+        if cfg.model.predictor == "mlp" and d.shots != 2:
+            raise UserError("model.predictor=mlp predicts one shot from the other: it needs data.shots=2")
+        if cfg.model.predictor == "none":
+            raise UserError("loss.video_loss=infonce needs a predictor (model.predictor=lstm or mlp)")
+    if d.mode not in ("shots", "frame"):
+        raise UserError(f"data.mode={d.mode!r}: expected 'shots' or 'frame'")
+    if d.mode == "frame" and d.shots != 1:
+        raise UserError("data.mode=frame takes one frame per video: data.shots must be 1")
+    if cfg.augment.image_size > d.load_size:
+        raise UserError(f"augment.image_size={cfg.augment.image_size} exceeds data.load_size={d.load_size}")
+
+
+def from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Rebuild a config saved by :meth:`RunConfig.to_json` (used on resume and export)."""
+
+    def build(cls: type, values: dict[str, Any]) -> Any:
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            v = values[f.name]
+            ftype = f.type if not isinstance(f.type, str) else eval(f.type, globals())  # noqa: S307 - our own annotations
+            kwargs[f.name] = build(ftype, v) if dataclasses.is_dataclass(ftype) else v
+        return cls(**kwargs)
+
+    return build(RunConfig, raw)

@@ -1,0 +1,126 @@
+"""Batched frame augmentation on the device: Inception-style crop, flip and colour distortion.
+
+Exemplar SSL needs every frame augmented independently. Doing it per image in loader
+workers costs more than the tiny backbone on a laptop, so the whole batch is augmented at
+once with one ``grid_sample`` (crop + flip + resize) and a few vectorised colour ops; the
+same code runs on the GPU at paper scale. Random draws come from an explicit generator so a
+run is reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vivi.config import AugmentConfig
+
+# Inputs are scaled to [0, 1] and then to [-1, 1]: the same constants are used for evaluation.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+_TRIES = 10
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+def crop_boxes(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], g: torch.Generator, device: torch.device
+) -> Tensor:
+    """Inception crops as ``[n, 4]`` (centre x, centre y, width, height), fractions of a square frame.
+
+    Same sampling as torchvision's RandomResizedCrop: area uniform in ``scale``, log aspect
+    ratio uniform in ``ratio``, up to 10 tries, else the largest centred crop within ``ratio``.
+    """
+    area = _uniform(n * _TRIES, scale[0], scale[1], g, device).view(n, _TRIES)
+    logr = _uniform(n * _TRIES, math.log(ratio[0]), math.log(ratio[1]), g, device).view(n, _TRIES)
+    r = logr.exp()
+    w, h = (area * r).sqrt(), (area / r).sqrt()
+    ok = (w <= 1) & (h <= 1)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=device))
+    pick = first.clamp_min(0)[:, None]
+    w, h = w.gather(1, pick).squeeze(1), h.gather(1, pick).squeeze(1)
+    fallback = first < 0
+    w = torch.where(fallback, torch.ones_like(w), w)
+    h = torch.where(fallback, torch.ones_like(h), h)
+    cx = w / 2 + torch.rand(n, generator=g, device=device) * (1 - w)
+    cy = h / 2 + torch.rand(n, generator=g, device=device) * (1 - h)
+    return torch.stack([cx, cy, w, h], 1)
+
+
+def crop_resize(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """Crop each image to its box and resize to ``size`` (bilinear), optionally mirrored."""
+    n = images.shape[0]
+    cx, cy, w, h = boxes.unbind(1)
+    sx = w if flip is None else torch.where(flip, -w, w)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+_GRAY = (0.299, 0.587, 0.114)
+_RGB2YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _hue_matrices(angle: Tensor) -> Tensor:
+    """``[n, 3, 3]`` RGB matrices rotating chroma in YIQ space: a linear stand-in for an HSV hue shift."""
+    yiq = torch.tensor(_RGB2YIQ, dtype=angle.dtype, device=angle.device)
+    rot = torch.zeros(len(angle), 3, 3, dtype=angle.dtype, device=angle.device)
+    c, s = angle.cos(), angle.sin()
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+    return torch.linalg.inv(yiq) @ rot @ yiq
+
+
+def color_distort(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
+    """Brightness, contrast, saturation and hue jitter (prob ``color_prob``), then random grayscale.
+
+    Every one of these is affine in RGB, so they are composed into one ``3x3`` matrix and
+    offset per image and applied with a single batched matmul (one clamp at the end,
+    where torchvision clamps after each op).
+    """
+    n, dev, dt = x.shape[0], x.device, x.dtype
+
+    def factor(strength: float) -> Tensor:
+        return _uniform(n, max(0.0, 1 - strength), 1 + strength, g, dev).view(n, 1, 1)
+
+    eye = torch.eye(3, dtype=dt, device=dev).expand(n, 3, 3)
+    gray = torch.tensor(_GRAY, dtype=dt, device=dev).view(1, 1, 3).expand(n, 3, 3)  # rows: luma weights
+    b, c, s = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
+    angle = _uniform(n, -cfg.hue, cfg.hue, g, dev) * 2 * math.pi
+    luma_mean = (gray[:, :1] @ x.flatten(2)).mean(dim=2, keepdim=True)  # [n, 1, 1] of the input
+    sat = s * eye + (1 - s) * gray
+    post = _hue_matrices(angle) @ sat if cfg.hue > 0 else sat
+    matrix = post @ (c * b * eye)
+    offset = post @ ((1 - c) * b * luma_mean).expand(n, 3, 1)
+    apply = (torch.rand(n, generator=g, device=dev) < cfg.color_prob).view(n, 1, 1)
+    matrix = torch.where(apply, matrix, eye)
+    offset = torch.where(apply, offset, torch.zeros_like(offset))
+    to_gray = (torch.rand(n, generator=g, device=dev) < cfg.gray_prob).view(n, 1, 1)
+    matrix = torch.where(to_gray, gray @ matrix, matrix)
+    offset = torch.where(to_gray, gray @ offset, offset)
+    y = torch.baddbmm(offset, matrix, x.flatten(2))
+    return y.clamp_(0, 1).view_as(x)
+
+
+def normalize(x: Tensor) -> Tensor:
+    """[0, 1] -> the network's input range (see MEAN/STD)."""
+    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
+    """uint8 ``[N, 3, S, S]`` frames -> float ``[N, 3, s, s]`` normalised, each frame augmented once."""
+    x = frames.float() / 255.0
+    n = x.shape[0]
+    boxes = crop_boxes(n, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), g, x.device)
+    flip = torch.rand(n, generator=g, device=x.device) < 0.5 if cfg.flip else None
+    x = crop_resize(x, boxes, cfg.image_size, flip)
+    return normalize(color_distort(x, cfg, g))

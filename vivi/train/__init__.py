@@ -1,0 +1,1 @@
+"""Pretraining: one explicit loop, precomputed schedules, checkpoints and resume."""

@@ -1,0 +1,53 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), newest-first discovery."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vivi.errors import UserError
+
+_NAME = re.compile(r"step_(\d+)\.pt$")
+
+
+def checkpoint_dir(run: Path) -> Path:
+    return run / "checkpoints"
+
+
+def save_checkpoint(run: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` via a temporary file; keep the newest ``keep``."""
+    folder = checkpoint_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.search(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.search(p.name).group(1)))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load tensors and plain containers only: a checkpoint is never unpickled as code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({reason[:160]})") from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise UserError(f"{path}: not a vivi checkpoint (missing model/step)")
+    return state
