@@ -22,6 +22,7 @@ def _ingest(a: argparse.Namespace) -> None:
 
     ingest(
         a.src, Path(a.out), workers=a.workers, fps=a.fps, short_side=a.short_side, min_shots=a.min_shots,
+        shard_max_bytes=int(a.shard_mb * 2**20), jpeg_quality=a.jpeg_quality, detector=a.detector,
     )
 
 
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=1.0, help="frames sampled per second inside shots")
     s.add_argument("--short-side", type=int, default=256, help="stored frames' short side in pixels")
     s.add_argument("--min-shots", type=int, default=1, help="videos with fewer shots are recorded as skipped")
+    s.add_argument("--detector", default="histogram", help="shot detector (see vivi.data.shots.DETECTORS)")
+    s.add_argument("--jpeg-quality", type=int, default=90)
+    s.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MiB")
     s.set_defaults(func=_ingest)
 
     s = sub.add_parser("pretrain", help="self-supervised pretraining with a paper preset")

@@ -1,0 +1,295 @@
+"""`vivi ingest` end to end on tiny H.264 videos written here with PyAV."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_shots import assert_matches, clip  # the same synthetic clips, here through a real codec
+from vivi.data.ingest import IngestSummary, ingest, list_sources
+from vivi.data.shards import INDEX_NAME, read_index, read_records, shard_records
+from vivi.data.shots import Shot
+from vivi.data.synth import render_corpus
+from vivi.errors import UserError
+
+FPS = 10
+SEEDS = (0, 1, 2)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = FPS, rotation: int = 0) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_audio_only(path: Path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> tuple[Path, dict[str, list[Shot]]]:
+    """A folder of good clips (one in a subfolder) and their true shots, by file name."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "sub").mkdir()
+    truth = {}
+    for seed in SEEDS:
+        frames, shots = clip(seed)
+        name = f"sub/clip{seed}.mp4" if seed == 2 else f"clip{seed}.mp4"
+        write_video(root / name, frames)
+        truth[Path(name).name] = shots
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def bad_videos(tmp_path_factory, videos) -> Path:
+    """Good clips next to a zero-byte file, text named .mp4, a truncated mp4, and audio only."""
+    root = tmp_path_factory.mktemp("bad")
+    good, _ = videos
+    for name in ("clip0.mp4", "clip1.mp4"):
+        (root / name).write_bytes((good / name).read_bytes())
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("this is not a video\n")
+    data = (good / "clip0.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    write_audio_only(root / "audio.mkv")
+    return root
+
+
+def run_ingest(src: Path, out: Path, **kwargs) -> IngestSummary:
+    return ingest(src, out, progress=False, **kwargs)
+
+
+def check_shards_agree(out: Path) -> list[dict]:
+    """Every ok record's JPEGs exist in its shard and decode; the shard holds nothing else."""
+    records = read_index([out])
+    for record in records:
+        if record["status"] != "ok":
+            assert "shard" not in record
+            continue
+        with tarfile.open(record["shard"]) as tar:
+            members = {m.name: m for m in tar if m.name.startswith(record["key"] + ".")}
+            stored = json.load(tar.extractfile(members.pop(record["key"] + ".json")))
+            assert stored["key"] == record["key"] and stored["shots"] == record["shots"]
+            for s, shot in enumerate(record["shots"]):
+                assert shot["frames"], "every shot in an ok record has kept frames"
+                for f, frame in enumerate(shot["frames"]):
+                    assert shot["start_frame"] <= frame["frame"] <= shot["end_frame"]
+                    data = tar.extractfile(members.pop(f"{record['key']}.s{s:03d}.f{f:03d}.jpg")).read()
+                    width, height = Image.open(io.BytesIO(data)).convert("RGB").size
+                    assert width * record["height"] == height * record["width"]  # upright, same aspect
+            assert not members, f"unlisted members {sorted(members)}"
+    assert not list(out.rglob("*.tmp"))
+    return records
+
+
+def assert_exactly_once(out: Path, expected: int) -> None:
+    records = read_records(out / INDEX_NAME)
+    keys = [r["key"] for r in records]
+    assert len(keys) == len(set(keys)) == expected
+    in_shards = [r["key"] for shard in sorted((out / "shards").glob("*.tar")) for r in shard_records(shard)]
+    assert sorted(in_shards) == sorted(r["key"] for r in records if r["status"] == "ok")
+    check_shards_agree(out)
+
+
+def test_index_and_shards_agree_and_cuts_match(videos, tmp_path):
+    root, truth = videos
+    summary = run_ingest(root, tmp_path, fps=FPS)
+    assert (summary.videos_ok, summary.videos_error, summary.frames_decoded) == (3, 0, 3 * 81)
+    records = check_shards_agree(tmp_path)
+    assert [Path(r["source"]).name for r in records] == ["clip0.mp4", "clip1.mp4", "clip2.mp4"]
+    for record in records:
+        assert "." not in record["key"] and record["width"] == record["height"] == 64
+        assert record["fps"] == FPS and record["num_frames"] == 81 and record["duration_s"] == 8.1
+        found = [Shot(s["start_frame"], s["end_frame"]) for s in record["shots"]]
+        true_shots = truth[Path(record["source"]).name]
+        assert_matches(found, true_shots)
+        dissolve = range(true_shots[1].end_frame + 2, true_shots[2].start_frame - 1)  # its inner frames
+        assert not any(f["frame"] in dissolve for s in record["shots"] for f in s["frames"])
+        first = record["shots"][0]
+        assert first["start_s"] == 0.0 and first["end_s"] == pytest.approx((first["end_frame"] + 1) / FPS)
+    assert summary.frames == sum(len(s["frames"]) for r in records for s in r["shots"])
+
+
+def test_sampling_rate_and_short_side(videos, tmp_path):
+    root, _ = videos
+    run_ingest(root / "clip0.mp4", tmp_path, fps=2.0, short_side=32)
+    [record] = check_shards_agree(tmp_path)
+    assert (record["width"], record["height"]) == (64, 64)  # the source's size
+    with tarfile.open(record["shard"]) as tar:
+        jpg = next(m for m in tar if m.name.endswith(".jpg"))
+        assert Image.open(tar.extractfile(jpg)).size == (32, 32)
+    times = [f["t"] for s in record["shots"] for f in s["frames"]]
+    assert all(round(b - a, 3) >= 0.5 for a, b in zip(times, times[1:]))
+    assert 12 <= len(times) <= 17  # 8.1 s at 2 Hz, less what falls in the dissolve
+
+
+def test_two_workers_give_the_same_records(videos, tmp_path):
+    root, _ = videos
+    run_ingest(root, tmp_path / "one", fps=2.0)
+    run_ingest(root, tmp_path / "two", fps=2.0, workers=2, shard_max_bytes=1)
+    one, two = (sorted(read_records(tmp_path / d / INDEX_NAME), key=lambda r: r["key"]) for d in ("one", "two"))
+    assert [r["shots"] for r in one] == [r["shots"] for r in two]
+    assert len({r["shard"] for r in two}) == 3  # shard_max_bytes=1: one video per shard
+    check_shards_agree(tmp_path / "two")
+
+
+def test_bad_inputs_become_error_records(bad_videos, tmp_path):
+    summary = run_ingest(bad_videos, tmp_path, fps=2.0)
+    assert (summary.videos_ok, summary.videos_error) == (2, 4)
+    records = {Path(r["source"]).name: r for r in check_shards_agree(tmp_path)}
+    for name in ("empty.mp4", "text.mp4", "truncated.mp4", "audio.mkv"):
+        record = records[name]
+        assert record["status"] == "error" and record["shots"] == []
+        assert record["error"] and "\n" not in record["error"]
+    assert "0 bytes" in records["empty.mp4"]["error"]
+    assert "no video stream" in records["audio.mkv"]["error"]
+
+
+def test_videos_with_too_few_shots_are_skipped(videos, tmp_path):
+    root, _ = videos
+    summary = run_ingest(root / "clip0.mp4", tmp_path, fps=2.0, min_shots=5)
+    [record] = read_records(tmp_path / INDEX_NAME)
+    assert summary.videos_skipped == 1 and record["status"] == "skipped"
+    assert "min_shots=5" in record["error"] and record["num_frames"] == 81
+    assert not list((tmp_path / "shards").glob("*.tar"))
+
+
+def test_rotated_video_is_stored_upright(tmp_path):
+    frames = [f[:32] for f in clip(0)[0][:10]]
+    write_video(tmp_path / "phone.mp4", frames, rotation=90)
+    run_ingest(tmp_path / "phone.mp4", tmp_path / "out", fps=FPS)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert (record["width"], record["height"]) == (32, 64)
+
+
+def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, monkeypatch):
+    root, _ = videos
+    rel = Path(os.path.relpath(root, tmp_path))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two clips\n{rel}/clip0.mp4\n\n  {rel}/sub/clip2.mp4  \n{root}/clip0.mp4\n")
+    sources = list_sources(listing)
+    assert [s.given for s in sources] == [f"{rel}/clip0.mp4", f"{rel}/sub/clip2.mp4"]  # the duplicate is gone
+    monkeypatch.chdir(root)
+    assert list_sources("clip0.mp4")[0].key == list_sources(".")[0].key == sources[0].key
+    run_ingest(listing, tmp_path / "out", fps=1.0)
+    assert [r["source"] for r in read_records(tmp_path / "out" / INDEX_NAME)] == [s.given for s in sources]
+
+
+def test_bad_options_are_user_errors(videos, tmp_path):
+    root, _ = videos
+    with pytest.raises(UserError, match="workers=0"):
+        run_ingest(root, tmp_path, workers=0)
+    with pytest.raises(UserError, match="detector 'magic'"):
+        run_ingest(root, tmp_path, detector="magic")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty folder", "empty list"])
+def test_unusable_src_is_a_user_error(tmp_path, make):
+    src = tmp_path / "src"
+    if make == "empty folder":
+        src.mkdir()
+        (src / "notes.txt").write_text("no videos here")
+    elif make == "empty list":
+        src = tmp_path / "list.txt"
+        src.write_text("# nothing yet\n\n")
+    with pytest.raises(UserError, match=str(src)):
+        run_ingest(src, tmp_path / "out")
+
+
+def test_rerun_skips_finished_videos(videos, tmp_path):
+    root, _ = videos
+    run_ingest(root, tmp_path, fps=1.0)
+    again = run_ingest(root, tmp_path, fps=1.0)
+    assert (again.already_done, again.videos_ok) == (3, 0)
+    assert_exactly_once(tmp_path, 3)
+
+
+def test_resume_after_a_kill_mid_run(videos, tmp_path):
+    root, _ = videos
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(8):  # enough work that the kill lands mid-run
+        (src / f"copy{i}.mp4").write_bytes((root / f"clip{i % 2}.mp4").read_bytes())
+    out = tmp_path / "out"
+    code = "import sys; from pathlib import Path; from vivi.data.ingest import ingest; " \
+        "ingest(sys.argv[1], Path(sys.argv[2]), fps=10.0, shard_max_bytes=1, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out)])
+    deadline = time.monotonic() + 60
+    while not list((out / "shards").glob("*.tar")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_records(out / INDEX_NAME)) < 8, "the run finished before it could be killed"
+    run_ingest(src, out, fps=10.0, shard_max_bytes=1)
+    assert_exactly_once(out, 8)
+
+
+def test_resume_repairs_what_a_kill_can_leave(videos, tmp_path):
+    root, _ = videos
+    run_ingest(root, tmp_path, fps=1.0, shard_max_bytes=1)
+    index = tmp_path / INDEX_NAME
+    lines = index.read_text().splitlines(keepends=True)
+    # Killed after the last shard's rename but before its record reached the index, while a
+    # later record was half written, with a shard still being written:
+    index.write_text("".join(lines[:-1]) + lines[-1][:20])
+    (tmp_path / "shards" / "shard-000099.tar.tmp").write_bytes(b"partial")
+    summary = run_ingest(root, tmp_path, fps=1.0, shard_max_bytes=1)
+    assert (summary.already_done, summary.videos_ok) == (3, 0)  # recovered from the shard itself
+    assert_exactly_once(tmp_path, 3)
+    # A shard renamed but never indexed at all, and a torn first record:
+    lines = index.read_text().splitlines(keepends=True)
+    index.write_text(lines[0][:10])
+    run_ingest(root, tmp_path, fps=1.0, shard_max_bytes=1)
+    assert_exactly_once(tmp_path, 3)
+
+
+def test_read_index_makes_shard_paths_absolute(videos, tmp_path):
+    root, _ = videos
+    run_ingest(root / "clip1.mp4", tmp_path / "a", fps=1.0)
+    run_ingest(root / "sub" / "clip2.mp4", tmp_path / "b", fps=1.0)
+    records = read_index([tmp_path / "a", tmp_path / "b"])
+    assert len(records) == 2 and all(os.path.isabs(r["shard"]) and Path(r["shard"]).is_file() for r in records)
+    with pytest.raises(UserError, match="index.jsonl"):
+        read_index([tmp_path / "nowhere"])
+
+
+def test_synth_cuts_and_transitions_match_ground_truth(tmp_path):
+    render_corpus(tmp_path / "world", videos=2, seed=0, workers=1, size=64, fps=4.0, progress=False)
+    run_ingest(tmp_path / "world" / "videos", tmp_path / "out", fps=4.0)  # keep every frame
+    records = {Path(r["source"]).name: r for r in check_shards_agree(tmp_path / "out")}
+    truths = [json.loads(line) for line in (tmp_path / "world" / "ground_truth.jsonl").read_text().splitlines()]
+    assert {t["kind"] for truth in truths for t in truth["transitions"]} == {"dissolve", "fade"}
+    for truth in truths:
+        shots = records[Path(truth["video"]).name]["shots"]
+        assert len(shots) == len(truth["shots"])
+        starts, ends = [s["start_frame"] for s in shots], [s["end_frame"] for s in shots]
+        for cut in truth["cuts"]:
+            assert any(abs(s - cut) <= 1 for s in starts) and any(abs(e - (cut - 1)) <= 1 for e in ends)
+        for t in truth["transitions"]:
+            assert any(abs(e - (t["start_frame"] - 1)) <= 1 for e in ends)
+            assert any(abs(s - (t["end_frame"] + 1)) <= 1 for s in starts)
+            inner = range(t["start_frame"] + 1, t["end_frame"])
+            assert not any(f["frame"] in inner for s in shots for f in s["frames"])

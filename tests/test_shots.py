@@ -1,0 +1,132 @@
+"""Shot detection on synthetic frame sequences with known cuts, dissolves and fades (no video I/O)."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+
+from vivi.data.shots import Shot, detect_shots, distance, frame_features, make_detector
+from vivi.errors import UserError
+
+SIZE = 64
+
+
+def texture(rng: np.random.Generator, hue: float) -> np.ndarray:
+    """A blocky two-tone texture of one hue, larger than a frame so a view can pan over it."""
+    mix = np.kron(rng.random((12, 12)), np.ones((16, 16)))[..., None]
+    light = np.array(colorsys.hsv_to_rgb(hue, 0.8, 0.95)) * 255
+    dark = np.array(colorsys.hsv_to_rgb(hue, 0.9, 0.45)) * 255
+    return mix * light + (1 - mix) * dark
+
+
+def segment(rng: np.random.Generator, hue: float, n: int) -> list[np.ndarray]:
+    """``n`` frames panning over a texture at a random speed of up to 3 px per frame."""
+    image = texture(rng, hue).astype(np.uint8)
+    vx, vy = rng.uniform(-3, 3, 2)
+    corners = [(int(64 + vy * i), int(64 + vx * i)) for i in range(n)]
+    return [image[y : y + SIZE, x : x + SIZE] for y, x in corners]
+
+
+def blend(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    return ((1 - alpha) * a.astype(np.float32) + alpha * b.astype(np.float32)).round().astype(np.uint8)
+
+
+def clip(seed: int, lengths: tuple[int, ...] = (18, 22, 16, 20), dissolve_before: int = 2, dissolve: int = 5):
+    """Frames of segments with distinct hues: hard cuts, except a dissolve into one segment.
+
+    Returns the frames and the true shots (the dissolve's frames belong to no shot).
+    """
+    rng = np.random.default_rng(seed)
+    frames: list[np.ndarray] = []
+    shots: list[Shot] = []
+    for i, n in enumerate(lengths):
+        seg = segment(rng, (seed * 0.13 + i * 0.2) % 1.0, n)
+        if i == dissolve_before:
+            frames += [blend(frames[-1], seg[0], (j + 1) / (dissolve + 1)) for j in range(dissolve)]
+        shots.append(Shot(len(frames), len(frames) + n - 1))
+        frames += seg
+    return frames, shots
+
+
+def shots_of(frames: list[np.ndarray], fps: float = 10.0) -> list[Shot]:
+    return detect_shots((frame_features(f) for f in frames), fps)
+
+
+def assert_matches(found: list[Shot], truth: list[Shot], tolerance: int = 1) -> None:
+    assert len(found) == len(truth), (found, truth)
+    for f, t in zip(found, truth):
+        assert abs(f.start_frame - t.start_frame) <= tolerance, (found, truth)
+        assert abs(f.end_frame - t.end_frame) <= tolerance, (found, truth)
+
+
+def test_features_are_a_normalised_histogram():
+    rng = np.random.default_rng(0)
+    red, blue = segment(rng, 0.0, 1)[0], segment(rng, 0.6, 1)[0]
+    f = frame_features(red)
+    assert f.dtype == np.float32 and f.ndim == 1 and abs(float(f.sum()) - 1) < 1e-5
+    assert distance(f, f) == 0.0
+    assert distance(f, frame_features(blue)) > 0.9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuts_and_dissolve_found_within_one_frame(seed):
+    frames, truth = clip(seed)
+    found = shots_of(frames)
+    assert_matches(found, truth)
+    dissolve = range(truth[1].end_frame + 2, truth[2].start_frame - 1)  # the inner dissolve frames
+    assert not any(s.start_frame <= i <= s.end_frame for s in found for i in dissolve)
+
+
+def test_motion_and_lighting_changes_are_not_cuts():
+    rng = np.random.default_rng(7)
+    frames = segment(rng, 0.3, 40)
+    gain = 1.0 + 0.15 * np.sin(np.arange(40) / 3.0)  # slow flicker of the light
+    frames = [np.clip(f * g, 0, 255).astype(np.uint8) for f, g in zip(frames, gain)]
+    assert shots_of(frames) == [Shot(0, 39)]
+
+
+def test_a_dark_scene_brightening_is_one_shot():
+    rng = np.random.default_rng(11)
+    night = [np.clip(f * 0.12 + i * 0.6, 0, 255).astype(np.uint8) for i, f in enumerate(segment(rng, 0.7, 40))]
+    assert shots_of(night) == [Shot(0, 39)]  # dark pixels' hue and saturation swing with the light
+
+
+def test_fade_through_black_leaves_black_frames_out():
+    rng = np.random.default_rng(3)
+    a, b = segment(rng, 0.1, 20), segment(rng, 0.6, 20)
+    black = np.zeros_like(a[0])
+    out = [blend(a[-1], black, (j + 1) / 5) for j in range(4)]  # ends on black
+    inn = [blend(black, b[0], (j + 1) / 5) for j in range(4)]
+    frames = a + out + [black] * 2 + inn + b
+    assert_matches(shots_of(frames), [Shot(0, 19), Shot(30, 49)])
+
+
+def test_black_frames_belong_to_no_shot():
+    rng = np.random.default_rng(4)
+    black = np.full((SIZE, SIZE, 3), 12, np.uint8)
+    frames = [black] * 10 + segment(rng, 0.2, 30) + [black] * 10  # a black intro and outro
+    assert_matches(shots_of(frames), [Shot(10, 39)])
+
+
+def test_a_one_frame_flash_belongs_to_no_shot():
+    rng = np.random.default_rng(5)
+    frames = segment(rng, 0.5, 30)
+    frames[15] = np.full_like(frames[15], 255)
+    found = shots_of(frames)
+    assert not any(s.start_frame <= 15 <= s.end_frame for s in found)
+    assert sum(len(s) for s in found) == 29
+
+
+def test_streaming_detector_matches_whole_sequence():
+    frames, _ = clip(1)
+    detector = make_detector("histogram", 10.0)
+    for f in frames:
+        detector.push(frame_features(f))
+    assert detector.shots() == shots_of(frames)
+
+
+def test_unknown_detector_is_a_user_error():
+    with pytest.raises(UserError, match="nope"):
+        make_detector("nope", 10.0)

@@ -1,0 +1,1 @@
+"""Data: the built-in video world, ingestion of videos into shards, and downstream image tasks."""

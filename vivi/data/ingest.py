@@ -1,0 +1,326 @@
+"""`vivi ingest`: videos -> shots -> frames at ~fps Hz inside shots -> shards + index.jsonl.
+
+Each video is decoded once: every frame feeds the streaming shot detector through a tiny
+thumbnail, and frames on the ``fps`` sampling grid are kept as JPEG. When the pass ends the
+shots are known and the kept frames that fall inside a shot are assigned to it. Workers
+(``workers > 1``) only turn a video into a record and its JPEGs; the main process alone writes
+shards and the index, in the crash-safe order described in :mod:`vivi.data.shards`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import sys
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from vivi.data.shards import INDEX_NAME, SHARDS_DIR, ShardWriter, append_records, image_name, recover
+from vivi.data.shots import THUMBNAIL_WIDTH, Shot, detector_params, frame_features, make_detector
+from vivi.data.video import Video, VideoError, display_size
+from vivi.errors import UserError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """A video to ingest: as the user gave it, where to open it, and its shard key."""
+
+    given: str
+    location: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-video settings, sent to the workers."""
+
+    fps: float
+    short_side: int
+    min_shots: int
+    jpeg_quality: int
+    detector: str
+
+
+@dataclass
+class VideoResult:
+    """One video's index record (without ``shard``), its JPEGs, and how many frames were decoded."""
+
+    record: dict
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    frames_decoded: int = 0
+
+
+@dataclass
+class IngestSummary:
+    """Counts for this run; ``already_done`` videos were in the index before it started."""
+
+    videos_ok: int = 0
+    videos_skipped: int = 0
+    videos_error: int = 0
+    already_done: int = 0
+    shots: int = 0
+    frames: int = 0  # kept frames written to shards
+    frames_decoded: int = 0
+    video_hours: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Frames decoded per second of wall time."""
+        return self.frames_decoded / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, result: VideoResult) -> None:
+        record = result.record
+        status = record["status"]
+        self.videos_ok += status == "ok"
+        self.videos_skipped += status == "skipped"
+        self.videos_error += status == "error"
+        self.shots += len(record["shots"])
+        self.frames += sum(len(s["frames"]) for s in record["shots"])
+        self.frames_decoded += result.frames_decoded
+        self.video_hours += (record["duration_s"] or 0.0) / 3600
+
+    def __str__(self) -> str:
+        done = f" ({self.already_done} already in the index)" if self.already_done else ""
+        return (
+            f"Ingested {self.videos_ok + self.videos_skipped + self.videos_error} videos{done}: "
+            f"{self.videos_ok} ok, {self.videos_skipped} skipped, {self.videos_error} errors; "
+            f"{self.shots} shots, {self.frames} frames kept from {self.video_hours:.2f} hours of video "
+            f"in {self.seconds:.1f} s ({self.throughput:.0f} frames decoded/s)."
+        )
+
+
+def ingest(
+    src: str | Path,
+    out: Path,
+    workers: int = 1,
+    fps: float = 1.0,
+    short_side: int = 256,
+    min_shots: int = 1,
+    shard_max_bytes: int = 256 * MiB,
+    jpeg_quality: int = 90,
+    detector: str = "histogram",
+    progress: bool = True,
+) -> IngestSummary:
+    """Ingest the videos of SRC (a folder, a list file or one video) into OUT; resumes OUT."""
+    started = time.perf_counter()
+    options = Options(fps, short_side, min_shots, jpeg_quality, detector)
+    _check(options, workers, shard_max_bytes)
+    sources = list_sources(src)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done_records, next_shard = recover(out)
+    done = {r["key"] for r in done_records}
+    todo = [s for s in sources if s.key not in done]
+    summary = IngestSummary(already_done=len(sources) - len(todo))
+    writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
+    index = out / INDEX_NAME
+    with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar:
+        for result in _results(todo, options, workers):
+            summary.add(result)
+            if result.record["status"] == "ok":
+                append_records(index, writer.add(result.record, result.images))
+            else:
+                append_records(index, [result.record])
+            bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error)
+            bar.update()
+        append_records(index, writer.close())
+    summary.seconds = time.perf_counter() - started
+    if progress:
+        print(summary, file=sys.stderr)
+    return summary
+
+
+def _check(options: Options, workers: int, shard_max_bytes: int) -> None:
+    detector_params(options.detector)  # raises UserError for an unknown name
+    for name, value, low in [
+        ("workers", workers, 1),
+        ("fps", options.fps, 1e-6),
+        ("short_side", options.short_side, 1),
+        ("min_shots", options.min_shots, 1),
+        ("shard_max_bytes", shard_max_bytes, 1),
+        ("jpeg_quality", options.jpeg_quality, 1),
+    ]:
+        if value < low:
+            raise UserError(f"{name}={value}: must be at least {low:g}")
+    if options.jpeg_quality > 100:
+        raise UserError(f"jpeg_quality={options.jpeg_quality}: must be at most 100")
+
+
+def list_sources(src: str | Path) -> list[Source]:
+    """Videos named by SRC: a folder (recursive, sorted), a text list of paths/URLs, or one video."""
+    src = Path(src)
+    if not src.exists():
+        raise UserError(f"{src}: no such file or folder")
+    base = Path(".")  # what relative entries are relative to
+    if src.is_dir():
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        if not paths:
+            raise UserError(f"{src}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
+        entries = [str(p) for p in paths]
+    elif src.suffix.lower() in VIDEO_EXTENSIONS:
+        entries = [str(src)]
+    else:
+        entries, base = _list_file_entries(src), src.parent
+    sources: dict[str, Source] = {}
+    for given in entries:
+        source = _source(given, base)
+        sources.setdefault(source.key, source)
+    return list(sources.values())
+
+
+def _list_file_entries(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable text list of videos ({e.__class__.__name__})") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise UserError(f"{path}: the list names no videos")
+    return entries
+
+
+def _source(given: str, base: Path) -> Source:
+    """Resolve a path against the list's folder (URLs stay as they are) and derive its key."""
+    location = given if "://" in given else str((base / given).resolve())
+    return Source(given, location, source_key(location))
+
+
+def source_key(location: str) -> str:
+    """Deterministic shard key: a readable sanitized stem plus a hash of the full location."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(location.split("?")[0]).stem)[:40] or "video"
+    digest = hashlib.sha1(location.encode()).hexdigest()[:10]
+    return f"{stem}-{digest}"
+
+
+def _results(sources: list[Source], options: Options, workers: int) -> Iterator[VideoResult]:
+    """Process videos in order in-process, or in a spawn pool with a bounded number in flight."""
+    if workers == 1 or len(sources) < 2:
+        yield from (process_video(s, options) for s in sources)
+        return
+    pending = iter(sources)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        in_flight: set[Future[VideoResult]] = set()
+        try:
+            while True:
+                while len(in_flight) < 2 * workers and (source := next(pending, None)) is not None:
+                    in_flight.add(pool.submit(process_video, source, options))
+                if not in_flight:
+                    return
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+def process_video(source: Source, options: Options) -> VideoResult:
+    """Decode, detect shots, keep frames: one video to its record and JPEGs (runs in workers)."""
+    try:
+        return _process(source, options)
+    except VideoError as e:
+        return VideoResult(_record(source, "error", str(e)))
+
+
+def _record(source: Source, status: str, error: str | None = None, **fields: object) -> dict:
+    base = dict(fps=None, num_frames=0, duration_s=None, width=None, height=None, shots=[])
+    return {"source": source.given, "key": source.key, "status": status, "error": error, **(base | fields)}
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """A kept frame: its index, time and JPEG bytes."""
+
+    frame: int
+    t: float
+    jpeg: bytes
+
+
+@dataclass
+class _Pass:
+    """What one decode pass learns about a video."""
+
+    fps: float
+    size: tuple[int, int]  # displayed width, height
+    times: list[float]  # of every decoded frame
+    samples: list[_Sample]
+    shots: list[Shot]
+
+    @property
+    def duration(self) -> float:
+        return self.times[-1] + 1 / self.fps
+
+
+def _process(source: Source, options: Options) -> VideoResult:
+    decoded = _decode(source.location, options)
+    meta = dict(
+        fps=round(decoded.fps, 3), num_frames=len(decoded.times), duration_s=round(decoded.duration, 3),
+        width=decoded.size[0], height=decoded.size[1],
+    )
+    shots, images = _assign(source.key, decoded)
+    if len(shots) < options.min_shots:
+        reason = f"{len(shots)} shots with kept frames, fewer than min_shots={options.min_shots}"
+        return VideoResult(_record(source, "skipped", reason, **meta), frames_decoded=len(decoded.times))
+    return VideoResult(_record(source, "ok", **meta, shots=shots), images, len(decoded.times))
+
+
+def _decode(location: str, options: Options) -> _Pass:
+    """The one pass: every frame feeds the shot detector; frames on the fps grid become JPEGs."""
+    times: list[float] = []
+    samples: list[_Sample] = []
+    next_t = 0.0
+    size: tuple[int, int] | None = None
+    with Video(location) as video:
+        detector = make_detector(options.detector, video.fps)
+        for frame in video.frames():
+            size = size or display_size(frame)
+            times.append(frame.t)
+            detector.push(frame_features(video.thumbnail(frame, THUMBNAIL_WIDTH)))
+            if frame.t >= next_t - 1e-6:  # the first frame at or after each grid time k / fps
+                rgb = video.upright_rgb(frame, options.short_side)
+                samples.append(_Sample(frame.index, frame.t, _jpeg(rgb, options.jpeg_quality)))
+                next_t = (math.floor(frame.t * options.fps + 1e-6) + 1) / options.fps
+    if size is None:
+        raise VideoError("no decodable video frames")
+    return _Pass(video.fps, size, times, samples, detector.shots())
+
+
+def _assign(key: str, decoded: _Pass) -> tuple[list[dict], list[tuple[str, bytes]]]:
+    """Index entries for the shots that received kept frames, and those frames' named JPEGs."""
+    times, samples = decoded.times, decoded.samples
+    sample_frames = [s.frame for s in samples]
+    entries: list[dict] = []
+    images: list[tuple[str, bytes]] = []
+    for shot in decoded.shots:
+        lo, hi = bisect_left(sample_frames, shot.start_frame), bisect_right(sample_frames, shot.end_frame)
+        if lo == hi:
+            continue
+        end_s = times[shot.end_frame + 1] if shot.end_frame + 1 < len(times) else decoded.duration
+        entries.append({
+            "start_frame": shot.start_frame, "end_frame": shot.end_frame,
+            "start_s": round(times[shot.start_frame], 3), "end_s": round(end_s, 3),
+            "frames": [{"frame": s.frame, "t": round(s.t, 3)} for s in samples[lo:hi]],
+        })
+        images += [(image_name(key, len(entries) - 1, i), s.jpeg) for i, s in enumerate(samples[lo:hi])]
+    return entries, images
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

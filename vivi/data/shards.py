@@ -1,0 +1,202 @@
+"""WebDataset shards and index.jsonl: writing them crash-safely and reading them back.
+
+An ingest output folder OUT holds ``OUT/shards/shard-NNNNNN.tar`` and ``OUT/index.jsonl``.
+One shard sample per video: ``<key>.json`` (its index record) and
+``<key>.s<shot:03d>.f<idx:03d>.jpg``. Shards are written as ``*.tar.tmp`` and renamed when
+complete; the index records of a shard's videos are appended (one write, fsynced) only after
+the rename. A killed run therefore leaves at worst a ``.tar.tmp`` (deleted on resume) or a
+renamed shard whose records did not all reach the index; :func:`recover` copies those
+records back from the shard's own ``.json`` members, so every video ends up exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from vivi.errors import UserError
+
+INDEX_NAME = "index.jsonl"
+SHARDS_DIR = "shards"
+_SHARD_NAME = re.compile(r"shard-(\d+)\.tar")
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:06d}.tar"
+
+
+def image_name(key: str, shot: int, frame: int) -> str:
+    """Shard member name of the ``frame``-th kept frame of the ``shot``-th shot of a video."""
+    return f"{key}.s{shot:03d}.f{frame:03d}.jpg"
+
+
+class ShardWriter:
+    """Packs one sample per video into size-bounded tar shards, renaming each when complete.
+
+    :meth:`add` and :meth:`close` return the records of the shards they completed: those are
+    safe to append to the index now.
+    """
+
+    def __init__(self, shards_dir: Path, max_bytes: int, first_number: int) -> None:
+        self._dir = shards_dir
+        self._max_bytes = max_bytes
+        self._number = first_number
+        self._tar: tarfile.TarFile | None = None
+        self._size = 0
+        self._records: list[dict] = []
+
+    def add(self, record: dict, images: list[tuple[str, bytes]]) -> list[dict]:
+        """Write one video's sample; sets ``record["shard"]``. Returns the records of a shard
+        this completed (when the video did not fit into the open one)."""
+        record["shard"] = self._shard_path()
+        size = _member_size(len(json.dumps(record))) + sum(_member_size(len(d)) for _, d in images)
+        done = []
+        if self._records and self._size + size > self._max_bytes:
+            done = self.close()
+            record["shard"] = self._shard_path()
+        if self._tar is None:
+            self._open()
+        for name, data in [(f"{record['key']}.json", json.dumps(record).encode()), *images]:
+            _add_member(self._tar, name, data)
+            self._size += _member_size(len(data))
+        self._records.append(record)
+        return done
+
+    def close(self) -> list[dict]:
+        """Finish the open shard (if any): close, fsync, rename. Returns its records."""
+        if self._tar is None:
+            return []
+        tmp = self._tmp_path()
+        self._tar.close()
+        _fsync_file(tmp)
+        tmp.rename(tmp.with_suffix(""))
+        _fsync_dir(self._dir)
+        records, self._records = self._records, []
+        self._tar, self._size, self._number = None, 0, self._number + 1
+        return records
+
+    def _open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._tar = tarfile.open(self._tmp_path(), "w", format=tarfile.USTAR_FORMAT)
+
+    def _shard_path(self) -> str:
+        return f"{SHARDS_DIR}/{shard_name(self._number)}"
+
+    def _tmp_path(self) -> Path:
+        return self._dir / f"{shard_name(self._number)}.tmp"
+
+
+def append_records(index: Path, records: Iterable[dict]) -> None:
+    """Append records with a single write and fsync, so a kill leaves all of them or none."""
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    if not data:
+        return
+    fd = os.open(index, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(index: Path) -> list[dict]:
+    """Records of one index.jsonl; a torn last line (a write cut short) is ignored."""
+    if not index.exists():
+        return []
+    records = []
+    lines = index.read_bytes().split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):  # only the unterminated last line may be torn
+                raise UserError(f"{index}: line {number} is not JSON") from None
+    return records
+
+
+def read_index(outs: Iterable[Path]) -> list[dict]:
+    """All records of one or several ingest outputs, with ``shard`` made an absolute path."""
+    records = []
+    for out in outs:
+        index = Path(out) / INDEX_NAME
+        if not index.is_file():
+            raise UserError(f"{out}: no {INDEX_NAME} (run `vivi ingest` into it first)")
+        for record in read_records(index):
+            if record.get("shard"):
+                record["shard"] = str((Path(out) / record["shard"]).resolve())
+            records.append(record)
+    return records
+
+
+def shard_records(shard: Path) -> Iterator[dict]:
+    """The index records stored in a shard's ``<key>.json`` members."""
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if member.name.endswith(".json"):
+                yield json.load(tar.extractfile(member))
+
+
+def recover(out: Path) -> tuple[list[dict], int]:
+    """Make OUT consistent after a kill; returns the index records and the next shard number.
+
+    Deletes ``*.tar.tmp``, drops a torn last index line, and appends to the index the records
+    of complete shards that are missing from it (a kill between rename and index append).
+    """
+    index, shards_dir = out / INDEX_NAME, out / SHARDS_DIR
+    for tmp in shards_dir.glob("*.tar.tmp"):
+        tmp.unlink()
+    records = read_records(index)
+    _rewrite_if_torn(index, records)
+    shards = sorted(shards_dir.glob("shard-*.tar"))
+    referenced = [r["shard"] for r in records if r.get("shard")]
+    indexed = set(referenced)
+    suspects = [s for s in shards if f"{SHARDS_DIR}/{s.name}" not in indexed]
+    if referenced:  # the last shard whose records were being appended when the run died
+        suspects.append(out / referenced[-1])
+    keys = {r["key"] for r in records}
+    missing = [r for s in suspects if s.exists() for r in shard_records(s) if r["key"] not in keys]
+    append_records(index, missing)
+    numbers = [int(m.group(1)) for s in shards if (m := _SHARD_NAME.fullmatch(s.name))]
+    return records + missing, max(numbers, default=-1) + 1
+
+
+def _rewrite_if_torn(index: Path, records: list[dict]) -> None:
+    """Drop an unterminated last line so later appends start on a fresh line."""
+    if index.exists() and index.stat().st_size and not index.read_bytes().endswith(b"\n"):
+        tmp = index.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        _fsync_file(tmp)
+        tmp.replace(index)
+
+
+def _member_size(n: int) -> int:
+    return _BLOCK + -(-n // _BLOCK) * _BLOCK
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,245 @@
+"""Shot boundary detection from colour histograms (VIVI splits videos "based on color histograms").
+
+Each frame is summarised by an HSV histogram of a small thumbnail (:func:`frame_features`).
+The distance between consecutive frames finds hard cuts; gradual transitions (fades,
+dissolves) change little per frame, so they are found by twin comparison: a low threshold
+opens a candidate, and the candidate is a transition when the accumulated change across it
+(first frame before vs. last frame after) clears the cut threshold. Both thresholds adapt to
+the recent frame-to-frame change of the video, so camera motion and noise do not read as cuts.
+Frames inside a transition, black frames, and segments too short to be shots (a flash, the
+black between a fade-out and a fade-in) belong to no shot.
+
+:class:`ShotDetector` takes one feature vector at a time, so the decode loop stores no frames
+and no per-frame features; :func:`detect_shots` is the same detector over a whole sequence.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from vivi.errors import UserError
+
+HUE_BINS, SAT_BINS, VAL_BINS = 16, 4, 4
+HIST_SIZE = HUE_BINS * SAT_BINS * VAL_BINS
+BLACK_VALUE = 0.06  # a pixel whose brightest channel is below this is black
+DARK_VALUE = 0.2  # below this value, saturation is faded out (to 0 at black)
+THUMBNAIL_WIDTH = 64  # pixels; colour statistics need few, and decoding dominates anyway
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Thresholds on the histogram distance (total variation, in [0, 1]) and durations in seconds."""
+
+    cut_min: float = 0.3  # a cut changes at least this share of the histogram between two frames
+    low_min: float = 0.06  # a frame-to-frame change this small never opens a gradual candidate
+    cut_sigmas: float = 6.0  # cut threshold: recent mean + cut_sigmas * recent std (if higher)
+    low_sigmas: float = 3.0  # low threshold: recent mean + low_sigmas * recent std (if higher)
+    window_s: float = 4.0  # how far back "recent" reaches
+    min_window: int = 8  # frames: the shortest window; its statistics count from half full
+    max_transition_s: float = 3.0  # longer runs of change are motion, not a transition
+    min_shot_s: float = 1.0  # shorter segments (flashes, the black between fades) are no shot
+    black_share: float = 0.98  # frames with this share of black pixels (see BLACK_VALUE) are no shot
+
+
+@dataclass(frozen=True)
+class Shot:
+    """Inclusive frame range of one shot."""
+
+    start_frame: int
+    end_frame: int
+
+    def __len__(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+
+def frame_features(rgb: np.ndarray) -> np.ndarray:
+    """Features of an RGB uint8 image [H, W, 3]: its normalised joint HSV histogram
+    (``HIST_SIZE`` float32 values summing to 1) followed by its share of black pixels.
+
+    Soft binning (each pixel shared linearly between the two nearest bins per channel, hue
+    wrapping around) keeps a large smooth region near a bin edge from flipping bins at once
+    when the light drifts slightly, which hard binning would report as a cut. Dark pixels are
+    desaturated: their hue and saturation flicker with noise and made night scenes "cut".
+    """
+    h, s, v = _hsv(rgb.reshape(-1, 3))
+    s = s * np.minimum(v / DARK_VALUE, 1.0)  # the saturation of near-black pixels is noise
+    corners = [_soft_bins(h, HUE_BINS, wrap=True), _soft_bins(s, SAT_BINS), _soft_bins(v, VAL_BINS)]
+    codes, weights = [], []
+    for (hb, hw), (sb, sw), (vb, vw) in product(*corners):
+        codes.append((hb * SAT_BINS + sb) * VAL_BINS + vb)
+        weights.append(hw * sw * vw)
+    hist = np.bincount(np.concatenate(codes), np.concatenate(weights), HIST_SIZE)
+    hist /= max(float(hist.sum()), 1e-9)
+    return np.append(hist, np.mean(v < BLACK_VALUE)).astype(np.float32)
+
+
+def _soft_bins(x: np.ndarray, bins: int, wrap: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The lower and upper neighbouring bin of each value in [0, 1], with linear weights."""
+    position = x * bins - 0.5
+    low = np.floor(position)
+    upper_weight = (position - low).astype(np.float32)
+    low = low.astype(np.int64)
+    high = low + 1
+    if wrap:
+        low, high = low % bins, high % bins
+    else:
+        low, high = np.clip(low, 0, bins - 1), np.clip(high, 0, bins - 1)
+    return [(low, 1.0 - upper_weight), (high, upper_weight)]
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Total variation between two frames' histograms: the share of pixels that changed bin."""
+    return 0.5 * float(np.abs(a[:HIST_SIZE] - b[:HIST_SIZE]).sum())
+
+
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue, saturation, value in [0, 1] for an [N, 3] uint8 array."""
+    r, g, b = (rgb[:, i].astype(np.float32) / 255.0 for i in range(3))
+    v = np.maximum(np.maximum(r, g), b)
+    c = v - np.minimum(np.minimum(r, g), b)
+    s = c / np.maximum(v, 1e-6)
+    safe_c = np.maximum(c, 1e-6)
+    h = np.where(v == r, (g - b) / safe_c, np.where(v == g, 2.0 + (b - r) / safe_c, 4.0 + (r - g) / safe_c))
+    return (h / 6.0) % 1.0, s, v
+
+
+@dataclass
+class _Run:
+    """A candidate gradual transition: frames whose change from their predecessor is above low."""
+
+    start: int  # first changed frame
+    reference: np.ndarray  # features of the frame before ``start``
+    cut: float  # thresholds frozen when the run opened
+    low: float
+    last: int  # last frame whose change was above low
+    last_features: np.ndarray
+    distances: list[float]
+
+
+class ShotDetector:
+    """Streaming twin-comparison detector: :meth:`push` every frame's features, then :meth:`shots`."""
+
+    def __init__(self, fps: float, params: DetectorParams | None = None) -> None:
+        self.params = params or DetectorParams()
+        self.fps = fps
+        window = max(self.params.min_window, round(self.params.window_s * self.fps))
+        self._recent: deque[float] = deque(maxlen=window)
+        self._max_run = max(2, round(self.params.max_transition_s * self.fps))
+        self._prev: np.ndarray | None = None
+        self._count = 0
+        self._run: _Run | None = None
+        self._segment_start = 0
+        self._segments: list[Shot] = []
+        self._black: list[int] = []  # indices of black frames (fades, intros): in no shot
+
+    def push(self, features: np.ndarray) -> None:
+        """Account for the next frame in decode order."""
+        index, prev = self._count, self._prev
+        self._count, self._prev = index + 1, features
+        if features[HIST_SIZE] >= self.params.black_share:
+            self._black.append(index)
+        if prev is None:
+            return
+        d = distance(prev, features)
+        if self._run is None:
+            cut, low = self._thresholds()
+            if d > cut:
+                self._boundary(index, index)
+            elif d > low:
+                self._run = _Run(index, prev, cut, low, index, features, [d])
+            else:
+                self._recent.append(d)
+            return
+        run = self._run
+        if d > run.cut:
+            self._close_run()
+            self._boundary(index, index)
+            return
+        run.distances.append(d)
+        if d > run.low:
+            run.last, run.last_features = index, features
+        if index - run.start >= self._max_run:
+            self._close_run(too_long=True)
+        elif index - run.last >= 2:
+            self._close_run()
+
+    def shots(self) -> list[Shot]:
+        """The shots, once every frame is pushed: segments between boundaries, without black
+        frames, and without what is then shorter than ``min_shot_s``."""
+        if self._run is not None:
+            self._close_run()
+        segments = self._segments
+        if self._count > self._segment_start:
+            segments = segments + [Shot(self._segment_start, self._count - 1)]
+        min_len = max(1, round(self.params.min_shot_s * self.fps))
+        return [s for s in _split_at(segments, self._black) if len(s) >= min_len]
+
+    def _thresholds(self) -> tuple[float, float]:
+        """Cut and low thresholds from the recent quiet distances, never below the floors."""
+        p = self.params
+        if len(self._recent) < p.min_window // 2:
+            return p.cut_min, p.low_min
+        recent = np.asarray(self._recent)
+        mean, std = float(recent.mean()), float(recent.std())
+        cut = max(p.cut_min, mean + p.cut_sigmas * std)
+        return cut, min(max(p.low_min, mean + p.low_sigmas * std), cut / 2)
+
+    def _close_run(self, too_long: bool = False) -> None:
+        """A run is a transition if its accumulated change is cut-sized; otherwise, or if it
+        lasted longer than any transition (a slow pan, the light drifting), it was motion."""
+        run, self._run = self._run, None
+        assert run is not None
+        if not too_long and run.last > run.start and distance(run.reference, run.last_features) > run.cut:
+            self._boundary(run.start, run.last)
+        else:
+            self._recent.extend(run.distances)
+
+    def _boundary(self, first_changed: int, first_after: int) -> None:
+        """End the open shot before ``first_changed``; the next starts at ``first_after``."""
+        if first_changed > self._segment_start:
+            self._segments.append(Shot(self._segment_start, first_changed - 1))
+        self._segment_start = first_after
+
+
+def _split_at(segments: list[Shot], frames: list[int]) -> list[Shot]:
+    """Segments with the given (sorted) frames cut out of them."""
+    pieces = []
+    for segment in segments:
+        start = segment.start_frame
+        for f in frames[bisect_left(frames, segment.start_frame) : bisect_right(frames, segment.end_frame)]:
+            if f > start:
+                pieces.append(Shot(start, f - 1))
+            start = f + 1
+        if start <= segment.end_frame:
+            pieces.append(Shot(start, segment.end_frame))
+    return pieces
+
+
+DETECTORS = {"histogram": DetectorParams()}  # name -> parameters; the CLI's --detector choices
+
+
+def detector_params(name: str) -> DetectorParams:
+    """Parameters of a named detector; an unknown name is the user's error."""
+    if name not in DETECTORS:
+        raise UserError(f"detector {name!r}: unknown, use one of {', '.join(DETECTORS)}")
+    return DETECTORS[name]
+
+
+def make_detector(name: str, fps: float) -> ShotDetector:
+    """A fresh streaming detector for one video."""
+    return ShotDetector(fps, detector_params(name))
+
+
+def detect_shots(features: Iterable[np.ndarray], fps: float, params: DetectorParams | None = None) -> list[Shot]:
+    """Shots of a whole sequence of per-frame features (see :func:`frame_features`)."""
+    detector = ShotDetector(fps, params)
+    for f in features:
+        detector.push(f)
+    return detector.shots()
+
