@@ -1,0 +1,244 @@
+"""Downstream image-classification tasks: the built-in mini-VTAB suite and image folders.
+
+Every task has train/val/test splits of RGB images with integer labels. A split hands out
+uint8 tensors ``[n, 3, H, W]`` one batch of indices at a time, so evaluation never holds a
+whole data set as floats and image folders are decoded lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms.v2 import functional as TF
+
+from vivi.errors import UserError
+
+MINI_VTAB = "mini-vtab"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+VAL_FRACTION = 0.2  # held out of train/ when an image folder has no val/
+VAL_SEED = 0
+SPEC_HELP = "use mini-vtab, mini-vtab:<task>[,<task>...] or imagefolder:DIR"
+
+
+class ImageSplit(ABC):
+    """Images with integer labels, read one batch of indices at a time."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def images(self, indices: Sequence[int] | np.ndarray, size: int | None = None) -> torch.Tensor:
+        """uint8 ``[n, 3, H, W]``; with ``size`` every image is resized to size x size first."""
+
+    @abstractmethod
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSplit:
+        """The same images restricted to ``indices`` (for held-out splits and few-shot subsets)."""
+
+
+class ArraySplit(ImageSplit):
+    """A split held in memory as uint8 NHWC, the layout of the mini-VTAB ``.npz`` files."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__(labels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images [n, H, W, 3], got {images.dtype} {images.shape}")
+        if len(images) != len(self.labels):
+            raise ValueError(f"{len(images)} images but {len(self.labels)} labels")
+        self.array = images
+
+    def images(self, indices: Sequence[int] | np.ndarray, size: int | None = None) -> torch.Tensor:
+        batch = torch.from_numpy(self.array[np.asarray(indices, dtype=np.int64)]).permute(0, 3, 1, 2)
+        return resize(batch, size).contiguous()
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ArraySplit:
+        idx = np.asarray(indices, dtype=np.int64)
+        return ArraySplit(self.array[idx], self.labels[idx])
+
+
+class FileSplit(ImageSplit):
+    """A split of image files, decoded with PIL only when a batch is requested."""
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray) -> None:
+        super().__init__(labels)
+        if len(paths) != len(self.labels):
+            raise ValueError(f"{len(paths)} paths but {len(self.labels)} labels")
+        self.paths = list(paths)
+
+    def images(self, indices: Sequence[int] | np.ndarray, size: int | None = None) -> torch.Tensor:
+        batch = [resize(read_image(self.paths[i]), size) for i in np.asarray(indices, dtype=np.int64)]
+        shapes = {tuple(x.shape) for x in batch}
+        if len(shapes) > 1:
+            raise ValueError(f"images differ in size {sorted(shapes)}; pass size= to resize them")
+        return torch.stack(batch)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> FileSplit:
+        idx = np.asarray(indices, dtype=np.int64)
+        return FileSplit([self.paths[i] for i in idx], self.labels[idx])
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One classification task; ``group`` is natural | specialized | structured | custom."""
+
+    name: str
+    group: str
+    classes: list[str]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+
+
+def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Antialiased bilinear resize to size x size, no crop or augmentation (as VTAB does)."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    return TF.resize(images, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Decode one file to uint8 ``[3, H, W]`` RGB, upright according to its EXIF orientation."""
+    try:
+        with Image.open(path) as img:
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: unreadable image ({e})") from e
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+def default_cache_dir() -> Path:
+    """Where generated suites live: ``$VIVI_CACHE`` or ``~/.cache/vivi``."""
+    return Path(os.environ.get("VIVI_CACHE", Path.home() / ".cache" / "vivi")).expanduser()
+
+
+def load_tasks(spec: str, cache_dir: Path | None = None) -> list[ImageTask]:
+    """Tasks named by ``spec``: ``mini-vtab``, ``mini-vtab:<task>[,<task>...]`` or ``imagefolder:DIR``.
+
+    The mini-VTAB suite is read from ``cache_dir/mini-vtab`` and generated there on first use.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == MINI_VTAB:
+        names = [n.strip() for n in arg.split(",") if n.strip()]
+        return _load_mini_vtab(Path(cache_dir or default_cache_dir()) / MINI_VTAB, names)
+    if kind == "imagefolder" and arg:
+        return [_load_image_folder(Path(arg).expanduser())]
+    raise UserError(f"{spec}: unknown task spec ({SPEC_HELP})")
+
+
+def _load_mini_vtab(root: Path, names: list[str]) -> list[ImageTask]:
+    """Read (building it first if absent) the suite; ``names`` selects tasks, empty means all."""
+    if not (root / "suite.json").exists():
+        from vivi.data.synth import build_suite
+
+        build_suite(root, seed=0)
+    suite_path = root / "suite.json"
+    try:
+        entries = {t["name"]: t for t in json.loads(suite_path.read_text())["tasks"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{suite_path}: not a task suite ({e})") from e
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise UserError(f"{MINI_VTAB}: unknown task {', '.join(unknown)} (available: {', '.join(entries)})")
+    return [_load_npz_task(root, entries[n]) for n in (names or entries)]
+
+
+def _load_npz_task(root: Path, entry: dict) -> ImageTask:
+    """One suite task from ``<name>.npz`` (x_* uint8 NHWC, y_* integer labels per split)."""
+    path = root / f"{entry['name']}.npz"
+    try:
+        with np.load(path) as data:
+            splits = {s: ArraySplit(data[f"x_{s}"], data[f"y_{s}"]) for s in SPLITS}
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a task file with x_/y_ train, val, test arrays ({e})") from e
+    empty = [s for s in SPLITS if len(splits[s]) == 0]
+    if empty:
+        raise UserError(f"{path}: empty split {', '.join(empty)}")
+    classes = entry["classes"]
+    class_names = [str(c) for c in range(classes)] if isinstance(classes, int) else [str(c) for c in classes]
+    return ImageTask(entry["name"], entry["group"], class_names, **splits)
+
+
+def _load_image_folder(root: Path) -> ImageTask:
+    """DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*; classes = train's."""
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise UserError(f"{root}: no {split}/ folder (expected {split}/<class>/<image> inside it)")
+    train_files = _scan_classes(root / "train")
+    if len(train_files) < 2:
+        found = "no class folders" if not train_files else "only one class folder"
+        raise UserError(f"{root / 'train'}: {found}; need at least 2 (train/<class>/<image>)")
+    classes = sorted(train_files)
+    train = _file_split(train_files, classes)
+    test = _file_split(_checked_classes(root / "test", classes), classes)
+    if (root / "val").is_dir():
+        val = _file_split(_checked_classes(root / "val", classes), classes)
+    else:
+        train_idx, val_idx = stratified_holdout(train.labels, VAL_FRACTION, VAL_SEED)
+        if len(val_idx) == 0:
+            raise UserError(f"{root / 'train'}: one image per class leaves none to hold out; add val/")
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    name = root.resolve().name
+    return ImageTask(name, "custom", classes, train, val, test)
+
+
+def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
+    """Class folder name -> its image files (any depth, hidden entries skipped), sorted."""
+    found = {}
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            p
+            for p in class_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+        )
+        if not files:
+            raise UserError(f"{class_dir}: no images (extensions: {' '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+        found[class_dir.name] = files
+    return found
+
+
+def _checked_classes(split_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
+    """Scan a val/test folder and insist it has exactly the train classes."""
+    found = _scan_classes(split_dir)
+    extra = sorted(set(found) - set(classes))
+    if extra:
+        raise UserError(f"{split_dir}: classes not present in train/: {', '.join(extra)}")
+    missing = sorted(set(classes) - set(found))
+    if missing:
+        raise UserError(f"{split_dir}: missing classes present in train/: {', '.join(missing)}")
+    return found
+
+
+def _file_split(files: dict[str, list[Path]], classes: list[str]) -> FileSplit:
+    paths = [p for c in classes for p in files[c]]
+    labels = np.array([i for i, c in enumerate(classes) for _ in files[c]], dtype=np.int64)
+    return FileSplit(paths, labels)
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, held-out) index arrays taking ``fraction`` of each class.
+
+    Each class with at least two examples gives at least one and keeps at least one.
+    """
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_held = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held.extend(rng.permutation(idx)[:n_held])
+    held_out = np.sort(np.asarray(held, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(labels)), held_out), held_out

@@ -1,0 +1,1 @@
+"""Evaluation: frozen features, probes (linear), task-suite runs and reports."""

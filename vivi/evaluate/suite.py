@@ -1,0 +1,152 @@
+"""Run one evaluation protocol over a list of tasks, resumably, and summarise per group.
+
+A protocol is a function ``(model, task, settings) -> metrics`` registered in
+``PROTOCOLS``; metrics hold at least ``accuracy`` (percent). New protocols (kNN, the
+VTAB-1k fine-tune sweep) plug in by adding an entry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from vivi.data.tasks import ImageTask
+from vivi.errors import UserError
+from vivi.evaluate.features import extract_features
+from vivi.evaluate.linear import linear_probe
+
+GROUP_ORDER = ("natural", "specialized", "structured")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What every protocol needs besides the model and the task."""
+
+    image_size: int
+    batch_size: int
+    device: str | torch.device
+    progress: bool
+
+
+def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
+    """Frozen features of each split, then the logistic-regression probe."""
+    feats = {
+        name: extract_features(
+            model,
+            getattr(task, name),
+            settings.image_size,
+            batch_size=settings.batch_size,
+            device=settings.device,
+            progress=settings.progress,
+            desc=f"{task.name}/{name}",
+        )
+        for name in ("train", "val", "test")
+    }
+    return linear_probe(
+        feats["train"], task.train.labels, feats["val"], task.val.labels, feats["test"], task.test.labels
+    )
+
+
+Protocol = Callable[[torch.nn.Module, ImageTask, EvalSettings], dict]
+PROTOCOLS: dict[str, Protocol] = {"linear": _linear}
+
+
+def evaluate_tasks(
+    model: torch.nn.Module,
+    tasks: Sequence[ImageTask],
+    protocol: str = "linear",
+    image_size: int = 64,
+    device: str | torch.device = "cpu",
+    out_json: Path | None = None,
+    model_name: str = "model",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``model`` on every task; returns (and writes to ``out_json``) the results.
+
+    ``{"model", "protocol", "image_size", "tasks": [{"task", "group", "protocol",
+    "accuracy", "val_accuracy", ...}], "groups": {group: mean}, "mean"}``, accuracies in
+    percent; ``mean`` averages tasks, not groups, as VTAB does. If ``out_json`` already
+    holds results for the same model, protocol and image size, tasks found there are not
+    run again; the file is rewritten atomically after each task, so an interrupted run
+    resumes where it stopped.
+    """
+    if protocol not in PROTOCOLS:
+        raise UserError(f"{protocol}: unknown protocol (available: {', '.join(PROTOCOLS)})")
+    run = PROTOCOLS[protocol]
+    settings = EvalSettings(image_size, batch_size, device, progress)
+    header = {"model": model_name, "protocol": protocol, "image_size": image_size}
+    entries = _previous_entries(out_json, header) if out_json is not None else []
+    done = {e["task"] for e in entries}
+    for task in tasks:
+        if task.name in done:
+            if progress:
+                tqdm.write(f"{task.name}: done already in {out_json}, skipped")
+            continue
+        start = time.perf_counter()
+        metrics = run(model, task, settings)
+        entries.append(
+            {
+                "task": task.name,
+                "group": task.group,
+                "protocol": protocol,
+                **metrics,
+                "num_classes": len(task.classes),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+        done.add(task.name)
+        if progress:
+            tqdm.write(f"{task.name}: {metrics['accuracy']:.1f}% ({protocol})")
+        if out_json is not None:
+            _write_json_atomic(out_json, _results(header, entries))
+    return _results(header, entries)
+
+
+def summarize(entries: Sequence[dict]) -> tuple[dict[str, float], float | None]:
+    """Per-group mean accuracy (VTAB groups first, others alphabetically) and the mean over tasks."""
+    by_group: dict[str, list[float]] = {}
+    for e in entries:
+        by_group.setdefault(e["group"], []).append(e["accuracy"])
+    order = [g for g in GROUP_ORDER if g in by_group] + sorted(set(by_group) - set(GROUP_ORDER))
+    groups = {g: math.fsum(by_group[g]) / len(by_group[g]) for g in order}
+    mean = math.fsum(e["accuracy"] for e in entries) / len(entries) if entries else None
+    return groups, mean
+
+
+def _results(header: dict, entries: list[dict]) -> dict:
+    groups, mean = summarize(entries)
+    return {**header, "tasks": entries, "groups": groups, "mean": mean}
+
+
+def _previous_entries(path: Path, header: dict) -> list[dict]:
+    """Task entries of an earlier run written to ``path``; refuses a file from another setup."""
+    if not path.exists():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+        entries = list(previous["tasks"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a vivi results file, cannot resume ({e})") from e
+    for key, value in header.items():
+        if previous.get(key) != value:
+            raise UserError(
+                f"{path}: holds results for {key}={previous.get(key)!r}, not {value!r}; choose another output file"
+            )
+    return entries
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
