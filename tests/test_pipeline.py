@@ -1,0 +1,126 @@
+"""End to end on the built-in world: sampler vs ground truth, pretraining, export, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vivi
+from conftest import ground_truth
+from vivi.config import apply_overrides, preset
+from vivi.data.batches import ClipStream, choose_clip, training_shards
+from vivi.data.shards import read_index
+from vivi.train.loop import pretrain
+
+
+def _gt_shot_of(gt: dict, frame: int) -> int:
+    """Index of the ground-truth shot holding a frame (-1: inside a transition)."""
+    for i, shot in enumerate(gt["shots"]):
+        if shot["start_frame"] <= frame <= shot["end_frame"]:
+            return i
+    return -1
+
+
+def test_sampler_yields_consecutive_shots_and_frames(tiny_world, tiny_data):
+    gts = ground_truth(tiny_world)
+    records = [r for r in read_index([tiny_data]) if r["status"] == "ok"]
+    assert len(records) == 3
+    cfg = preset("VIVI-Ex(4)").data
+    rng = random.Random(0)
+    for record in records:
+        gt = gts[str(Path(record["source"]).resolve())]
+        for _ in range(20):
+            clip = choose_clip(record, cfg, rng)
+            assert clip is not None and len(clip.frames) == 4
+            gt_shots = []
+            for shot in clip.frames:
+                assert len(shot) == 8
+                samples = record["shots"][shot[0][0]]["frames"]
+                frame_ids = [samples[f]["frame"] for _, f in shot]
+                owners = {_gt_shot_of(gt, fr) for fr in frame_ids}
+                assert len(owners) == 1 and -1 not in owners, "the F frames must lie in one true shot"
+                assert [f for _, f in shot] == list(range(shot[0][1], shot[0][1] + 8)), "consecutive samples"
+                assert all(b > a for a, b in zip(frame_ids, frame_ids[1:]))
+                gt_shots.append(owners.pop())
+            assert gt_shots == list(range(gt_shots[0], gt_shots[0] + 4)), "K consecutive true shots"
+
+
+def test_clip_stream_decodes_the_chosen_frames(tiny_data):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.load_size=64"]).data
+    shards = training_shards(read_index([tiny_data]), cfg, str(tiny_data))
+    clip = next(iter(ClipStream(shards, cfg, seed=1)))
+    assert clip.shape == (4, 8, 3, 64, 64) and clip.dtype == torch.uint8
+    # frames of one shot are alike, frames of different shots less so
+    x = clip.float()
+    within = (x[:, 1:] - x[:, :-1]).abs().mean()
+    across = (x[1:, 0] - x[:-1, 0]).abs().mean()
+    assert within < across
+
+
+def test_pretrain_exports_a_loadable_backbone_and_resumes(tiny_data, tmp_path):
+    cfg = apply_overrides(
+        preset("VIVI-Ex(4)"),
+        ["data.videos=2", "data.workers=0", "optim.steps=4", "ckpt_every=2", "log_every=1", "optim.lr=0.05"],
+    )
+    run = pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["loss_sf"], r["loss_v"]])).all() for r in rows)
+    model = vivi.load_backbone(run)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, model.num_features)
+    # the same command again finds the finished run and does no extra step
+    pretrain(cfg, [tiny_data], run, progress=False)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_ex_yt_f_uses_one_fixed_frame_per_video(tiny_data):
+    cfg = preset("Ex-YT-F").data
+    record = next(r for r in read_index([tiny_data]) if r["status"] == "ok")
+    clips = {choose_clip(record, cfg, random.Random(i), seed=0) for i in range(5)}
+    assert len(clips) == 1
+    (frames,) = clips.pop().frames
+    assert len(frames) == 8 and len(set(frames)) == 1
+
+
+def _vivi(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vivi", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["pretrain", "--preset", "VIVI-Ex(9)", "--data", "x", "--out", "y"], "unknown preset"),
+        (["pretrain", "--preset", "VIVI-Ex(4)", "--data", "/nonexistent/data", "--out", "y"], "/nonexistent/data"),
+        (["evaluate", "/nonexistent/run", "--task", "mini-vtab"], "/nonexistent/run"),
+    ],
+)
+def test_cli_bad_input_is_one_line_error(args, needle):
+    res = _vivi(*args)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0]
+
+
+def test_cli_empty_data_folder_and_corrupt_backbone(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _vivi("pretrain", "--preset", "VIVI-Ex(4)", "--data", str(empty), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and str(empty) in res.stderr
+    bad = tmp_path / "backbone.safetensors"
+    bad.write_bytes(b"garbage" * 10)
+    res = _vivi("evaluate", str(bad), "--task", "mini-vtab")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "backbone.safetensors" in res.stderr
+
+
+def test_cli_task_folder_without_classes(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "task" / split).mkdir(parents=True)
+    res = _vivi("evaluate", "random:tiny", "--task", f"imagefolder:{tmp_path / 'task'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "task" in res.stderr
