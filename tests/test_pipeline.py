@@ -124,3 +124,20 @@ def test_cli_task_folder_without_classes(tmp_path):
         (tmp_path / "task" / split).mkdir(parents=True)
     res = _vivi("evaluate", "random:tiny", "--task", f"imagefolder:{tmp_path / 'task'}")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "task" in res.stderr
+
+
+def test_load_frame_resizes_short_side_and_centre_crops():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vivi.data.batches import load_frame
+
+    rgb = np.zeros((60, 120, 3), dtype=np.uint8)
+    rgb[:, 30:90] = 255  # a white centre band, black sides
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    out = load_frame(buf.getvalue(), 30)
+    assert out.shape == (3, 30, 30) and out.dtype == torch.uint8
+    assert out.float().mean() > 240  # the centre crop keeps only the white band

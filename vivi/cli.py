@@ -53,7 +53,7 @@ def _presets(a: argparse.Namespace) -> None:
         d, o = c.data, c.optim
         print(
             f"{n:<16} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} predictor={c.model.predictor:<4} "
-            f"video_loss={c.loss.video_loss}(lambda={c.loss.video_weight}) lr={o.lr} steps={o.steps} "
+            f"video_loss={c.loss.video_loss if c.loss.video_loss == 'none' else f'{c.loss.video_loss}*{c.loss.video_weight}'} lr={o.lr} steps={o.steps} "
             f"warmup={o.warmup_steps} decay@{o.decay_steps} wd={o.weight_decay} width={c.model.backbone.width_factor}"
         )
     print("\n`vivi presets NAME --json` shows every field; override any with --set section.field=value")
@@ -90,7 +90,11 @@ def _demo(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vivi", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="vivi",
+        description="Learn image representations from unlabeled video: frames -> shots -> videos (VIVI).",
+        epilog="Start with `vivi demo`; every command takes --help.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="render the built-in video world as mp4 files + ground_truth.jsonl")

@@ -83,12 +83,11 @@ def run_demo(out: Path, seeds: int = 1, videos: int | None = None, steps: int | 
     for name, spec, seed in models:
         t = _stage(5, total, f"vivi evaluate {name} (seed {seed}) --task mini-vtab --protocol linear")
         enc = load_encoder(spec, seed=seed)
-        label = name if seeds == 1 else f"{name} s{seed}"
         res = evaluate_tasks(
             enc.model, tasks, protocol="linear", image_size=enc.image_size,
-            out_json=out / "results" / f"{slug(name)}-s{seed}.json", model_name=label,
+            out_json=out / "results" / f"{slug(name)}-s{seed}.json", model_name=name,
         )
-        results.append(res)
+        results.append(res if seeds == 1 else {**res, "model": f"{name} s{seed}"})
         _done(t)
 
     print("\n" + results_table(results))

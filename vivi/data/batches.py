@@ -8,6 +8,7 @@ every rank sees the same number of steps, and the same seed gives the same data.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import zlib
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import decode_jpeg
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image
 
 from vivi.config import DataConfig
 from vivi.errors import UserError
@@ -71,13 +72,21 @@ def frame_name(shot: int, frame: int) -> str:
 
 
 def load_frame(data: bytes, size: int) -> torch.Tensor:
-    """JPEG bytes -> uint8 ``[3, size, size]``: short side resized to ``size``, centre crop."""
-    img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    if min(img.shape[1:]) != size:
-        img = TF.resize(img, size, antialias=True)
-    return TF.center_crop(img, [size, size])
+    """JPEG bytes -> uint8 ``[3, size, size]``: short side resized to ``size``, centre crop.
+
+    PIL's ``draft`` lets libjpeg decode large frames at a reduced scale directly.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        if scale != 1:
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR, reducing_gap=None)
+            w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
 def eligible(records: Sequence[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:

@@ -293,7 +293,7 @@ def render_video(video_seed: int, scene: int, size: int, fps: float):
                 cursor += pre
         yield frames[pre : pre + n_own]
         shots.append({"start_frame": cursor, "end_frame": cursor + n_own - 1,
-                      "start_s": round(cursor / fps, 3), "end_s": round((cursor + n_own - 1) / fps, 3), **gt})
+                      "start_s": round(cursor / fps, 3), "end_s": round((cursor + n_own) / fps, 3), **gt})
         cursor += n_own
         tail = frames[pre + n_own :]
     return {
