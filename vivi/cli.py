@@ -63,8 +63,10 @@ def _evaluate(a: argparse.Namespace) -> None:
     from vivi.data.tasks import load_tasks
     from vivi.evaluate.encoders import load_encoder
     from vivi.evaluate.report import results_table
-    from vivi.evaluate.suite import evaluate_tasks
+    from vivi.evaluate.suite import PROTOCOLS, evaluate_tasks
 
+    if a.protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {a.protocol}: unknown protocol (available: {', '.join(PROTOCOLS)})")
     enc = load_encoder(a.model, device=a.device, seed=a.seed)
     tasks = load_tasks(a.task, Path(a.cache) if a.cache else None)
     results = evaluate_tasks(

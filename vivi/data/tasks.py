@@ -138,11 +138,13 @@ def load_tasks(spec: str, cache_dir: Path | None = None) -> list[ImageTask]:
 
 def _load_mini_vtab(root: Path, names: list[str]) -> list[ImageTask]:
     """Read (building it first if absent) the suite; ``names`` selects tasks, empty means all."""
-    if not (root / "suite.json").exists():
-        from vivi.data.synth import build_suite
-
-        build_suite(root, seed=0)
     suite_path = root / "suite.json"
+    if _needs_build(suite_path):
+        from vivi.data.synth import TASKS, build_suite
+
+        if unknown := [n for n in names if n not in TASKS]:  # before minutes of rendering
+            raise UserError(f"{MINI_VTAB}: unknown task {', '.join(unknown)} (available: {', '.join(TASKS)})")
+        build_suite(root, seed=0)
     try:
         entries = {t["name"]: t for t in json.loads(suite_path.read_text())["tasks"]}
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -151,6 +153,19 @@ def _load_mini_vtab(root: Path, names: list[str]) -> list[ImageTask]:
     if unknown:
         raise UserError(f"{MINI_VTAB}: unknown task {', '.join(unknown)} (available: {', '.join(entries)})")
     return [_load_npz_task(root, entries[n]) for n in (names or entries)]
+
+
+def _needs_build(suite_path: Path) -> bool:
+    """Missing, or written by another version of the generator (a suite without a version is kept)."""
+    if not suite_path.exists():
+        return True
+    from vivi.data.synth.tasks import SUITE_VERSION
+
+    try:
+        version = json.loads(suite_path.read_text()).get("version", SUITE_VERSION)
+    except (OSError, ValueError, AttributeError):
+        return True
+    return version != SUITE_VERSION
 
 
 def _load_npz_task(root: Path, entry: dict) -> ImageTask:
