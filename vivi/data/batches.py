@@ -119,12 +119,8 @@ class ClipStream(IterableDataset):
             clip = choose_clip(record, self.cfg, rng, self.seed)
             if clip is None:
                 continue
-            yield torch.stack(
-                [
-                    torch.stack([load_frame(sample[frame_name(s, f)], self.cfg.load_size) for s, f in shot])
-                    for shot in clip.frames
-                ]
-            )
+            decoded = {sf: load_frame(sample[frame_name(*sf)], self.cfg.load_size) for shot in clip.frames for sf in shot}
+            yield torch.stack([torch.stack([decoded[sf] for sf in shot]) for shot in clip.frames])
 
 
 def make_loader(shards: Sequence[str], cfg: DataConfig, seed: int = 0, rank: int = 0) -> Iterator[torch.Tensor]:
