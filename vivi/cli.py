@@ -52,11 +52,16 @@ def _presets(a: argparse.Namespace) -> None:
         c = preset(n, a.scale)
         d, o = c.data, c.optim
         print(
-            f"{n:<16} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} predictor={c.model.predictor:<4} "
+            f"{n:<16} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} frame_loss={c.loss.frame_loss:<8} "
+            f"predictor={c.model.predictor:<4} "
             f"video_loss={c.loss.video_loss if c.loss.video_loss == 'none' else f'{c.loss.video_loss}*{c.loss.video_weight}'} lr={o.lr} steps={o.steps} "
-            f"warmup={o.warmup_steps} decay@{o.decay_steps} wd={o.weight_decay} width={c.model.backbone.width_factor}"
+            f"warmup={o.warmup_steps} decay@{o.decay_steps} wd={o.weight_decay} width={c.model.backbone.width_factor} "
+            f"autoaugment={'on' if c.augment.autoaugment else 'off'}"
         )
-    print("\n`vivi presets NAME --json` shows every field; override any with --set section.field=value")
+    print(
+        "\nappend -AA to any name for AutoAugment (video loss weight halved), e.g. VIVI-Ex(4)-AA"
+        "\n`vivi presets NAME --json` shows every field; override any with --set section.field=value"
+    )
 
 
 def _evaluate(a: argparse.Namespace) -> None:

@@ -43,7 +43,11 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Inception-style crop + flip + colour distortion, applied per frame, batched on the device."""
+    """Inception-style crop + flip + colour distortion, applied per frame, batched on the device.
+
+    ``autoaugment`` (the ``-AA`` presets) replaces the colour distortion by AutoAugment's ImageNet
+    policy, applied per frame before the crop and flip, as the paper replaces [55]'s mechanism.
+    """
 
     image_size: int = 64
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -55,6 +59,7 @@ class AugmentConfig:
     hue: float = 0.1
     color_prob: float = 0.8
     gray_prob: float = 0.2
+    autoaugment: bool = False
 
 
 @dataclass
@@ -68,14 +73,15 @@ class ModelConfig:
     lstm_layers: int = 2
     mlp_hidden: int = 256
     mlp_out: int = 128
+    order_hidden: int = 512  # shot order prediction: one hidden layer on the concatenated shot embeddings
 
 
 @dataclass
 class LossConfig:
-    frame_loss: str = "exemplar"  # frame/shot-level loss L_SF
+    frame_loss: str = "exemplar"  # frame/shot-level loss L_SF: "exemplar" (triplet) | "rotation"
     margin: float = 0.5  # semi-hard triplet margin (Appendix B)
     squared: bool = True  # squared Euclidean distances, as TF's triplet_semihard_loss
-    video_loss: str = "infonce"  # "infonce" | "none"
+    video_loss: str = "infonce"  # "infonce" | "order" (shot order prediction) | "none"
     video_weight: float = 0.1  # lambda
     infonce_temperature: float = 1.0  # the paper's score is a plain dot product (temperature 1)
 
@@ -128,7 +134,7 @@ SCALES = ("tiny", "paper")
 _FRAME_SCHEDULE = (120_000, 17_000, (52_000, 86_000))
 _SHOT_SCHEDULE = (120_000, 5_000, (90_000, 110_000))
 
-# name -> (data mode, K shots, F frames, predictor, video loss, wider backbone, schedule)
+# name -> (data mode, K shots, F frames, predictor, video loss, frame loss, wider backbone, schedule)
 _PRESETS: dict[str, dict[str, Any]] = {
     "Ex-YT-F": dict(mode="frame", shots=1, frames=8, predictor="none", video_loss="none", schedule=_FRAME_SCHEDULE),
     "Ex-YT-S": dict(mode="shots", shots=1, frames=8, predictor="none", video_loss="none", schedule=_SHOT_SCHEDULE),
@@ -138,9 +144,30 @@ _PRESETS: dict[str, dict[str, Any]] = {
         mode="shots", shots=4, frames=8, predictor="lstm", video_loss="infonce", schedule=_SHOT_SCHEDULE,
         width_factor=3, weight_decay=0.04,
     ),
+    "VIVI-Ex(2)-Ord": dict(mode="shots", shots=2, frames=8, predictor="none", video_loss="order", schedule=_SHOT_SCHEDULE),
+    "Rot-YT-F": dict(
+        mode="frame", shots=1, frames=1, predictor="none", video_loss="none", frame_loss="rotation",
+        schedule=_FRAME_SCHEDULE,
+    ),
+    "VIVI-Rot(2)": dict(
+        mode="shots", shots=2, frames=4, predictor="mlp", video_loss="infonce", frame_loss="rotation",
+        schedule=_SHOT_SCHEDULE,
+    ),
+    "VIVI-Rot(4)": dict(
+        mode="shots", shots=4, frames=4, predictor="lstm", video_loss="infonce", frame_loss="rotation",
+        schedule=_SHOT_SCHEDULE,
+    ),
 }
 
-PRESET_NAMES = tuple(_PRESETS)
+PRESET_NAMES = tuple(_PRESETS)  # base names; any of them also takes the AutoAugment suffix
+AA_SUFFIX = "-AA"
+
+
+def _base_name(name: str) -> tuple[str, bool]:
+    """``"VIVI-Ex(4)-AA"`` -> ``("VIVI-Ex(4)", True)``; names without the suffix pass through."""
+    if name.endswith(AA_SUFFIX) and name[: -len(AA_SUFFIX)] in _PRESETS:
+        return name[: -len(AA_SUFFIX)], True
+    return name, False
 
 
 def _scale_schedule(steps: int, schedule: tuple[int, int, tuple[int, ...]]) -> tuple[int, list[int]]:
@@ -150,12 +177,16 @@ def _scale_schedule(steps: int, schedule: tuple[int, int, tuple[int, ...]]) -> t
 
 
 def preset(name: str, scale: str = "tiny") -> RunConfig:
-    """Resolve a paper model name at a size; unknown names list the valid ones."""
-    if name not in _PRESETS:
-        raise UserError(f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}")
+    """Resolve a paper model name (optionally suffixed ``-AA``) at a size; unknown names list the valid ones."""
+    base, autoaugment = _base_name(name)
+    if base not in _PRESETS:
+        raise UserError(
+            f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)} "
+            f"(each also with the suffix {AA_SUFFIX} for AutoAugment, e.g. VIVI-Ex(4){AA_SUFFIX})"
+        )
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    p = _PRESETS[name]
+    p = _PRESETS[base]
     cfg = RunConfig(preset=name, scale=scale)
     shots_per_batch = 32 if scale == "tiny" else 2048  # Table 5: V * K = 2048 shots (exemplars) per batch
     cfg.data.mode = p["mode"]
@@ -164,6 +195,7 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
     cfg.data.videos = shots_per_batch // p["shots"]
     cfg.model.predictor = p["predictor"]
     cfg.loss.video_loss = p["video_loss"]
+    cfg.loss.frame_loss = p.get("frame_loss", "exemplar")
     cfg.model.backbone.width_factor = p.get("width_factor", 1)
     cfg.optim.weight_decay = p.get("weight_decay", 0.0)
     if scale == "paper":
@@ -179,6 +211,9 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
     else:
         cfg.optim.lr, cfg.optim.steps = 0.1, 400
     cfg.optim.warmup_steps, cfg.optim.decay_steps = _scale_schedule(cfg.optim.steps, p["schedule"])
+    if autoaugment:  # Appendix B: with AA the video-level loss weight is halved
+        cfg.augment.autoaugment = True
+        cfg.loss.video_weight /= 2
     return cfg
 
 
@@ -226,7 +261,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         setattr(target, leaf, _parse_value(raw, getattr(target, leaf), key))
         schedule_set |= key in ("optim.warmup_steps", "optim.decay_steps")
     if cfg.optim.steps != steps_before and not schedule_set:
-        sched = _PRESETS.get(cfg.preset, {}).get("schedule", _SHOT_SCHEDULE)
+        sched = _PRESETS.get(_base_name(cfg.preset)[0], {}).get("schedule", _SHOT_SCHEDULE)
         cfg.optim.warmup_steps, cfg.optim.decay_steps = _scale_schedule(cfg.optim.steps, sched)
     validate(cfg)
     return cfg
@@ -237,13 +272,22 @@ def validate(cfg: RunConfig) -> None:
     d = cfg.data
     if min(d.videos, d.shots, d.frames) < 1:
         raise UserError("data.videos, data.shots and data.frames must be >= 1")
-    if cfg.loss.video_loss != "none":
+    loss = cfg.loss
+    if loss.frame_loss not in ("exemplar", "rotation"):
+        raise UserError(f"loss.frame_loss={loss.frame_loss!r}: expected 'exemplar' or 'rotation'")
+    if loss.video_loss not in ("infonce", "order", "none"):
+        raise UserError(f"loss.video_loss={loss.video_loss!r}: expected 'infonce', 'order' or 'none'")
+    if loss.frame_loss == "exemplar" and d.frames < 2:
+        raise UserError("loss.frame_loss=exemplar needs data.frames >= 2 views of each exemplar (positives)")
+    if loss.video_loss == "infonce":
         if d.shots < 2 or d.videos < 2:
-            raise UserError("a video-level loss needs data.shots >= 2 and data.videos >= 2 (negatives come from other videos)")
+            raise UserError("loss.video_loss=infonce needs data.shots >= 2 and data.videos >= 2 (negatives come from other videos)")
         if cfg.model.predictor == "mlp" and d.shots != 2:
             raise UserError("model.predictor=mlp predicts one shot from the other: it needs data.shots=2")
         if cfg.model.predictor == "none":
             raise UserError("loss.video_loss=infonce needs a predictor (model.predictor=lstm or mlp)")
+    if loss.video_loss == "order" and d.shots < 2:
+        raise UserError("loss.video_loss=order predicts the order of a video's shots: it needs data.shots >= 2")
     if d.mode not in ("shots", "frame"):
         raise UserError(f"data.mode={d.mode!r}: expected 'shots' or 'frame'")
     if d.mode == "frame" and d.shots != 1:

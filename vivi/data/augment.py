@@ -5,6 +5,10 @@ workers costs more than the tiny backbone on a laptop, so the whole batch is aug
 once with one ``grid_sample`` (crop + flip + resize) and a few vectorised colour ops; the
 same code runs on the GPU at paper scale. Random draws come from an explicit generator so a
 run is reproducible and resumable.
+
+With ``autoaugment`` (the paper's ``-AA`` models) AutoAugment's ImageNet policy replaces the
+colour distortion: it runs per uint8 frame (torchvision, not batched: slower, but simple),
+then the same batched crop and flip.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms import v2
 
 from vivi.config import AugmentConfig
 
@@ -116,11 +121,26 @@ def normalize(x: Tensor) -> Tensor:
     return (x - mean) / std
 
 
+def autoaugment(frames: Tensor, g: torch.Generator) -> Tensor:
+    """AutoAugment (ImageNet policy) drawn independently for each uint8 ``[3, S, S]`` frame.
+
+    torchvision draws from the global CPU generator, so it is reseeded from ``g`` inside a
+    forked RNG state: the draws stay reproducible and the global state is left untouched.
+    """
+    policy = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    seed = int(torch.randint(2**62, (1,), generator=g, device=g.device).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([policy(frame) for frame in frames])
+
+
 def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     """uint8 ``[N, 3, S, S]`` frames -> float ``[N, 3, s, s]`` normalised, each frame augmented once."""
+    if cfg.autoaugment:
+        frames = autoaugment(frames, g)
     x = frames.float() / 255.0
     n = x.shape[0]
     boxes = crop_boxes(n, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), g, x.device)
     flip = torch.rand(n, generator=g, device=x.device) < 0.5 if cfg.flip else None
     x = crop_resize(x, boxes, cfg.image_size, flip)
-    return normalize(color_distort(x, cfg, g))
+    return normalize(x if cfg.autoaugment else color_distort(x, cfg, g))

@@ -41,6 +41,19 @@ class MLPPairPredictor(nn.Module):
         return self.g(shots[:, :1]), self.h(shots)
 
 
+class OrderPredictor(nn.Module):
+    """Shot order prediction: a single-hidden-layer MLP (512 units) on the K concatenated shot
+    embeddings, returning one logit per video (positive: the sequence was reversed)."""
+
+    def __init__(self, dim: int = 512, shots: int = 2, hidden: int = 512) -> None:
+        super().__init__()
+        self.mlp = _mlp(dim * shots, hidden, 1)
+
+    def forward(self, shots: Tensor) -> Tensor:
+        """shots [V, K, D] -> logits [V]."""
+        return self.mlp(shots.flatten(1)).squeeze(1)
+
+
 def prediction_targets(num_videos: int, num_shots: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Ids for predictions of shots 2..K: (query video id, key video id, positive key index)."""
     query_video = torch.arange(num_videos, device=device).repeat_interleave(num_shots - 1)

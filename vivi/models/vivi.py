@@ -1,4 +1,4 @@
-"""The VIVI network: frame encoder f, exemplar head, shot pooling p and video predictor g.
+"""The VIVI network: frame encoder f, frame-level head, shot pooling p and video-level head g.
 
 ``forward`` takes the augmented frames of a batch laid out as ``[V, K, F, 3, s, s]`` and
 returns what the losses need; the objective that combines them lives in
@@ -13,16 +13,24 @@ import torch
 from torch import Tensor, nn
 
 from vivi.config import RunConfig
+from vivi.losses.order import random_reversal
+from vivi.losses.rotation import ROTATIONS, rotated_batch
 from vivi.models.backbone import build_backbone
 from vivi.models.pooling import build_pooling
-from vivi.models.predictors import LSTMPredictor, MLPPairPredictor
+from vivi.models.predictors import LSTMPredictor, MLPPairPredictor, OrderPredictor
 
 
 @dataclass
 class VIVIOutput:
-    exemplar: Tensor  # [V*K*F, exemplar_dim], L2-normalised
-    predictions: Tensor | None  # [V, K-1, d] predicted shot embeddings
-    keys: Tensor | None  # [V, K, d] shot embeddings to score predictions against
+    """Only the fields of the configured losses are set."""
+
+    exemplar: Tensor | None = None  # [V*K*F, exemplar_dim], L2-normalised (frame_loss exemplar)
+    predictions: Tensor | None = None  # [V, K-1, d] predicted shot embeddings (video_loss infonce)
+    keys: Tensor | None = None  # [V, K, d] shot embeddings to score predictions against
+    rotation: Tensor | None = None  # [4*V*K*F, 4] rotation logits of all copies (frame_loss rotation)
+    rotation_labels: Tensor | None = None  # [4*V*K*F] quarter turns of each copy
+    order: Tensor | None = None  # [V] logits "this shot sequence is reversed" (video_loss order)
+    order_labels: Tensor | None = None  # [V] 1.0 where the sequence was reversed
 
 
 class VIVIModel(nn.Module):
@@ -31,29 +39,52 @@ class VIVIModel(nn.Module):
         m = cfg.model
         self.backbone = build_backbone(m.backbone)
         dim = self.backbone.num_features
-        self.exemplar_head = nn.Linear(dim, m.exemplar_dim)
+        self.exemplar_head: nn.Module | None = None
+        self.rotation_head: nn.Module | None = None
+        if cfg.loss.frame_loss == "rotation":
+            self.rotation_head = nn.Linear(dim, ROTATIONS)
+        else:
+            self.exemplar_head = nn.Linear(dim, m.exemplar_dim)
         self.video_head: nn.Module | None = None
         self.predictor: nn.Module | None = None
+        self.order_predictor: nn.Module | None = None
         if cfg.loss.video_loss != "none":
             self.pool = build_pooling(m.pooling)
             self.video_head = nn.Linear(dim, m.video_dim)
-            if m.predictor == "lstm":
+            if cfg.loss.video_loss == "order":
+                self.order_predictor = OrderPredictor(m.video_dim, cfg.data.shots, m.order_hidden)
+            elif m.predictor == "lstm":
                 self.predictor = LSTMPredictor(m.video_dim, m.lstm_hidden, m.lstm_layers)
             elif m.predictor == "mlp":
                 self.predictor = MLPPairPredictor(m.video_dim, m.mlp_hidden, m.mlp_out)
             else:
                 raise ValueError(f"unknown predictor {m.predictor!r}")
 
-    def forward(self, frames: Tensor) -> VIVIOutput:
+    def forward(self, frames: Tensor, generator: torch.Generator | None = None) -> VIVIOutput:
+        """``generator`` draws the shot-order reversals; only the order loss needs it."""
         v, k, f = frames.shape[:3]
-        feats = self.backbone(frames.flatten(0, 2))  # [V*K*F, D] pre-logits
-        exemplar = nn.functional.normalize(self.exemplar_head(feats).float(), dim=1)
-        if self.predictor is None:
-            return VIVIOutput(exemplar, None, None)
+        x = frames.flatten(0, 2)
+        out = VIVIOutput()
+        if self.rotation_head is not None:
+            x, out.rotation_labels = rotated_batch(x)
+        feats = self.backbone(x)  # [V*K*F, D] pre-logits (x4 with rotated copies)
+        if self.rotation_head is not None:
+            out.rotation = self.rotation_head(feats)
+            feats = feats[: v * k * f]  # the unrotated copies come first; only they make shots
+        else:
+            out.exemplar = nn.functional.normalize(self.exemplar_head(feats).float(), dim=1)
+        if self.video_head is None:
+            return out
         # Pool pre-logits over the frames of each shot, then project (Appendix A).
         shots = self.video_head(self.pool(feats.view(v, k, f, -1)))
-        predictions, keys = self.predictor(shots)
-        return VIVIOutput(exemplar, predictions, keys)
+        if self.order_predictor is not None:
+            if generator is None:
+                raise ValueError("the shot order loss draws its reversals from an explicit generator: pass generator=")
+            reordered, out.order_labels = random_reversal(shots, generator)
+            out.order = self.order_predictor(reordered)
+        else:
+            out.predictions, out.keys = self.predictor(shots)
+        return out
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -99,7 +99,7 @@ def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True)
             if cfg.channels_last:
                 frames = frames.contiguous(memory_format=torch.channels_last)
             with autocast_context(cfg, device):
-                output = model(frames.view(v, k, f, *frames.shape[1:]))
+                output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen)
             terms = objective(output, v, k, f)
             loss = terms["loss"]
             if not math.isfinite(loss.item()):

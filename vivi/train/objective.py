@@ -1,11 +1,12 @@
-"""L = L_SF + lambda * L_V: the frame/shot-level exemplar loss plus the video-level InfoNCE."""
+"""L = L_SF + lambda * L_V: a frame/shot-level loss (exemplar triplet or rotation) plus a
+video-level loss (InfoNCE over predicted shots or shot order prediction)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
 from vivi.config import LossConfig
-from vivi.losses import InfoNCELoss, SemiHardTripletLoss
+from vivi.losses import InfoNCELoss, OrderLoss, RotationLoss, SemiHardTripletLoss
 from vivi.models.predictors import prediction_targets
 from vivi.models.vivi import VIVIOutput, exemplar_labels
 
@@ -14,18 +15,27 @@ class VIVIObjective:
     def __init__(self, cfg: LossConfig) -> None:
         self.cfg = cfg
         self.triplet = SemiHardTripletLoss(cfg.margin, cfg.squared)
+        self.rotation = RotationLoss()
         self.infonce = InfoNCELoss(cfg.infonce_temperature)
+        self.order = OrderLoss()
 
     def __call__(self, out: VIVIOutput, v: int, k: int, f: int) -> dict[str, Tensor]:
         """The loss terms and their weighted sum under ``"loss"``."""
-        device = out.exemplar.device
-        terms = {"loss_sf": self.triplet(out.exemplar, exemplar_labels(v, k, f, device))}
+        if out.rotation is not None and out.rotation_labels is not None:
+            terms = {"loss_sf": self.rotation(out.rotation, out.rotation_labels)}
+        elif out.exemplar is not None:
+            terms = {"loss_sf": self.triplet(out.exemplar, exemplar_labels(v, k, f, out.exemplar.device))}
+        else:
+            raise ValueError("the model output holds no frame-level loss input")
         total = terms["loss_sf"]
         if out.predictions is not None and out.keys is not None:
-            query_video, key_video, positive = prediction_targets(v, k, device)
+            query_video, key_video, positive = prediction_targets(v, k, out.predictions.device)
             predictions = out.predictions.flatten(0, 1)
             keys = out.keys.flatten(0, 1)
             terms["loss_v"] = self.infonce(predictions, keys, query_video, key_video, positive)
+        elif out.order is not None and out.order_labels is not None:
+            terms["loss_v"] = self.order(out.order, out.order_labels)
+        if "loss_v" in terms:
             total = total + self.cfg.video_weight * terms["loss_v"]
         terms["loss"] = total
         return terms
