@@ -30,3 +30,19 @@ def ground_truth(world: Path) -> dict[str, dict]:
     """Ground-truth records keyed by the absolute video path."""
     rows = [json.loads(line) for line in (world / "ground_truth.jsonl").read_text().splitlines()]
     return {str((world / r["video"]).resolve()): r for r in rows}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread_per_worker():
+    """pytest-xdist runs one worker per core: more torch threads per worker only oversubscribe."""
+    import os
+
+    import torch
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+    else:
+        yield

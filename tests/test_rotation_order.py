@@ -162,7 +162,10 @@ def test_every_preset_trains_on_a_fixed_batch(name, one_thread):
     clips = torch.randint(0, 256, (v, k, f, 3, 32, 32), dtype=torch.uint8)
     model = VIVIModel(cfg)
     objective = VIVIObjective(cfg.loss)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    # GroupNorm + weight standardisation (the co-trained presets) learns the triplet loss more
+    # slowly at this size: a larger step shows the decrease within 8 steps.
+    lr = 0.2 if cfg.model.backbone.norm == "groupnorm_ws" else 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     losses = []
     for _ in range(8):
         gen = torch.Generator().manual_seed(0)  # the same augmentation and reversals every step

@@ -36,8 +36,22 @@ def _pretrain(a: argparse.Namespace) -> None:
         overrides.append(f"seed={a.seed}")
     if a.steps is not None:
         overrides.append(f"optim.steps={a.steps}")
+    if a.labelled is not None:
+        overrides.append(f"data.labelled={a.labelled}")
+    if a.labelled_fraction is not None:
+        overrides.append(f"data.labelled_fraction={a.labelled_fraction}")
     cfg = apply_overrides(cfg, overrides)
-    run = pretrain(cfg, [Path(d) for d in a.data], Path(a.out))
+    if cfg.data.mode == "images":
+        if a.data or not a.images:
+            raise UserError(f"preset {a.preset} trains on an image folder: pass --images DIR (not --data)")
+        sources = [a.images]
+    else:
+        if a.images or not a.data:
+            raise UserError(
+                f"preset {a.preset} trains on ingested videos: pass --data DIR (--images is for Ex-/Rot-ImageNet)"
+            )
+        sources = a.data
+    run = pretrain(cfg, [Path(d) for d in sources], Path(a.out))
     print(f"backbone: {run / 'backbone.safetensors'}  (load with vivi.load_backbone({str(run)!r}))")
 
 
@@ -52,13 +66,20 @@ def _presets(a: argparse.Namespace) -> None:
         c = preset(n, a.scale)
         d, o = c.data, c.optim
         print(
-            f"{n:<16} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} frame_loss={c.loss.frame_loss:<8} "
+            f"{n:<24} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} frame_loss={c.loss.frame_loss:<8} "
             f"predictor={c.model.predictor:<4} "
             f"video_loss={c.loss.video_loss if c.loss.video_loss == 'none' else f'{c.loss.video_loss}*{c.loss.video_weight}'} lr={o.lr} steps={o.steps} "
             f"warmup={o.warmup_steps} decay@{o.decay_steps} wd={o.weight_decay} width={c.model.backbone.width_factor} "
             f"autoaugment={'on' if c.augment.autoaugment else 'off'}"
+            + (
+                f" norm={c.model.backbone.norm} labelled={d.labelled_batch}/step@{d.labelled_fraction:.0%}"
+                f" sup_weight={c.loss.sup_weight}"
+                if d.labelled_batch
+                else ""
+            )
         )
     print(
+        "\nco-trained presets (-Co) need --labelled imagefolder:DIR; Ex-/Rot-ImageNet train on --images DIR"
         "\nappend -AA to any name for AutoAugment (video loss weight halved), e.g. VIVI-Ex(4)-AA"
         "\n`vivi presets NAME --json` shows every field; override any with --set section.field=value"
     )
@@ -127,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="self-supervised pretraining with a paper preset")
     s.add_argument("--preset", required=True, help="a model name of the paper, e.g. VIVI-Ex(4); see `vivi presets`")
-    s.add_argument("--data", required=True, action="append", help="an ingested folder (repeat for several)")
+    s.add_argument("--data", action="append", help="an ingested folder (repeat for several)")
+    s.add_argument("--images", help="an image folder (DIR/* or DIR/<class>/*): the data of Ex-/Rot-ImageNet")
+    s.add_argument("--labelled", help="co-training's labelled images: imagefolder:DIR (DIR/<class>/*)")
+    s.add_argument(
+        "--labelled-fraction", type=float, help="class-balanced fraction of them to use (data.labelled_fraction)"
+    )
     s.add_argument("--out", required=True, help="the run folder (re-running resumes it)")
     s.add_argument("--scale", default="tiny", help="tiny (CPU) | paper (ResNet-50 v2, Table 5)")
     s.add_argument("--seed", type=int, default=None)

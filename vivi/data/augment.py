@@ -13,6 +13,7 @@ then the same batched crop and flip.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -132,6 +133,13 @@ def autoaugment(frames: Tensor, g: torch.Generator) -> Tensor:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return torch.stack([policy(frame) for frame in frames])
+
+
+def hsv_jitter(cfg: AugmentConfig) -> AugmentConfig:
+    """Co-training's labelled-image augmentation: the HSV-space colour randomisation of S4L [64]
+    (hue, saturation and value jitter on every image, no contrast or grayscale), expressed with the
+    batched colour distortion; crop, flip and ``autoaugment`` stay as configured."""
+    return dataclasses.replace(cfg, contrast=0.0, color_prob=1.0, gray_prob=0.0)
 
 
 def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:

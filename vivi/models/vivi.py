@@ -31,6 +31,7 @@ class VIVIOutput:
     rotation_labels: Tensor | None = None  # [4*V*K*F] quarter turns of each copy
     order: Tensor | None = None  # [V] logits "this shot sequence is reversed" (video_loss order)
     order_labels: Tensor | None = None  # [V] 1.0 where the sequence was reversed
+    logits: Tensor | None = None  # [B, classes] class logits of the labelled images (co-training)
 
 
 class VIVIModel(nn.Module):
@@ -45,6 +46,7 @@ class VIVIModel(nn.Module):
             self.rotation_head = nn.Linear(dim, ROTATIONS)
         else:
             self.exemplar_head = nn.Linear(dim, m.exemplar_dim)
+        self.classifier = nn.Linear(dim, m.classes) if m.classes > 0 else None
         self.video_head: nn.Module | None = None
         self.predictor: nn.Module | None = None
         self.order_predictor: nn.Module | None = None
@@ -60,14 +62,27 @@ class VIVIModel(nn.Module):
             else:
                 raise ValueError(f"unknown predictor {m.predictor!r}")
 
-    def forward(self, frames: Tensor, generator: torch.Generator | None = None) -> VIVIOutput:
-        """``generator`` draws the shot-order reversals; only the order loss needs it."""
+    def forward(
+        self, frames: Tensor, generator: torch.Generator | None = None, images: Tensor | None = None
+    ) -> VIVIOutput:
+        """``generator`` draws the shot-order reversals; only the order loss needs it.
+
+        ``images`` (co-training): augmented labelled images ``[B, 3, s, s]``, encoded in the same
+        backbone pass as the frames (GroupNorm keeps the two sources' statistics apart) and classified.
+        """
         v, k, f = frames.shape[:3]
         x = frames.flatten(0, 2)
         out = VIVIOutput()
         if self.rotation_head is not None:
             x, out.rotation_labels = rotated_batch(x)
-        feats = self.backbone(x)  # [V*K*F, D] pre-logits (x4 with rotated copies)
+        n = x.shape[0]
+        if images is not None:
+            if self.classifier is None:
+                raise ValueError("labelled images need a classification head: set model.classes")
+            x = torch.cat([x, images])
+        feats = self.backbone(x)  # [V*K*F, D] pre-logits (x4 with rotated copies, + B labelled images)
+        if images is not None:
+            out.logits, feats = self.classifier(feats[n:]), feats[:n]
         if self.rotation_head is not None:
             out.rotation = self.rotation_head(feats)
             feats = feats[: v * k * f]  # the unrotated copies come first; only they make shots

@@ -2,23 +2,29 @@
 
 Read top to bottom: data -> model -> optimiser and precomputed schedule -> (resume) -> steps
 (augment on device, forward, loss, backward, step, log, checkpoint) -> export the backbone.
+Co-trained presets draw one labelled image batch per step beside the video batch
+(:class:`LabelledBatches`); the image baselines read an image folder in place of videos.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vivi.config import RunConfig, from_dict
-from vivi.data.augment import augment
+from vivi.data.augment import augment, hsv_jitter
 from vivi.data.batches import make_loader, training_shards
+from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import read_index
 from vivi.errors import UserError
 from vivi.models.backbone import save_backbone
@@ -55,11 +61,64 @@ def _check_resume_config(run: Path, cfg: RunConfig) -> None:
             )
 
 
+def _frame_source(cfg: RunConfig, data: list[Path]) -> list[str] | ImageFolder:
+    """The shards of the ingested folders ``data``, or the image folder of the image baselines."""
+    if cfg.data.mode == "images":
+        if len(data) != 1:
+            raise UserError(f"preset {cfg.preset} trains on one image folder (--images DIR), got {len(data)}")
+        return scan_images(data[0], labelled=False)
+    return training_shards(read_index(data), cfg.data, ", ".join(str(d) for d in data))
+
+
+def _clip_batches(cfg: RunConfig, source: list[str] | ImageFolder, seed: int) -> Iterator[Tensor]:
+    """uint8 ``[V, K, F, 3, S, S]``; from an image folder ``[V, 1, F, ...]``, each image repeated F times,
+    so Ex-/Rot-ImageNet run through the same model and objective as Ex-/Rot-YT-F."""
+    if isinstance(source, ImageFolder):
+        d = cfg.data
+        images = image_batches(source, d.videos, d.load_size, seed, d.workers)
+        return (x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1) for x, _ in images)
+    return make_loader(source, cfg.data, seed=seed)
+
+
+def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
+    """The labelled images of a co-trained preset; their classes size the head (saved in ``cfg``)."""
+    d = cfg.data
+    if d.labelled_batch < 1:
+        return None
+    if not d.labelled:
+        raise UserError(
+            f"preset {cfg.preset} co-trains with labelled images: pass --labelled imagefolder:DIR "
+            "(sets data.labelled)"
+        )
+    folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed)
+    cfg.model.classes = len(folder.classes)
+    return folder
+
+
+class LabelledBatches:
+    """Co-training (paper 3.1): one augmented batch of labelled images and their labels per step."""
+
+    def __init__(self, cfg: RunConfig, folder: ImageFolder, seed: int) -> None:
+        d = cfg.data
+        self.batches = image_batches(folder, d.labelled_batch, d.load_size, seed, d.workers)
+        self.augment = hsv_jitter(cfg.augment)
+        self.channels_last = cfg.channels_last
+
+    def next(self, device: torch.device, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        images, labels = next(self.batches)
+        x = augment(images.to(device, non_blocking=True), self.augment, gen)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels.to(device, non_blocking=True)
+
+
 def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True) -> Path:
-    """Train ``cfg`` on the ingested folders ``data``; resumes from the newest checkpoint in ``out``."""
+    """Train ``cfg`` on the ingested folders ``data`` (an image folder for ``data.mode=images``);
+    resumes from the newest checkpoint in ``out``."""
+    cfg = copy.deepcopy(cfg)  # the labelled folder sets model.classes
+    labelled = _labelled_source(cfg)
     device = resolve_device(cfg.device)
-    records = read_index(data)
-    shards = training_shards(records, cfg.data, ", ".join(str(d) for d in data))
+    source = _frame_source(cfg, data)
     out.mkdir(parents=True, exist_ok=True)
     if list_checkpoints(out):
         _check_resume_config(out, cfg)
@@ -85,7 +144,9 @@ def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True)
         start = int(state["step"])
 
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
-    batches = make_loader(shards, cfg.data, seed=cfg.seed * 1_000_003 + start)
+    seed = cfg.seed * 1_000_003 + start
+    batches = _clip_batches(cfg, source, seed)
+    sup = LabelledBatches(cfg, labelled, seed + 1) if labelled else None
     writer = SummaryWriter(str(out / "tb"), purge_step=start)
     bar = tqdm(total=cfg.optim.steps, initial=start, desc=f"pretrain {cfg.preset}", unit="step", disable=not progress)
     model.train()
@@ -98,9 +159,10 @@ def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True)
             frames = augment(clips.flatten(0, 2), cfg.augment, gen)
             if cfg.channels_last:
                 frames = frames.contiguous(memory_format=torch.channels_last)
+            images, labels = sup.next(device, gen) if sup else (None, None)
             with autocast_context(cfg, device):
-                output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen)
-            terms = objective(output, v, k, f)
+                output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
+            terms = objective(output, v, k, f, labels)
             loss = terms["loss"]
             if not math.isfinite(loss.item()):
                 values = ", ".join(f"{n}={t.item():.4g}" for n, t in terms.items())

@@ -1,9 +1,11 @@
-"""L = L_SF + lambda * L_V: a frame/shot-level loss (exemplar triplet or rotation) plus a
-video-level loss (InfoNCE over predicted shots or shot order prediction)."""
+"""L = L_SF + lambda * L_V [+ gamma * L_sup]: a frame/shot-level loss (exemplar triplet or rotation),
+a video-level loss (InfoNCE over predicted shots or shot order prediction) and, when co-training,
+the cross-entropy of the labelled images' class logits."""
 
 from __future__ import annotations
 
 from torch import Tensor
+from torch.nn import functional as F
 
 from vivi.config import LossConfig
 from vivi.losses import InfoNCELoss, OrderLoss, RotationLoss, SemiHardTripletLoss
@@ -19,8 +21,8 @@ class VIVIObjective:
         self.infonce = InfoNCELoss(cfg.infonce_temperature)
         self.order = OrderLoss()
 
-    def __call__(self, out: VIVIOutput, v: int, k: int, f: int) -> dict[str, Tensor]:
-        """The loss terms and their weighted sum under ``"loss"``."""
+    def __call__(self, out: VIVIOutput, v: int, k: int, f: int, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The loss terms and their weighted sum under ``"loss"``; ``labels`` are the labelled images' classes."""
         if out.rotation is not None and out.rotation_labels is not None:
             terms = {"loss_sf": self.rotation(out.rotation, out.rotation_labels)}
         elif out.exemplar is not None:
@@ -37,5 +39,8 @@ class VIVIObjective:
             terms["loss_v"] = self.order(out.order, out.order_labels)
         if "loss_v" in terms:
             total = total + self.cfg.video_weight * terms["loss_v"]
+        if out.logits is not None and labels is not None:
+            terms["loss_sup"] = F.cross_entropy(out.logits.float(), labels)
+            total = total + self.cfg.sup_weight * terms["loss_sup"]
         terms["loss"] = total
         return terms

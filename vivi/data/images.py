@@ -1,0 +1,132 @@
+"""Image folders as training data: labelled images for co-training (paper 3.1) and unlabelled
+images for the image baselines (Ex-ImageNet, Rot-ImageNet).
+
+A folder is ``DIR/<class>/*`` (or ``DIR/train/<class>/*`` when DIR has ``train/``); an unlabelled
+folder may also hold its images directly. Images are decoded in loader workers and resized and
+centre-cropped to ``data.load_size`` exactly as video frames are, then augmented on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vivi.data.batches import load_frame
+from vivi.data.tasks import IMAGE_EXTENSIONS, _scan_classes
+from vivi.errors import UserError
+
+LABELLED_HELP = "use imagefolder:DIR with DIR/<class>/<image> or DIR/train/<class>/<image>"
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """Image files with integer labels (all 0 for a folder without class folders)."""
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+    selection: str = ""  # how ``paths`` were chosen from the folder, for error messages
+
+    def subset(self, indices: np.ndarray, selection: str) -> ImageFolder:
+        return ImageFolder(self.root, self.classes, [self.paths[i] for i in indices], self.labels[indices], selection)
+
+
+def parse_labelled(spec: str) -> Path:
+    """``imagefolder:DIR`` -> DIR (the one labelled source there is)."""
+    kind, _, arg = spec.partition(":")
+    if kind != "imagefolder" or not arg:
+        raise UserError(f"{spec}: unknown labelled image source ({LABELLED_HELP})")
+    return Path(arg).expanduser()
+
+
+def scan_images(root: Path, labelled: bool) -> ImageFolder:
+    """The images of ``root`` (its ``train/`` when present); ``labelled`` insists on >= 2 class folders."""
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
+    top = root / "train" if (root / "train").is_dir() else root
+    by_class = _scan_classes(top)
+    if labelled and len(by_class) < 2:
+        found = "no class folders" if not by_class else "only one class folder"
+        raise UserError(f"{top}: {found}; labelled images need at least 2 (<class>/<image>)")
+    if by_class:
+        classes = sorted(by_class)
+        paths = [p for c in classes for p in by_class[c]]
+        labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
+        return ImageFolder(top, classes, paths, labels)
+    paths = sorted(p for p in top.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise UserError(f"{top}: no images (extensions: {' '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+    return ImageFolder(top, [""], paths, np.zeros(len(paths), dtype=np.int64))
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices keeping ``fraction`` of every class (at least one each), drawn by ``seed``.
+
+    The paper's Co(10%) uses a class-balanced 10% of ImageNet; the same seed gives the same subset.
+    """
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.extend(rng.permutation(idx)[: max(1, round(fraction * len(idx)))])
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def open_labelled(spec: str, fraction: float, seed: int) -> ImageFolder:
+    """The labelled images of ``spec``, restricted to a class-balanced ``fraction``."""
+    folder = scan_images(parse_labelled(spec), labelled=True)
+    if fraction >= 1:
+        return folder
+    return folder.subset(
+        balanced_subset(folder.labels, fraction, seed), f" (labelled_fraction={fraction} of {len(folder.paths)})"
+    )
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """An image file -> uint8 ``[3, size, size]``, short side resized and centre-cropped like a frame."""
+    try:
+        return load_frame(path.read_bytes(), size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: unreadable image ({e})") from e
+
+
+class ImageStream(IterableDataset):
+    """Endless ``(uint8 [3, S, S] image, label)`` pairs, reshuffled every pass, seeded per loader worker."""
+
+    def __init__(self, folder: ImageFolder, size: int, seed: int) -> None:
+        super().__init__()
+        self.folder, self.size, self.seed = folder, size, seed
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            for i in rng.permutation(len(self.folder.paths)):
+                yield load_image(self.folder.paths[i], self.size), int(self.folder.labels[i])
+
+
+def image_batches(
+    folder: ImageFolder, batch: int, size: int, seed: int = 0, workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of uint8 images ``[batch, 3, size, size]`` and int64 labels ``[batch]``."""
+    n = len(folder.paths)
+    if n < batch:
+        raise UserError(
+            f"{folder.root}: {n} images{folder.selection}, fewer than the {batch} per batch requested; "
+            "add images or lower the batch (--set data.labelled_batch=N or data.videos=N)"
+        )
+    loader = DataLoader(
+        ImageStream(folder, size, seed),
+        batch_size=batch,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return iter(loader)
