@@ -46,3 +46,14 @@ def _one_torch_thread_per_worker():
         torch.set_num_threads(before)
     else:
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, busy CPU more threads make tiny training steps far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

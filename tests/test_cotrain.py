@@ -19,15 +19,6 @@ from vivi.train.loop import pretrain
 from vivi.train.objective import VIVIObjective
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU more threads make these tiny steps far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_folder(root: Path, classes: int, per_class: int, size: tuple[int, int] = (40, 30)) -> Path:
     """``root/c<i>/<j>.png``: a flat colour per class plus noise."""
     rng = np.random.default_rng(0)

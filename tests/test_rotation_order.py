@@ -136,15 +136,6 @@ def test_autoaugment_replaces_colour_distortion_and_is_reproducible():
     assert a.shape == (4, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU more threads make these tiny steps far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = [
     "model.backbone.channels=[8,16,32,64]", "model.backbone.stem_chs=8", "augment.image_size=32",
     "data.load_size=32", "model.exemplar_dim=32", "model.video_dim=32", "model.lstm_hidden=16",
