@@ -1,7 +1,8 @@
 """Run one evaluation protocol over a list of tasks, resumably, and summarise per group.
 
 A protocol is a function ``(model, task, settings) -> metrics`` registered in
-``PROTOCOLS``; metrics hold at least ``accuracy`` (percent). New protocols (kNN, the
+``PROTOCOLS``; metrics hold at least ``accuracy`` (percent). ``linear`` (logistic
+regression) and ``knn`` (weighted kNN) share the feature extraction; new protocols (the
 VTAB-1k fine-tune sweep) plug in by adding an entry.
 """
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from vivi.data.tasks import ImageTask
 from vivi.errors import UserError
 from vivi.evaluate.features import extract_features
+from vivi.evaluate.knn import knn_probe
 from vivi.evaluate.linear import linear_probe
 
 GROUP_ORDER = ("natural", "specialized", "structured")
@@ -36,10 +38,10 @@ class EvalSettings:
     progress: bool
 
 
-def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
-    """Frozen features of each split, then the logistic-regression probe."""
-    feats = {
-        name: extract_features(
+def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> list:
+    """Frozen features of the train, val and test splits, in that order (shared by the probes)."""
+    return [
+        extract_features(
             model,
             getattr(task, name),
             settings.image_size,
@@ -49,14 +51,23 @@ def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> 
             desc=f"{task.name}/{name}",
         )
         for name in ("train", "val", "test")
-    }
-    return linear_probe(
-        feats["train"], task.train.labels, feats["val"], task.val.labels, feats["test"], task.test.labels
-    )
+    ]
+
+
+def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
+    """Frozen features of each split, then the logistic-regression probe."""
+    train, val, test = _split_features(model, task, settings)
+    return linear_probe(train, task.train.labels, val, task.val.labels, test, task.test.labels)
+
+
+def _knn(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
+    """Frozen features of each split, then weighted kNN on L2-normalised features."""
+    train, val, test = _split_features(model, task, settings)
+    return knn_probe(train, task.train.labels, val, task.val.labels, test, task.test.labels)
 
 
 Protocol = Callable[[torch.nn.Module, ImageTask, EvalSettings], dict]
-PROTOCOLS: dict[str, Protocol] = {"linear": _linear}
+PROTOCOLS: dict[str, Protocol] = {"linear": _linear, "knn": _knn}
 
 
 def evaluate_tasks(
