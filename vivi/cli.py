@@ -23,7 +23,16 @@ def _ingest(a: argparse.Namespace) -> None:
     ingest(
         a.src, Path(a.out), workers=a.workers, fps=a.fps, short_side=a.short_side, min_shots=a.min_shots,
         shard_max_bytes=int(a.shard_mb * 2**20), jpeg_quality=a.jpeg_quality, detector=a.detector,
+        part=a.part,
     )
+
+
+def _ingest_stats(a: argparse.Namespace) -> None:
+    from vivi.data.stats import format_stats, ingest_stats
+
+    stats, pngs = ingest_stats(a.outs, Path(a.o) if a.o else None)
+    print(format_stats(stats))
+    print("wrote " + " and ".join(str(p) for p in pngs))
 
 
 def _pretrain(a: argparse.Namespace) -> None:
@@ -144,7 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--detector", default="histogram", help="shot detector (see vivi.data.shots.DETECTORS)")
     s.add_argument("--jpeg-quality", type=int, default=90)
     s.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MiB")
+    s.add_argument(
+        "--part", metavar="i/N",
+        help="ingest only part i of N (0-based): the sources whose position in the sorted listing modulo N is i;"
+        " give each part its own OUT, e.g. OUT/part-$SLURM_ARRAY_TASK_ID",
+    )
     s.set_defaults(func=_ingest)
+
+    s = sub.add_parser("ingest-stats", help="summarise one or several ingest folders as one dataset, with histograms")
+    s.add_argument("outs", nargs="+", metavar="OUT", help="ingest output folders (e.g. the parts of an array job)")
+    s.add_argument("-o", metavar="DIR", help="where the PNG histograms go (default: the first OUT)")
+    s.set_defaults(func=_ingest_stats)
 
     s = sub.add_parser("pretrain", help="self-supervised pretraining with a paper preset")
     s.add_argument("--preset", required=True, help="a model name of the paper, e.g. VIVI-Ex(4); see `vivi presets`")

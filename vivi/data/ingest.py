@@ -83,23 +83,36 @@ class IngestSummary:
         """Frames decoded per second of wall time."""
         return self.frames_decoded / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def videos(self) -> int:
+        return self.videos_ok + self.videos_skipped + self.videos_error
+
     def add(self, result: VideoResult) -> None:
-        record = result.record
+        self.add_record(result.record)
+        self.frames_decoded += result.frames_decoded
+
+    def add_record(self, record: dict) -> None:
+        """Count one index record (also used by :mod:`vivi.data.stats` on finished indexes)."""
         status = record["status"]
         self.videos_ok += status == "ok"
         self.videos_skipped += status == "skipped"
         self.videos_error += status == "error"
-        self.shots += len(record["shots"])
-        self.frames += sum(len(s["frames"]) for s in record["shots"])
-        self.frames_decoded += result.frames_decoded
-        self.video_hours += (record["duration_s"] or 0.0) / 3600
+        self.shots += len(record.get("shots") or [])
+        self.frames += sum(len(s["frames"]) for s in record.get("shots") or [])
+        self.video_hours += (record.get("duration_s") or 0.0) / 3600
+
+    def counts(self, already_done: str = "") -> str:
+        """``N videos: a ok, b skipped, c errors; S shots, F frames kept from H hours of video``."""
+        return (
+            f"{self.videos} videos{already_done}: "
+            f"{self.videos_ok} ok, {self.videos_skipped} skipped, {self.videos_error} errors; "
+            f"{self.shots} shots, {self.frames} frames kept from {self.video_hours:.2f} hours of video"
+        )
 
     def __str__(self) -> str:
         done = f" ({self.already_done} already in the index)" if self.already_done else ""
         return (
-            f"Ingested {self.videos_ok + self.videos_skipped + self.videos_error} videos{done}: "
-            f"{self.videos_ok} ok, {self.videos_skipped} skipped, {self.videos_error} errors; "
-            f"{self.shots} shots, {self.frames} frames kept from {self.video_hours:.2f} hours of video "
+            f"Ingested {self.counts(done)} "
             f"in {self.seconds:.1f} s ({self.throughput:.0f} frames decoded/s)."
         )
 
@@ -115,12 +128,21 @@ def ingest(
     jpeg_quality: int = 90,
     detector: str = "histogram",
     progress: bool = True,
+    part: str | tuple[int, int] | None = None,
 ) -> IngestSummary:
-    """Ingest the videos of SRC (a folder, a list file or one video) into OUT; resumes OUT."""
+    """Ingest the videos of SRC (a folder, a list file or one video) into OUT; resumes OUT.
+
+    ``part`` (``"i/N"`` or ``(i, N)``) ingests only that slice of the sources: see
+    :func:`select_part`. Each part should get its own OUT (e.g. ``OUT/part-i``); read them
+    back together with ``read_index([...])`` or ``vivi ingest-stats``.
+    """
     started = time.perf_counter()
     options = Options(fps, short_side, min_shots, jpeg_quality, detector)
     _check(options, workers, shard_max_bytes)
+    index_part = parse_part(part) if isinstance(part, str) else part
     sources = list_sources(src)
+    if index_part is not None:
+        sources = select_part(sources, *index_part)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done_records, next_shard = recover(out)
@@ -129,6 +151,7 @@ def ingest(
     summary = IngestSummary(already_done=len(sources) - len(todo))
     writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
     index = out / INDEX_NAME
+    index.touch()  # an empty part is still a readable (empty) ingest output
     with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar:
         for result in _results(todo, options, workers):
             summary.add(result)
@@ -159,6 +182,38 @@ def _check(options: Options, workers: int, shard_max_bytes: int) -> None:
             raise UserError(f"{name}={value}: must be at least {low:g}")
     if options.jpeg_quality > 100:
         raise UserError(f"jpeg_quality={options.jpeg_quality}: must be at most 100")
+
+
+_PART = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; anything else is a :class:`UserError`."""
+    match = _PART.fullmatch(text)
+    if not match:
+        raise UserError(f"--part {text!r}: expected i/N with 0 <= i < N, e.g. 0/4")
+    i, n = int(match.group(1)), int(match.group(2))
+    check_part(i, n)
+    return i, n
+
+
+def check_part(i: int, n: int) -> None:
+    if n < 1:
+        raise UserError(f"--part {i}/{n}: N must be at least 1")
+    if not 0 <= i < n:
+        raise UserError(f"--part {i}/{n}: i must satisfy 0 <= i < N (parts are numbered 0..{n - 1})")
+
+
+def select_part(sources: list[Source], i: int, n: int) -> list[Source]:
+    """Part ``i`` of ``n``: the sources whose position in the listing, modulo ``n``, is ``i``.
+
+    The listing is deterministic (a folder: sorted paths; a list file: its order, duplicates
+    dropped), so every machine computes the same parts; they are disjoint and together hold
+    every source exactly once. Striding (not contiguous blocks) spreads long and short videos
+    that sit together in the listing over all parts.
+    """
+    check_part(i, n)
+    return sources[i::n]
 
 
 def list_sources(src: str | Path) -> list[Source]:
