@@ -57,3 +57,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def extraction_calls(monkeypatch) -> list[str]:
+    """Records the ``desc`` of every feature extraction an evaluation suite makes (to check resume)."""
+    from vivi.evaluate import features, suite
+
+    calls: list[str] = []
+    real = features.extract_features
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "extract_features", counting)
+    return calls

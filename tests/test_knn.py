@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from test_linear import TinyCNN, _blobs, _split3, _task
-from vivi.evaluate import features, suite
+from vivi.evaluate import suite
 from vivi.evaluate.knn import knn_predict, knn_probe
 
 
@@ -110,17 +110,10 @@ def test_k_is_clipped_to_the_train_set_and_probe_is_deterministic():
         knn_probe(*args[:2], x[:0], y[:0], *args[4:])
 
 
-def test_knn_protocol_through_evaluate_tasks(tmp_path, monkeypatch):
+def test_knn_protocol_through_evaluate_tasks(tmp_path, extraction_calls):
     out = tmp_path / "knn.json"
     tasks = [_task("one", "natural", 0), _task("two", "structured", 10)]
-    calls = []
-    real = features.extract_features
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["desc"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(suite, "extract_features", counting)
+    calls = extraction_calls
     result = suite.evaluate_tasks(
         TinyCNN(), tasks, protocol="knn", image_size=8, out_json=out, model_name="tiny", progress=False
     )

@@ -12,7 +12,7 @@ from torch import nn
 
 from vivi.data.tasks import ArraySplit, ImageTask
 from vivi.errors import UserError
-from vivi.evaluate import features, suite
+from vivi.evaluate import suite
 from vivi.evaluate.features import MEAN, STD, extract_features
 from vivi.evaluate.linear import linear_probe
 
@@ -133,17 +133,10 @@ def _run(tasks: list[ImageTask], out: Path) -> dict:
     return suite.evaluate_tasks(TinyCNN(), tasks, image_size=8, out_json=out, model_name="tiny", progress=False)
 
 
-def test_evaluate_tasks_writes_and_resumes(tmp_path, monkeypatch):
+def test_evaluate_tasks_writes_and_resumes(tmp_path, extraction_calls):
     out = tmp_path / "res" / "linear.json"
     tasks = [_task("one", "natural", 0), _task("two", "structured", 10)]
-    calls = []
-    real = features.extract_features
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["desc"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(suite, "extract_features", counting)
+    calls = extraction_calls
     first = _run(tasks[:1], out)
     assert calls == ["one/train", "one/val", "one/test"]
     assert json.loads(out.read_text()) == first
