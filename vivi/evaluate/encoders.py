@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from vivi.config import preset
 from vivi.errors import UserError
-from vivi.models.backbone import build_backbone, load_backbone
+from vivi.models.backbone import build_backbone, load_backbone_and_metadata
 
 
 @dataclass
@@ -32,9 +31,6 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0) -> Encoder:
     path = Path(spec)
     if not path.exists():
         raise UserError(f"{spec}: no such run folder or backbone file (or use random[:tiny|paper])")
-    model = load_backbone(path, device=device)
-    file = path / "backbone.safetensors" if path.is_dir() else path
-    with safe_open(str(file), framework="pt") as f:
-        meta = f.metadata() or {}
+    model, meta = load_backbone_and_metadata(path, device=device)
     name = path.name if path.is_dir() else path.stem
     return Encoder(name, model, int(meta.get("image_size", 224)))

@@ -79,6 +79,11 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> ResNe
     >>> model = vivi.load_backbone("runs/vivi-ex4")     # timm ResNetV2, eval mode
     >>> feats = model(images)                           # [N, model.num_features]
     """
+    return load_backbone_and_metadata(path, device)[0]
+
+
+def load_backbone_and_metadata(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResNetV2, dict[str, str]]:
+    """:func:`load_backbone` plus the file's metadata (image size, preset), read in the same pass."""
     p = _resolve(path)
     try:
         from safetensors import safe_open
@@ -96,4 +101,4 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> ResNe
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"{p}: weights do not match the stored architecture ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval()
+    return model.to(device).eval(), meta
