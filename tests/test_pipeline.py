@@ -14,7 +14,7 @@ import torch
 import vivi
 from conftest import ground_truth
 from vivi.config import apply_overrides, preset
-from vivi.data.batches import ClipStream, choose_clip, training_shards
+from vivi.data.batches import StepClips, choose_clip, training_videos
 from vivi.data.shards import read_index
 from vivi.train.loop import pretrain
 
@@ -51,10 +51,10 @@ def test_sampler_yields_consecutive_shots_and_frames(tiny_world, tiny_data):
             assert gt_shots == list(range(gt_shots[0], gt_shots[0] + 4)), "K consecutive true shots"
 
 
-def test_clip_stream_decodes_the_chosen_frames(tiny_data):
-    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.load_size=64"]).data
-    shards = training_shards(read_index([tiny_data]), cfg, str(tiny_data))
-    clip = next(iter(ClipStream(shards, cfg, seed=1)))
+def test_step_clips_decode_the_chosen_frames(tiny_data):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.load_size=64", "data.videos=2"]).data
+    table = training_videos(read_index([tiny_data]), cfg, str(tiny_data))
+    clip = StepClips(table, cfg, seed=1)[0][0]
     assert clip.shape == (4, 8, 3, 64, 64) and clip.dtype == torch.uint8
     # frames of one shot are alike, frames of different shots less so
     x = clip.float()

@@ -38,8 +38,7 @@ class DataConfig:
     shots: int = 4  # K
     frames: int = 8  # F (for mode "frame": the number of augmented copies of the one frame)
     load_size: int = 96  # frames are resized (short side) and centre-cropped to this square on load
-    workers: int = 1  # loader processes
-    shuffle_buffer: int = 256  # videos held in the shuffle buffer
+    workers: int = 1  # loader processes (each builds whole batches; any count gives the same data)
     labelled: str = ""  # co-training: "imagefolder:DIR" of labelled images (DIR/<class>/*), "" for none
     labelled_fraction: float = 1.0  # class-balanced fraction of the labelled images used (Co(10%): 0.1)
     labelled_batch: int = 0  # labelled images per step; > 0 makes a co-trained run (paper 3.1)
@@ -89,6 +88,10 @@ class LossConfig:
     video_loss: str = "infonce"  # "infonce" | "order" (shot order prediction) | "none"
     video_weight: float = 0.1  # lambda
     infonce_temperature: float = 1.0  # the paper's score is a plain dot product (temperature 1)
+    # Where InfoNCE's negatives come from when training on several processes: "global" gathers every
+    # rank's shot embeddings (the LSTM presets: the paper's whole-batch negatives); "local" keeps
+    # each rank's own (the 2-shot MLP presets, as the paper does)
+    infonce_negatives: str = "global"
     # gamma, the weight of the supervised cross-entropy when co-training. The paper swept up to four
     # values (Table 5) but the swept and chosen values are lost in our text of it; 1.0 is our default.
     sup_weight: float = 1.0
@@ -121,6 +124,8 @@ class RunConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
     channels_last: bool = False
+    sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA only, as torch's SyncBatchNorm)
+    compile: bool = False  # torch.compile the model
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 2
@@ -228,6 +233,7 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
     cfg.data.frames = p["frames"]
     cfg.data.videos = shots_per_batch // p["shots"]
     cfg.model.predictor = p["predictor"]
+    cfg.loss.infonce_negatives = "local" if p["predictor"] == "mlp" else "global"
     cfg.loss.video_loss = p["video_loss"]
     cfg.loss.frame_loss = p.get("frame_loss", "exemplar")
     cfg.model.backbone.width_factor = p.get("width_factor", 1)
@@ -242,7 +248,7 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
         )
         cfg.data.labelled_batch = labelled_batch
         cfg.data.load_size, cfg.augment.image_size = 256, 224
-        cfg.data.workers, cfg.data.shuffle_buffer = 8, 2000
+        cfg.data.workers = 8
         cfg.optim.lr, cfg.optim.steps = paper_lr, p["schedule"][0]
         cfg.ckpt_every, cfg.log_every = 2000, 50
         cfg.channels_last = True
@@ -325,6 +331,8 @@ def validate(cfg: RunConfig) -> None:
             raise UserError("model.predictor=mlp predicts one shot from the other: it needs data.shots=2")
         if cfg.model.predictor == "none":
             raise UserError("loss.video_loss=infonce needs a predictor (model.predictor=lstm or mlp)")
+    if loss.infonce_negatives not in ("global", "local"):
+        raise UserError(f"loss.infonce_negatives={loss.infonce_negatives!r}: expected 'global' or 'local'")
     if loss.video_loss == "order" and d.shots < 2:
         raise UserError("loss.video_loss=order predicts the order of a video's shots: it needs data.shots >= 2")
     if d.mode not in ("shots", "frame", "images"):

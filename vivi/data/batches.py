@@ -1,9 +1,13 @@
-"""The V x K x F sampler: clips of K consecutive shots x F consecutive frames, streamed from shards.
+"""The V x K x F sampler: clips of K consecutive shots x F consecutive frames, read from shards.
 
-One shard sample is one video (its index record plus its JPEG frames), so a clip is chosen
-from a video's record and only the chosen frames are decoded. Shards are resampled with
-replacement from a seeded generator per (seed, rank, loader worker): the stream never ends,
-every rank sees the same number of steps, and the same seed gives the same data.
+One shard sample is one video (its index record plus its JPEG frames). Batches are indexed by
+training step: the videos of step ``s`` are positions ``s*V .. s*V+V-1`` of a sequence of seeded
+permutations of all usable videos (one permutation per pass), and each video's clip is drawn
+from a generator seeded by ``(seed, step, slot)``. A batch is therefore a pure function of
+``(seed, step)``: resuming at step ``s`` gives exactly the data an uninterrupted run sees, for
+any number of loader workers, and ``N`` ranks each taking their slice of the global batch see
+the same videos as one process taking all of it. Shards are read by offset (one seek per
+video, only its bytes), so no shuffle buffer is needed and every video is used once per pass.
 """
 
 from __future__ import annotations
@@ -11,16 +15,18 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from PIL import Image
 
 from vivi.config import DataConfig
@@ -95,48 +101,60 @@ def eligible(records: Sequence[dict[str, Any]], cfg: DataConfig) -> list[dict[st
     return [r for r in records if r.get("status") == "ok" and choose_clip(r, cfg, rng) is not None]
 
 
-class ClipStream(IterableDataset):
-    """Endless stream of uint8 clips ``[K, F, 3, S, S]`` with their exemplar labels."""
-
-    def __init__(self, shards: Sequence[str], cfg: DataConfig, seed: int = 0, rank: int = 0) -> None:
-        super().__init__()
-        self.shards = list(shards)
-        self.cfg = cfg
-        self.seed = seed
-        self.rank = rank
-
-    def _rng(self) -> random.Random:
-        info = get_worker_info()
-        return random.Random(f"{self.seed}/{self.rank}/{info.id if info else 0}")
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        rng = self._rng()
-        urls = ({"url": rng.choice(self.shards)} for _ in iter(int, 1))
-        samples = wds.tarfile_to_samples()(urls)
-        samples = wds.shuffle(self.cfg.shuffle_buffer, initial=min(64, self.cfg.shuffle_buffer), rng=rng)(samples)
-        for sample in samples:
-            record = json.loads(sample["json"])
-            clip = choose_clip(record, self.cfg, rng, self.seed)
-            if clip is None:
-                continue
-            decoded = {sf: load_frame(sample[frame_name(*sf)], self.cfg.load_size) for shot in clip.frames for sf in shot}
-            yield torch.stack([torch.stack([decoded[sf] for sf in shot]) for shot in clip.frames])
+def step_positions(step: int, count: int, n: int, seed: int) -> np.ndarray:
+    """Items (of ``n``) at slots ``step*count .. step*count+count-1`` of an endless sequence of
+    seeded permutations, one per pass: every item is used once per pass, and any step's items
+    are computed without replaying the steps before it (exact resume, any worker count)."""
+    slots = step * count + np.arange(count, dtype=np.int64)
+    passes = slots // n
+    out = np.empty(count, dtype=np.int64)
+    for p in np.unique(passes):
+        chosen = passes == p
+        out[chosen] = _permutation(n, seed, int(p))[slots[chosen] % n]
+    return out
 
 
-def make_loader(shards: Sequence[str], cfg: DataConfig, seed: int = 0, rank: int = 0) -> Iterator[torch.Tensor]:
-    """Batches of uint8 clips ``[V, K, F, 3, S, S]``; loader workers each stream their own shards."""
-    loader = DataLoader(
-        ClipStream(shards, cfg, seed, rank),
-        batch_size=cfg.videos,
-        num_workers=cfg.workers,
-        persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None,
-    )
-    return iter(loader)
+@lru_cache(maxsize=2)
+def _permutation(n: int, seed: int, pass_index: int) -> np.ndarray:
+    return np.random.default_rng([seed, pass_index]).permutation(n)
 
 
-def training_shards(records: Sequence[dict[str, Any]], cfg: DataConfig, where: str) -> list[str]:
-    """The shards holding at least one usable video; a clear error when there are none."""
+def rank_slice(count: int, rank: int, world: int, what: str) -> slice:
+    """This rank's share of a global batch of ``count``; the global batch must split evenly."""
+    if count % world:
+        raise UserError(f"{what}={count} does not split evenly over {world} processes; choose a multiple of {world}")
+    per = count // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+@dataclass(frozen=True)
+class VideoTable:
+    """The usable videos of a training set: index records and where each sample lies in its shard."""
+
+    records: list[dict[str, Any]]
+    shards: list[str]
+    spans: np.ndarray  # [N, 3] int64: shard number, first byte, end byte of the video's tar members
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def sample_spans(shard: str) -> dict[str, tuple[int, int]]:
+    """Byte range of each sample (all members sharing a key) in a tar shard, from its headers only."""
+    spans: dict[str, tuple[int, int]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                key = member.name.split(".", 1)[0]
+                end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                spans[key] = (spans[key][0] if key in spans else member.offset, end)
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"{shard}: unreadable shard ({e}); re-run `vivi ingest` on its folder") from None
+    return spans
+
+
+def training_videos(records: Sequence[dict[str, Any]], cfg: DataConfig, where: str) -> VideoTable:
+    """The videos able to supply a clip under ``cfg``, located in their shards; a clear error when none."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
@@ -150,4 +168,84 @@ def training_shards(records: Sequence[dict[str, Any]], cfg: DataConfig, where: s
             f"{where}: none of the {len(ok)} videos has {need} (most shots in a video: {most}); "
             "lower data.shots/data.frames with --set or ingest longer videos"
         )
-    return sorted({str(Path(r["shard"])) for r in usable})
+    shards = sorted({str(Path(r["shard"])) for r in usable})
+    number = {s: i for i, s in enumerate(shards)}
+    located = {s: sample_spans(s) for s in shards}
+    spans = []
+    for r in usable:
+        shard = str(Path(r["shard"]))
+        if r["key"] not in located[shard]:
+            raise UserError(f"{shard}: holds no sample {r['key']!r} although the index says so; re-run `vivi ingest`")
+        spans.append((number[shard], *located[shard][r["key"]]))
+    return VideoTable(usable, shards, np.asarray(spans, dtype=np.int64).reshape(-1, 3))
+
+
+class StepClips(Dataset):
+    """Item ``step`` -> this rank's uint8 clips ``[V / world, K, F, 3, S, S]`` of that training step."""
+
+    def __init__(self, table: VideoTable, cfg: DataConfig, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.table, self.cfg, self.seed = table, cfg, seed
+        self.slots = rank_slice(cfg.videos, rank, world, "data.videos")
+        self._files: OrderedDict[int, BinaryIO] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_files": OrderedDict()}  # open files stay in the process that opened them
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        videos = step_positions(step, self.cfg.videos, len(self.table), self.seed)
+        clips = [self._clip(step, slot, int(videos[slot])) for slot in range(self.slots.start, self.slots.stop)]
+        return torch.stack(clips)
+
+    def _clip(self, step: int, slot: int, video: int) -> torch.Tensor:
+        record = self.table.records[video]
+        clip = choose_clip(record, self.cfg, random.Random(f"{self.seed}/{step}/{slot}"), self.seed)
+        assert clip is not None, "VideoTable holds only videos that can supply a clip"
+        members = self._members(video)
+        shots = []
+        for shot in clip.frames:
+            frames = []
+            for sf in shot:
+                name = frame_name(*sf)
+                try:
+                    frames.append(load_frame(members[name], self.cfg.load_size))
+                except (KeyError, OSError, ValueError, SyntaxError) as e:
+                    shard = self.table.shards[int(self.table.spans[video, 0])]
+                    raise UserError(f"{shard}: sample {record['key']}: frame {name} missing or unreadable ({e})") from None
+            shots.append(torch.stack(frames))
+        return torch.stack(shots)
+
+    def _members(self, video: int) -> dict[str, bytes]:
+        """The video's tar members by suffix (``s000.f003.jpg`` ...), read with one seek."""
+        shard, start, end = (int(x) for x in self.table.spans[video])
+        f = self._file(shard)
+        f.seek(start)
+        with tarfile.open(fileobj=io.BytesIO(f.read(end - start)), mode="r:") as tar:
+            return {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile() and "." in m.name}
+
+    def _file(self, shard: int, keep: int = 32) -> BinaryIO:
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        if len(self._files) >= keep:
+            self._files.popitem(last=False)[1].close()
+        self._files[shard] = f = open(self.table.shards[shard], "rb")  # noqa: SIM115 - kept open across steps
+        return f
+
+
+def step_loader(dataset: Dataset, start: int, steps: int, workers: int) -> Iterator[Any]:
+    """Items ``start .. steps-1`` of a step-indexed dataset, in order, built by ``workers`` processes."""
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start, steps),
+        num_workers=workers,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return iter(loader)
+
+
+def make_loader(
+    table: VideoTable, cfg: DataConfig, seed: int = 0, start: int = 0, steps: int = 1 << 62, rank: int = 0, world: int = 1
+) -> Iterator[torch.Tensor]:
+    """Batches of uint8 clips ``[V / world, K, F, 3, S, S]`` for steps ``start .. steps-1``."""
+    return step_loader(StepClips(table, cfg, seed, rank, world), start, steps, cfg.workers)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import Dataset
 
-from vivi.data.batches import load_frame
+from vivi.data.batches import load_frame, rank_slice, step_loader, step_positions
 from vivi.data.tasks import IMAGE_EXTENSIONS, _scan_classes
 from vivi.errors import UserError
 
@@ -97,36 +97,39 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         raise UserError(f"{path}: unreadable image ({e})") from e
 
 
-class ImageStream(IterableDataset):
-    """Endless ``(uint8 [3, S, S] image, label)`` pairs, reshuffled every pass, seeded per loader worker."""
+class StepImages(Dataset):
+    """Item ``step`` -> this rank's ``(uint8 [B / world, 3, S, S] images, int64 labels)`` of that step.
 
-    def __init__(self, folder: ImageFolder, size: int, seed: int) -> None:
-        super().__init__()
-        self.folder, self.size, self.seed = folder, size, seed
+    Like the video batches, a pure function of ``(seed, step)``: each pass over the folder is a
+    seeded permutation, so runs resume exactly and ranks split one global batch.
+    """
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
-        while True:
-            for i in rng.permutation(len(self.folder.paths)):
-                yield load_image(self.folder.paths[i], self.size), int(self.folder.labels[i])
+    def __init__(self, folder: ImageFolder, batch: int, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.folder, self.batch, self.size, self.seed = folder, batch, size, seed
+        self.slots = rank_slice(batch, rank, world, "image batch")
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = step_positions(step, self.batch, len(self.folder.paths), self.seed)[self.slots]
+        images = torch.stack([load_image(self.folder.paths[i], self.size) for i in chosen])
+        return images, torch.from_numpy(self.folder.labels[chosen])
 
 
 def image_batches(
-    folder: ImageFolder, batch: int, size: int, seed: int = 0, workers: int = 0
+    folder: ImageFolder,
+    batch: int,
+    size: int,
+    seed: int = 0,
+    workers: int = 0,
+    start: int = 0,
+    steps: int = 1 << 62,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches of uint8 images ``[batch, 3, size, size]`` and int64 labels ``[batch]``."""
+    """Batches of uint8 images ``[batch / world, 3, size, size]`` and int64 labels for steps ``start ..``."""
     n = len(folder.paths)
     if n < batch:
         raise UserError(
             f"{folder.root}: {n} images{folder.selection}, fewer than the {batch} per batch requested; "
             "add images or lower the batch (--set data.labelled_batch=N or data.videos=N)"
         )
-    loader = DataLoader(
-        ImageStream(folder, size, seed),
-        batch_size=batch,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
-    return iter(loader)
+    return step_loader(StepImages(folder, batch, size, seed, rank, world), start, steps, workers)

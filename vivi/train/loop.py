@@ -1,9 +1,14 @@
-"""``vivi pretrain``: one explicit training loop.
+"""``vivi pretrain``: one explicit training loop, for one process or many (torchrun).
 
-Read top to bottom: data -> model -> optimiser and precomputed schedule -> (resume) -> steps
-(augment on device, forward, loss, backward, step, log, checkpoint) -> export the backbone.
-Co-trained presets draw one labelled image batch per step beside the video batch
-(:class:`LabelledBatches`); the image baselines read an image folder in place of videos.
+Read top to bottom: process group -> data -> model (DDP) -> optimiser and precomputed
+schedule -> resume -> steps (augment on device, forward, loss, backward, step, log,
+checkpoint) -> export the backbone. Co-trained presets draw one labelled image batch per step
+beside the video batch (:class:`LabelledBatches`); the image baselines read an image folder
+in place of videos.
+
+Resuming is exact: every batch is a function of ``(seed, step)`` (see :mod:`vivi.data.batches`)
+and a checkpoint holds the model, the optimiser and every random generator of every rank, so
+a run stopped at step s and resumed matches an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -23,23 +30,18 @@ from tqdm import tqdm
 
 from vivi.config import RunConfig, from_dict
 from vivi.data.augment import augment, hsv_jitter
-from vivi.data.batches import make_loader, training_shards
+from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import read_index
 from vivi.errors import UserError
 from vivi.models.backbone import save_backbone
 from vivi.models.vivi import VIVIModel, param_groups
 from vivi.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from vivi.train.distributed import (
+    DistContext, all_gather_objects, all_reduce_mean, init_distributed, process_device, shutdown,
+)
 from vivi.train.objective import VIVIObjective
 from vivi.train.schedule import lr_schedule
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} requested but CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def autocast_context(cfg: RunConfig, device: torch.device):
@@ -61,23 +63,24 @@ def _check_resume_config(run: Path, cfg: RunConfig) -> None:
             )
 
 
-def _frame_source(cfg: RunConfig, data: list[Path]) -> list[str] | ImageFolder:
+def _frame_source(cfg: RunConfig, data: list[Path]) -> VideoTable | ImageFolder:
     """The shards of the ingested folders ``data``, or the image folder of the image baselines."""
     if cfg.data.mode == "images":
         if len(data) != 1:
             raise UserError(f"preset {cfg.preset} trains on one image folder (--images DIR), got {len(data)}")
         return scan_images(data[0], labelled=False)
-    return training_shards(read_index(data), cfg.data, ", ".join(str(d) for d in data))
+    return training_videos(read_index(data), cfg.data, ", ".join(str(d) for d in data))
 
 
-def _clip_batches(cfg: RunConfig, source: list[str] | ImageFolder, seed: int) -> Iterator[Tensor]:
-    """uint8 ``[V, K, F, 3, S, S]``; from an image folder ``[V, 1, F, ...]``, each image repeated F times,
-    so Ex-/Rot-ImageNet run through the same model and objective as Ex-/Rot-YT-F."""
+def _clip_batches(cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext) -> Iterator[Tensor]:
+    """This rank's uint8 ``[V / world, K, F, 3, S, S]`` for steps ``start ..``; from an image folder
+    ``[V / world, 1, F, ...]``, each image repeated F times, so Ex-/Rot-ImageNet run through the
+    same model and objective as Ex-/Rot-YT-F."""
+    d, steps = cfg.data, cfg.optim.steps
     if isinstance(source, ImageFolder):
-        d = cfg.data
-        images = image_batches(source, d.videos, d.load_size, seed, d.workers)
+        images = image_batches(source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world)
         return (x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1) for x, _ in images)
-    return make_loader(source, cfg.data, seed=seed)
+    return make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world)
 
 
 def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
@@ -98,9 +101,11 @@ def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
 class LabelledBatches:
     """Co-training (paper 3.1): one augmented batch of labelled images and their labels per step."""
 
-    def __init__(self, cfg: RunConfig, folder: ImageFolder, seed: int) -> None:
+    def __init__(self, cfg: RunConfig, folder: ImageFolder, start: int, ctx: DistContext) -> None:
         d = cfg.data
-        self.batches = image_batches(folder, d.labelled_batch, d.load_size, seed, d.workers)
+        self.batches = image_batches(
+            folder, d.labelled_batch, d.load_size, cfg.seed + 1, d.workers, start, cfg.optim.steps, ctx.rank, ctx.world
+        )
         self.augment = hsv_jitter(cfg.augment)
         self.channels_last = cfg.channels_last
 
@@ -112,72 +117,168 @@ class LabelledBatches:
         return x, labels.to(device, non_blocking=True)
 
 
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the step and stops (the flag is
+    agreed on by all ranks, so they stop at the same step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingStopped(UserError):
+    """The run was asked to stop (SIGTERM, SIGINT) and saved a checkpoint to resume from."""
+
+
+def _trim_metrics(path: Path, start: int) -> None:
+    """Drop metric rows past the checkpoint resumed from (a crash may have logged steps it then lost)."""
+    if not path.is_file():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= start]
+    if len(kept) != len(rows):
+        path.write_text("".join(kept))
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    state = {"aug": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor], gen: torch.Generator, device: torch.device) -> None:
+    gen.set_state(state["aug"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _wrap(model: VIVIModel, cfg: RunConfig, ctx: DistContext, device: torch.device) -> torch.nn.Module:
+    """SyncBatchNorm, DDP and torch.compile as configured; the plain model when alone and uncompiled."""
+    net: torch.nn.Module = model
+    if ctx.enabled:
+        if cfg.sync_batchnorm:
+            if device.type != "cuda":
+                raise UserError("sync_batchnorm=true needs CUDA (torch's SyncBatchNorm); set it to false on CPU")
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return net
+
+
 def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True) -> Path:
     """Train ``cfg`` on the ingested folders ``data`` (an image folder for ``data.mode=images``);
-    resumes from the newest checkpoint in ``out``."""
+    resumes exactly from the newest checkpoint in ``out``. Under torchrun each process trains its
+    share of the global batch; rank 0 writes the run folder."""
     cfg = copy.deepcopy(cfg)  # the labelled folder sets model.classes
-    labelled = _labelled_source(cfg)
-    device = resolve_device(cfg.device)
-    source = _frame_source(cfg, data)
-    out.mkdir(parents=True, exist_ok=True)
-    if list_checkpoints(out):
-        _check_resume_config(out, cfg)
-    (out / "config.json").write_text(cfg.to_json() + "\n")
+    ctx = init_distributed(cfg.device)
+    try:
+        return _pretrain(cfg, data, out, progress, ctx)
+    finally:
+        shutdown(ctx)
 
-    torch.manual_seed(cfg.seed)
+
+def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: DistContext) -> Path:
+    device = process_device(ctx, cfg.device)
+    labelled = _labelled_source(cfg)
+    source = _frame_source(cfg, data)
+    v = rank_slice(cfg.data.videos, ctx.rank, ctx.world, "data.videos")
+    v = v.stop - v.start  # videos per rank
+    k, f = cfg.data.shots, cfg.data.frames
+    ckpts = list_checkpoints(out)
+    if ckpts:
+        _check_resume_config(out, cfg)
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = VIVIModel(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     schedule = lr_schedule(cfg.optim)
     objective = VIVIObjective(cfg.loss)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * ctx.rank)
+    torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
 
     start, last_ckpt = 0, None
-    if ckpts := list_checkpoints(out):
+    if ckpts:
         last_ckpt = ckpts[-1]
         state = load_checkpoint(last_ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["aug_rng"])
-        torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
+        rngs = state.get("rng", [])
+        if len(rngs) == ctx.world:
+            _set_rng_state(rngs[ctx.rank], gen, device)
+        elif ctx.main:  # the data is still exact (a function of the step); the augmentations are not
+            print(
+                f"vivi: warning: {last_ckpt} was written by {len(rngs)} processes, this run has {ctx.world}: "
+                "the data order continues exactly, the augmentation random streams restart",
+                file=sys.stderr,
+            )
+    net = _wrap(model, cfg, ctx, device)
 
-    v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
-    seed = cfg.seed * 1_000_003 + start
-    batches = _clip_batches(cfg, source, seed)
-    sup = LabelledBatches(cfg, labelled, seed + 1) if labelled else None
-    writer = SummaryWriter(str(out / "tb"), purge_step=start)
-    bar = tqdm(total=cfg.optim.steps, initial=start, desc=f"pretrain {cfg.preset}", unit="step", disable=not progress)
-    model.train()
+    batches = _clip_batches(cfg, source, start, ctx)
+    sup = LabelledBatches(cfg, labelled, start, ctx) if labelled else None
+    writer = SummaryWriter(str(out / "tb"), purge_step=start) if ctx.main else None
+    if ctx.main:
+        _trim_metrics(out / "metrics.jsonl", start)
+    bar = tqdm(
+        total=cfg.optim.steps, initial=start, desc=f"pretrain {cfg.preset}", unit="step",
+        disable=not (progress and ctx.main),
+    )
+    net.train()
     tick, seen = time.perf_counter(), 0
-    with (out / "metrics.jsonl").open("a") as metrics:
+    with _StopRequest() as stop, (out / "metrics.jsonl").open("a") if ctx.main else nullcontext() as metrics:
         for step in range(start, cfg.optim.steps):
             for group in opt.param_groups:
                 group["lr"] = float(schedule[step])
-            clips = next(batches).to(device, non_blocking=True)  # uint8 [V, K, F, 3, S, S]
+            clips = _next(batches).to(device, non_blocking=True)  # uint8 [V/world, K, F, 3, S, S]
             frames = augment(clips.flatten(0, 2), cfg.augment, gen)
             if cfg.channels_last:
                 frames = frames.contiguous(memory_format=torch.channels_last)
             images, labels = sup.next(device, gen) if sup else (None, None)
             with autocast_context(cfg, device):
-                output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
+                output = net(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
             terms = objective(output, v, k, f, labels)
-            loss = terms["loss"]
-            if not math.isfinite(loss.item()):
-                values = ", ".join(f"{n}={t.item():.4g}" for n, t in terms.items())
-                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise UserError(f"step {step}: non-finite loss ({values}); {where}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
+            # one collective per step: the loss terms averaged over ranks, and whether any rank must stop
+            shared = all_reduce_mean(
+                torch.stack([t.detach().float() for t in terms.values()] + [torch.tensor(float(stop.requested), device=device)])
+            ).cpu()
+            values = dict(zip(terms, shared[:-1].tolist()))
+            if not all(math.isfinite(x) for x in values.values()):
+                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                listed = ", ".join(f"{n}={x:.4g}" for n, x in values.items())
+                raise UserError(f"step {step}: non-finite loss ({listed}); {where}")
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
-            seen += clips.shape[0] * k * f
+            seen += clips.shape[0] * k * f * ctx.world
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.optim.steps:
+            if ctx.main and (done % cfg.log_every == 0 or done == cfg.optim.steps):
                 now = time.perf_counter()
-                row = {n: round(t.item(), 6) for n, t in terms.items()}
+                row = {n: round(x, 6) for n, x in values.items()}
                 row.update(step=done, lr=float(schedule[step]), frames_per_s=round(seen / (now - tick), 1))
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
@@ -187,22 +288,35 @@ def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}", fps=row["frames_per_s"])
                 tick, seen = now, 0
             bar.update(1)
-            if done % cfg.ckpt_every == 0 or done == cfg.optim.steps:
-                state = {
-                    "step": done,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "aug_rng": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                }
-                last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
+            stopping = shared[-1].item() > 0
+            if done % cfg.ckpt_every == 0 or done == cfg.optim.steps or stopping:
+                rngs = all_gather_objects(_rng_state(gen, device))
+                if ctx.main:
+                    state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs}
+                    last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
+            if stopping and done < cfg.optim.steps:
+                bar.close()
+                raise TrainingStopped(
+                    f"stopped at step {done} of {cfg.optim.steps} on request; checkpoint "
+                    f"{last_ckpt or out / 'checkpoints'}; run the same command again to continue"
+                )
     bar.close()
-    writer.close()
-    backbone = model.backbone.to(memory_format=torch.contiguous_format)
-    save_backbone(
-        backbone,
-        cfg.model.backbone,
-        out / "backbone.safetensors",
-        extra={"image_size": str(cfg.augment.image_size), "preset": cfg.preset, "scale": cfg.scale},
-    )
+    if writer is not None:
+        writer.close()
+    if ctx.main:
+        backbone = model.backbone.to(memory_format=torch.contiguous_format)
+        save_backbone(
+            backbone,
+            cfg.model.backbone,
+            out / "backbone.safetensors",
+            extra={"image_size": str(cfg.augment.image_size), "preset": cfg.preset, "scale": cfg.scale},
+        )
     return out
+
+
+def _next(batches: Iterator[Tensor]) -> Tensor:
+    """The next batch; an error raised in a loader worker keeps its one-line message."""
+    try:
+        return next(batches)
+    except UserError as e:  # DataLoader re-raises worker errors with the worker's traceback appended
+        raise UserError(str(e).strip().splitlines()[-1].removeprefix("vivi.errors.UserError: ")) from None

@@ -4,6 +4,7 @@ the cross-entropy of the labelled images' class logits."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -11,6 +12,7 @@ from vivi.config import LossConfig
 from vivi.losses import InfoNCELoss, OrderLoss, RotationLoss, SemiHardTripletLoss
 from vivi.models.predictors import prediction_targets
 from vivi.models.vivi import VIVIOutput, exemplar_labels
+from vivi.train.distributed import gather_with_grad, rank_and_world
 
 
 class VIVIObjective:
@@ -31,10 +33,10 @@ class VIVIObjective:
             raise ValueError("the model output holds no frame-level loss input")
         total = terms["loss_sf"]
         if out.predictions is not None and out.keys is not None:
-            query_video, key_video, positive = prediction_targets(v, k, out.predictions.device)
-            predictions = out.predictions.flatten(0, 1)
-            keys = out.keys.flatten(0, 1)
-            terms["loss_v"] = self.infonce(predictions, keys, query_video, key_video, positive)
+            terms["loss_v"] = video_infonce(
+                self.infonce, out.predictions.flatten(0, 1), out.keys.flatten(0, 1), v, k,
+                self.cfg.infonce_negatives == "global",
+            )
         elif out.order is not None and out.order_labels is not None:
             terms["loss_v"] = self.order(out.order, out.order_labels)
         if "loss_v" in terms:
@@ -44,3 +46,22 @@ class VIVIObjective:
             total = total + self.cfg.sup_weight * terms["loss_sup"]
         terms["loss"] = total
         return terms
+
+
+def video_infonce(
+    infonce: InfoNCELoss, predictions: Tensor, keys: Tensor, v: int, k: int, global_negatives: bool = True
+) -> Tensor:
+    """InfoNCE of this rank's predictions [V*(K-1), d] against shot embeddings ``keys`` [V*K, d].
+
+    With ``global_negatives`` and several ranks, every rank's keys compete (gathered with a
+    gradient-summing all-gather), and ids are offset by this rank's place in the global batch:
+    each rank's loss is the one-process loss restricted to its queries, and the mean over ranks
+    is the global loss.
+    """
+    query_video, key_video, positive = prediction_targets(v, k, predictions.device)
+    rank, world = rank_and_world()
+    if global_negatives and world > 1:
+        keys = gather_with_grad(keys)
+        query_video, positive = query_video + rank * v, positive + rank * v * k
+        key_video = torch.arange(world * v, device=keys.device).repeat_interleave(k)
+    return infonce(predictions, keys, query_video, key_video, positive)

@@ -1,0 +1,134 @@
+"""Exact resume: a run killed (SIGKILL) or stopped (SIGTERM) and started again ends with the same
+parameters as an uninterrupted run; batches are a function of the step; NaN stops the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vivi.config import apply_overrides, preset
+from vivi.data.batches import StepClips, make_loader, step_positions, training_videos
+from vivi.data.shards import read_index
+from vivi.errors import UserError
+from vivi.train.checkpoint import list_checkpoints, load_checkpoint
+from vivi.train.loop import pretrain
+from vivi.train.objective import VIVIObjective
+
+SETTINGS = ["data.videos=2", "data.workers=1", "optim.steps=6", "ckpt_every=2", "log_every=1", "device=cpu"]
+
+
+def _cfg():
+    return apply_overrides(preset("VIVI-Ex(4)"), SETTINGS)
+
+
+def _final_model(run: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(list_checkpoints(run)[-1])
+    assert state["step"] == 6
+    return state["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> dict[str, torch.Tensor]:
+    torch.set_num_threads(1)
+    return _final_model(pretrain(_cfg(), [tiny_data], tmp_path_factory.mktemp("ref") / "run", progress=False))
+
+
+def _start(tiny_data: Path, run: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vivi", "pretrain", "--preset", "VIVI-Ex(4)", "--data", str(tiny_data), "--out", str(run)]
+    for s in SETTINGS:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run: Path, step: int) -> None:
+    deadline = time.monotonic() + 240
+    while not any(int(p.stem.split("_")[1]) >= step for p in list_checkpoints(run)):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def _assert_same(model: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert model.keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(model[name], value, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tiny_data, tmp_path, reference, one_thread):
+    run = tmp_path / "run"
+    proc = _start(tiny_data, run)
+    _wait_for_checkpoint(proc, run, 2)
+    proc.send_signal(signal.SIGKILL)  # anywhere after the first checkpoint: mid-step, mid-save, mid-log
+    proc.wait()
+    assert list_checkpoints(run)[-1].name != "step_00000006.pt", "killed too late to test anything"
+    _assert_same(_final_model(pretrain(_cfg(), [tiny_data], run, progress=False)), reference)
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6], "rows past the checkpoint resumed from are dropped, none repeated"
+
+
+def test_sigterm_checkpoints_and_stops_then_resumes_exactly(tiny_data, tmp_path, reference, one_thread):
+    run = tmp_path / "run"
+    proc = _start(tiny_data, run)
+    _wait_for_checkpoint(proc, run, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    last = load_checkpoint(list_checkpoints(run)[-1])["step"]
+    if last < 6:  # it stopped early: one line naming the step and the checkpoint
+        assert proc.returncode == 2 and f"stopped at step {last} of 6" in err and "Traceback" not in err
+    _assert_same(_final_model(pretrain(_cfg(), [tiny_data], run, progress=False)), reference)
+
+
+def test_batches_are_a_function_of_the_step(tiny_data):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=4", "data.load_size=32", "augment.image_size=32"]).data
+    table = training_videos(read_index([tiny_data]), cfg, str(tiny_data))
+    whole = StepClips(table, cfg, seed=3)
+    from_start = list(make_loader(table, cfg, seed=3, start=0, steps=4))
+    resumed = list(make_loader(table, cfg, seed=3, start=2, steps=4))  # a worker process, started at step 2
+    assert all(torch.equal(a, b) for a, b in zip(from_start[2:], resumed))
+    halves = [StepClips(table, cfg, seed=3, rank=r, world=2)[1] for r in range(2)]
+    assert torch.equal(torch.cat(halves), whole[1]), "two ranks split the one-process global batch"
+    assert not torch.equal(whole[1], whole[2])
+
+
+def test_every_video_once_per_pass():
+    n, count = 10, 4
+    seen = np.concatenate([step_positions(s, count, n, seed=0) for s in range(5)])  # 20 slots = 2 passes
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert list(seen[:10]) != list(seen[10:]), "each pass is its own permutation"
+
+
+def test_uneven_global_batch_is_refused(tiny_data):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=3"]).data
+    table = training_videos(read_index([tiny_data]), cfg, str(tiny_data))
+    with pytest.raises(UserError, match="data.videos=3 does not split evenly over 2 processes"):
+        StepClips(table, cfg, rank=0, world=2)
+
+
+def test_non_finite_loss_stops_with_step_terms_and_checkpoint(tiny_data, tmp_path, monkeypatch):
+    original = VIVIObjective.__call__
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # the third step (index 2), after the checkpoint of step 2
+            terms["loss_v"] = terms["loss_v"] * float("nan")
+            terms["loss"] = terms["loss_sf"] + terms["loss_v"]
+        return terms
+
+    monkeypatch.setattr(VIVIObjective, "__call__", poisoned)
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), SETTINGS + ["data.workers=0"])
+    with pytest.raises(UserError) as err:
+        pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    message = str(err.value)
+    assert message.startswith("step 2: non-finite loss (") and "loss_v=nan" in message and "loss_sf=" in message
+    assert message.endswith(f"last good checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'}")
