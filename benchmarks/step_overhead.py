@@ -1,0 +1,121 @@
+"""What a training step costs beyond the backbone, and whether the loader keeps up.
+
+Measured side by side in one run, on the same batch shape (V x K x F frames at the preset's
+image size):
+
+  bare   the backbone alone: forward, a trivial loss, backward, SGD step, on a fixed batch
+  full   a whole VIVI step as ``vivi pretrain`` runs it: next batch from the loader (default
+         workers), augmentation, backbone + heads + pooling + predictor, losses, backward, SGD
+  loader the loader alone: frames per second delivered with the default number of workers
+
+and printed as ratios: full / bare (target <= 1.15) and loader / full consumption (target >= 2).
+
+    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 30]
+
+DIR is an ingested folder (``vivi synth W && vivi ingest W DIR``); without ``--data`` a small
+world is rendered and ingested into a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vivi.config import apply_overrides, preset
+from vivi.data.augment import augment
+from vivi.data.batches import make_loader, training_videos
+from vivi.data.shards import read_index
+from vivi.models.backbone import build_backbone
+from vivi.models.vivi import VIVIModel, param_groups
+from vivi.train.objective import VIVIObjective
+
+
+def _timed(step, n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bare_step(cfg, frames: torch.Tensor):
+    net = build_backbone(cfg.model.backbone)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        loss = net(frames).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def full_step(cfg, batches):
+    v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
+    model = VIVIModel(cfg)
+    opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
+    objective = VIVIObjective(cfg.loss)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        clips = next(batches)
+        frames = augment(clips.flatten(0, 2), cfg.augment, gen)
+        terms = objective(model(frames.view(v, k, f, *frames.shape[1:]), generator=gen), v, k, f)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+
+    return step
+
+
+def _make_data(tmp: Path) -> Path:
+    world, data = tmp / "world", tmp / "data"
+    for cmd in (["synth", str(world), "--videos", "24"], ["ingest", str(world), str(data)]):
+        subprocess.run([sys.executable, "-m", "vivi", *cmd], check=True, stdout=subprocess.DEVNULL)
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--preset", default="VIVI-Ex(4)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--set", action="append", default=[], help="config overrides, as for vivi pretrain")
+    a = ap.parse_args()
+    cfg = apply_overrides(preset(a.preset), a.set)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = a.data or _make_data(Path(tmp))
+        table = training_videos(read_index([data]), cfg.data, str(data))
+        v, k, f, s = cfg.data.videos, cfg.data.shots, cfg.data.frames, cfg.augment.image_size
+        frames_per_step = v * k * f
+        print(f"{a.preset} tiny: {v}x{k}x{f} = {frames_per_step} frames of {s}px per step; "
+              f"torch threads {torch.get_num_threads()}, loader workers {cfg.data.workers}, cores {os.cpu_count()}")
+
+        torch.manual_seed(0)
+        bare = statistics.median(_timed(bare_step(cfg, torch.randn(frames_per_step, 3, s, s)), a.steps))
+        full = statistics.median(_timed(full_step(cfg, make_loader(table, cfg.data, seed=0)), a.steps))
+        loader = make_loader(table, cfg.data, seed=1)
+        loader_times = _timed(lambda: next(loader), a.steps)
+        loader_fps = frames_per_step / statistics.median(loader_times)
+        consumed_fps = frames_per_step / full
+
+        print(f"bare backbone step  {bare * 1000:8.1f} ms")
+        print(f"full VIVI step      {full * 1000:8.1f} ms   ratio full/bare = {full / bare:.3f}  (target <= 1.15)")
+        print(f"loader alone        {loader_fps:8.0f} frames/s; the step consumes {consumed_fps:.0f} frames/s   "
+              f"ratio = {loader_fps / consumed_fps:.2f}  (target >= 2)")
+
+
+if __name__ == "__main__":
+    main()
