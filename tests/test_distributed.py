@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 
 from vivi.config import apply_overrides, preset
 from vivi.losses import InfoNCELoss
+from vivi.losses.vito import view_infonce
 from vivi.models.vivi import VIVIModel
 from vivi.train.checkpoint import list_checkpoints, load_checkpoint
 from vivi.train.distributed import DistContext, all_reduce_mean, gather_with_grad
@@ -42,6 +43,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         "infonce_local": _infonce(rank, False),
         "naive_gather": _naive_gather(rank),
         "ddp": _ddp(rank),
+        "vito": _vito(rank),
     }
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -119,6 +121,30 @@ def test_local_negatives_stay_on_their_rank(two_ranks):
         for s in (slice(0, V // WORLD), slice(V // WORLD, V))
     ]
     torch.testing.assert_close(ranks[0]["loss"], torch.stack(per_rank).mean())
+
+
+def _views() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(V, 2, D, generator=g), torch.randn(V, 2, D, generator=g)
+
+
+def _vito(rank: int) -> dict:
+    predictions, targets = _views()
+    mine = slice(rank * V // WORLD, (rank + 1) * V // WORLD)
+    q = predictions[mine].clone().requires_grad_()
+    loss = view_infonce(q, targets[mine], 0.1)
+    (loss / WORLD).backward()
+    return {"loss": all_reduce_mean(loss.detach()), "gq": q.grad}
+
+
+def test_vito_negatives_come_from_every_rank(two_ranks):
+    predictions, targets = _views()
+    q = predictions.clone().requires_grad_()
+    loss = view_infonce(q, targets, 0.1)
+    loss.backward()
+    ranks = two_ranks["vito"]
+    torch.testing.assert_close(ranks[0]["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([r["gq"] for r in ranks]), q.grad, atol=1e-6, rtol=1e-5)
 
 
 def _tiny_cfg():

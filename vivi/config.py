@@ -33,10 +33,12 @@ class DataConfig:
     """How a batch is drawn from the video hierarchy: V videos x K shots x F frames."""
 
     mode: str = "shots"  # "shots": K consecutive shots of F consecutive frames; "frame": one fixed frame per video;
-    # "images": one image of an image folder per "video" (the Ex-/Rot-ImageNet baselines)
+    # "images": one image of an image folder per "video" (the Ex-/Rot-ImageNet baselines);
+    # "pairs": two frames of one shot at most max_gap samples apart (VITO's temporally displaced views)
     videos: int = 8  # V
     shots: int = 4  # K
     frames: int = 8  # F (for mode "frame": the number of augmented copies of the one frame)
+    max_gap: int = 2  # mode "pairs": the displacement is uniform in 0..max_gap samples (~seconds at 1 Hz)
     load_size: int = 96  # frames are resized (short side) and centre-cropped to this square on load
     workers: int = 1  # loader processes (each builds whole batches; any count gives the same data)
     labelled: str = ""  # co-training: "imagefolder:DIR" of labelled images (DIR/<class>/*), "" for none
@@ -70,7 +72,11 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     exemplar_dim: int = 1000  # linear head before L2 normalisation and the triplet loss
     video_dim: int = 512  # shot embedding: mean-pooled pre-logits projected to this size
-    pooling: str = "mean"  # shot pooling p
+    pooling: str = "mean"  # shot pooling p: "mean" (the paper) | "attention" (VITO's, over the stages below)
+    attention_stages: list[int] = field(default_factory=lambda: [3, 4])  # timm feature indices (4: last stage)
+    attention_hidden: int = 128  # width of each stage's 1x1-conv scorer
+    projector_hidden: int = 1024  # VITO: projector and predictor MLPs
+    projector_dim: int = 128
     predictor: str = "lstm"  # "lstm" (K > 2 shots) | "mlp" (K = 2 shots) | "none"
     lstm_hidden: int = 256
     lstm_layers: int = 2
@@ -82,7 +88,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    frame_loss: str = "exemplar"  # frame/shot-level loss L_SF: "exemplar" (triplet) | "rotation"
+    frame_loss: str = "exemplar"  # frame/shot-level loss L_SF: "exemplar" (triplet) | "rotation" | "vito"
+    vito_temperature: float = 0.1  # VITO: InfoNCE between online predictions and EMA-target projections
     margin: float = 0.5  # semi-hard triplet margin (Appendix B)
     squared: bool = True  # squared Euclidean distances, as TF's triplet_semihard_loss
     video_loss: str = "infonce"  # "infonce" | "order" (shot order prediction) | "none"
@@ -109,6 +116,7 @@ class OptimConfig:
     decay_steps: list[int] = field(default_factory=lambda: [300, 367])
     decay_factor: float = 0.1
     grad_clip: float = 0.0  # 0 = off
+    ema_momentum: float = 0.99  # VITO's target network: momentum rises from this to 1 on a cosine (BYOL)
 
 
 @dataclass
@@ -189,6 +197,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "VIVI-Ex(4)-Co(100%)-Big": dict(
         **_COTRAIN, schedule=_CO100_SCHEDULE, lr=0.8, labelled_fraction=1.0, labelled_batch=2048, width_factor=3,
     ),
+    # VITO (Parthasarathy et al. 2023): temporally displaced frames of one shot, multi-scale attention
+    # pooling, online network + EMA target, InfoNCE with in-batch negatives; the VIVI schedule and
+    # optimiser, so it compares with the paper's models at the same budget of frames per step.
+    "VITO": dict(
+        mode="pairs", shots=1, frames=2, predictor="none", video_loss="none", frame_loss="vito",
+        pooling="attention", schedule=_SHOT_SCHEDULE,
+    ),
     "Ex-ImageNet": dict(
         mode="images", shots=1, frames=8, predictor="none", video_loss="none", schedule=_FRAME_SCHEDULE,
     ),
@@ -200,12 +215,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 PRESET_NAMES = tuple(_PRESETS)  # base names; any of them also takes the AutoAugment suffix
 AA_SUFFIX = "-AA"
+ATTN_SUFFIX = "+Attn"
 
 
 def _base_name(name: str) -> tuple[str, bool]:
     """``"VIVI-Ex(4)-AA"`` -> ``("VIVI-Ex(4)", True)``; names without the suffix pass through."""
-    if name.endswith(AA_SUFFIX) and name[: -len(AA_SUFFIX)] in _PRESETS:
+    if name.endswith(AA_SUFFIX) and _strip_attn(name[: -len(AA_SUFFIX)])[0] in _PRESETS:
         return name[: -len(AA_SUFFIX)], True
+    return name, False
+
+
+def _strip_attn(name: str) -> tuple[str, bool]:
+    """``"VIVI-Ex(4)+Attn"`` -> ``("VIVI-Ex(4)", True)``: VIVI's losses with VITO's attention pooling."""
+    if name.endswith(ATTN_SUFFIX):
+        return name[: -len(ATTN_SUFFIX)], True
     return name, False
 
 
@@ -218,21 +241,28 @@ def _scale_schedule(steps: int, schedule: tuple[int, int, tuple[int, ...]]) -> t
 def preset(name: str, scale: str = "tiny") -> RunConfig:
     """Resolve a paper model name (optionally suffixed ``-AA``) at a size; unknown names list the valid ones."""
     base, autoaugment = _base_name(name)
+    base, attention = _strip_attn(base)
+    if attention and base in _PRESETS and _PRESETS[base]["video_loss"] == "none":
+        raise UserError(f"{name}: {ATTN_SUFFIX} replaces the shot pooling of a video-level loss; {base} has none")
     if base not in _PRESETS:
         raise UserError(
             f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)} "
-            f"(each also with the suffix {AA_SUFFIX} for AutoAugment, e.g. VIVI-Ex(4){AA_SUFFIX})"
+            f"(each also with the suffix {AA_SUFFIX} for AutoAugment, e.g. VIVI-Ex(4){AA_SUFFIX}; those with a video-level "
+            f"loss also with {ATTN_SUFFIX} for attention pooling, e.g. VIVI-Ex(4){ATTN_SUFFIX})"
         )
     if scale not in SCALES:
         raise UserError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
     p = _PRESETS[base]
     cfg = RunConfig(preset=name, scale=scale)
     shots_per_batch = 32 if scale == "tiny" else 2048  # Table 5: V * K = 2048 shots (exemplars) per batch
+    if p["mode"] == "pairs":  # VITO: as many frames per step as VIVI-Ex(4) (V*K*F = 8 * shots_per_batch)
+        shots_per_batch = 4 * shots_per_batch
     cfg.data.mode = p["mode"]
     cfg.data.shots = p["shots"]
     cfg.data.frames = p["frames"]
     cfg.data.videos = shots_per_batch // p["shots"]
     cfg.model.predictor = p["predictor"]
+    cfg.model.pooling = "attention" if attention else p.get("pooling", "mean")
     cfg.loss.infonce_negatives = "local" if p["predictor"] == "mlp" else "global"
     cfg.loss.video_loss = p["video_loss"]
     cfg.loss.frame_loss = p.get("frame_loss", "exemplar")
@@ -251,6 +281,8 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
         cfg.data.workers = 8
         cfg.optim.lr, cfg.optim.steps = paper_lr, p["schedule"][0]
         cfg.ckpt_every, cfg.log_every = 2000, 50
+        cfg.optim.ema_momentum = 0.996
+        cfg.model.attention_hidden, cfg.model.projector_hidden, cfg.model.projector_dim = 512, 4096, 256
         cfg.channels_last = True
     else:  # lr and image batch scaled as the shot batch (2048 -> 32); at least 8 images for a useful CE
         cfg.optim.lr, cfg.optim.steps = paper_lr / 8, 400
@@ -318,8 +350,18 @@ def validate(cfg: RunConfig) -> None:
     if min(d.videos, d.shots, d.frames) < 1:
         raise UserError("data.videos, data.shots and data.frames must be >= 1")
     loss = cfg.loss
-    if loss.frame_loss not in ("exemplar", "rotation"):
-        raise UserError(f"loss.frame_loss={loss.frame_loss!r}: expected 'exemplar' or 'rotation'")
+    if loss.frame_loss not in ("exemplar", "rotation", "vito"):
+        raise UserError(f"loss.frame_loss={loss.frame_loss!r}: expected 'exemplar', 'rotation' or 'vito'")
+    if (loss.frame_loss == "vito") != (d.mode == "pairs"):
+        raise UserError("loss.frame_loss=vito and data.mode=pairs go together (two displaced views of one shot)")
+    if d.mode == "pairs" and (d.shots, d.frames) != (1, 2):
+        raise UserError("data.mode=pairs takes data.shots=1 and data.frames=2 (the two views)")
+    if d.max_gap < 0:
+        raise UserError(f"data.max_gap={d.max_gap}: expected >= 0 samples")
+    if cfg.model.pooling not in ("mean", "attention"):
+        raise UserError(f"model.pooling={cfg.model.pooling!r}: expected 'mean' or 'attention'")
+    if not 0 <= cfg.optim.ema_momentum <= 1:
+        raise UserError(f"optim.ema_momentum={cfg.optim.ema_momentum}: expected a value in [0, 1]")
     if loss.video_loss not in ("infonce", "order", "none"):
         raise UserError(f"loss.video_loss={loss.video_loss!r}: expected 'infonce', 'order' or 'none'")
     if loss.frame_loss == "exemplar" and d.frames < 2:
@@ -335,8 +377,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"loss.infonce_negatives={loss.infonce_negatives!r}: expected 'global' or 'local'")
     if loss.video_loss == "order" and d.shots < 2:
         raise UserError("loss.video_loss=order predicts the order of a video's shots: it needs data.shots >= 2")
-    if d.mode not in ("shots", "frame", "images"):
-        raise UserError(f"data.mode={d.mode!r}: expected 'shots', 'frame' or 'images'")
+    if d.mode not in ("shots", "frame", "images", "pairs"):
+        raise UserError(f"data.mode={d.mode!r}: expected 'shots', 'frame', 'images' or 'pairs'")
     if d.mode in ("frame", "images") and d.shots != 1:
         raise UserError(f"data.mode={d.mode} takes one frame or image per example: data.shots must be 1")
     if not 0 < d.labelled_fraction <= 1:

@@ -53,8 +53,12 @@ def choose_clip(record: dict[str, Any], cfg: DataConfig, rng: random.Random, see
     ``mode="shots"``: K consecutive shots, F consecutive frames in each (random offsets).
     ``mode="frame"``: one frame fixed per video for the whole run (the YT8M-frames baseline),
     repeated F times so each copy gets its own augmentation.
+    ``mode="pairs"``: two frames of one shot, ``0..max_gap`` samples apart in either order (VITO's
+    temporally displaced views); both lie in the shot, so a pair never crosses a boundary.
     """
     lengths = [len(s.get("frames", [])) for s in record.get("shots", [])]
+    if cfg.mode == "pairs":
+        return _displaced_pair(record["key"], lengths, cfg.max_gap, rng)
     if cfg.mode == "frame":
         pool = [(s, f) for s, n in enumerate(lengths) for f in range(n)]
         if not pool:
@@ -70,6 +74,18 @@ def choose_clip(record: dict[str, Any], cfg: DataConfig, rng: random.Random, see
         f0 = rng.randrange(lengths[s] - cfg.frames + 1)
         chosen.append(tuple((s, f) for f in range(f0, f0 + cfg.frames)))
     return Clip(record["key"], tuple(chosen))
+
+
+def _displaced_pair(key: str, lengths: Sequence[int], max_gap: int, rng: random.Random) -> Clip | None:
+    """A shot with >= 2 samples (any shot when ``max_gap`` is 0), a gap, a first frame, an order."""
+    shots = [i for i, n in enumerate(lengths) if n >= (2 if max_gap > 0 else 1)]
+    if not shots:
+        return None
+    s = rng.choice(shots)
+    gap = rng.randint(0, min(max_gap, lengths[s] - 1))
+    first = rng.randrange(lengths[s] - gap)
+    pair = ((s, first), (s, first + gap))
+    return Clip(key, (pair if rng.random() < 0.5 else pair[::-1],))
 
 
 def frame_name(shot: int, frame: int) -> str:
@@ -160,9 +176,10 @@ def training_videos(records: Sequence[dict[str, Any]], cfg: DataConfig, where: s
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
     usable = eligible(ok, cfg)
     if not usable:
-        need = (
-            "a sampled frame" if cfg.mode == "frame" else f"{cfg.shots} consecutive shots of >= {cfg.frames} frames"
-        )
+        need = {
+            "frame": "a sampled frame",
+            "pairs": "a shot with 2 sampled frames",
+        }.get(cfg.mode, f"{cfg.shots} consecutive shots of >= {cfg.frames} frames")
         most = max(len(r.get("shots", [])) for r in ok)
         raise UserError(
             f"{where}: none of the {len(ok)} videos has {need} (most shots in a video: {most}); "

@@ -32,6 +32,8 @@ class VIVIOutput:
     order: Tensor | None = None  # [V] logits "this shot sequence is reversed" (video_loss order)
     order_labels: Tensor | None = None  # [V] 1.0 where the sequence was reversed
     logits: Tensor | None = None  # [B, classes] class logits of the labelled images (co-training)
+    view_predictions: Tensor | None = None  # [V, 2, d] VITO: online predictions of the two views
+    view_targets: Tensor | None = None  # [V, 2, d] VITO: EMA-target projections of the two views
 
 
 class VIVIModel(nn.Module):
@@ -51,8 +53,9 @@ class VIVIModel(nn.Module):
         self.predictor: nn.Module | None = None
         self.order_predictor: nn.Module | None = None
         if cfg.loss.video_loss != "none":
-            self.pool = build_pooling(m.pooling)
-            self.video_head = nn.Linear(dim, m.video_dim)
+            self.pool = build_pooling(m.pooling, self.backbone, m.attention_stages, m.attention_hidden)
+            self.stages = list(m.attention_stages)
+            self.video_head = nn.Linear(self.pool.out_dim if self.pool.needs_maps else dim, m.video_dim)
             if cfg.loss.video_loss == "order":
                 self.order_predictor = OrderPredictor(m.video_dim, cfg.data.shots, m.order_hidden)
             elif m.predictor == "lstm":
@@ -80,7 +83,12 @@ class VIVIModel(nn.Module):
             if self.classifier is None:
                 raise ValueError("labelled images need a classification head: set model.classes")
             x = torch.cat([x, images])
-        feats = self.backbone(x)  # [V*K*F, D] pre-logits (x4 with rotated copies, + B labelled images)
+        maps: list[Tensor] = []
+        if self.video_head is not None and self.pool.needs_maps:  # attention pooling reads stage maps
+            final, maps = self.backbone.forward_intermediates(x, indices=self.stages, norm=True)
+            feats = self.backbone.forward_head(final)
+        else:
+            feats = self.backbone(x)  # [V*K*F, D] pre-logits (x4 with rotated copies, + B labelled images)
         if images is not None:
             out.logits, feats = self.classifier(feats[n:]), feats[:n]
         if self.rotation_head is not None:
@@ -90,8 +98,11 @@ class VIVIModel(nn.Module):
             out.exemplar = nn.functional.normalize(self.exemplar_head(feats).float(), dim=1)
         if self.video_head is None:
             return out
-        # Pool pre-logits over the frames of each shot, then project (Appendix A).
-        shots = self.video_head(self.pool(feats.view(v, k, f, -1)))
+        if maps:  # attention over every position of the F frames of a shot, per stage
+            shot_maps = [m[: v * k * f].reshape(v * k, f, *m.shape[1:]) for m in maps]
+            shots = self.video_head(self.pool(shot_maps)).view(v, k, -1)
+        else:  # the paper: pool pre-logits over the frames of each shot, then project (Appendix A)
+            shots = self.video_head(self.pool(feats.view(v, k, f, -1)))
         if self.order_predictor is not None:
             if generator is None:
                 raise ValueError("the shot order loss draws its reversals from an explicit generator: pass generator=")

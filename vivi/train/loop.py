@@ -35,7 +35,10 @@ from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_ima
 from vivi.data.shards import read_index
 from vivi.errors import UserError
 from vivi.models.backbone import save_backbone
-from vivi.models.vivi import VIVIModel, param_groups
+from vivi.models import build_model
+from vivi.models.ema import momentum_schedule
+from vivi.models.vito import VITOModel
+from vivi.models.vivi import param_groups
 from vivi.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from vivi.train.distributed import (
     DistContext, all_gather_objects, all_reduce_mean, init_distributed, process_device, shutdown,
@@ -169,7 +172,7 @@ def _set_rng_state(state: dict[str, Tensor], gen: torch.Generator, device: torch
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _wrap(model: VIVIModel, cfg: RunConfig, ctx: DistContext, device: torch.device) -> torch.nn.Module:
+def _wrap(model: torch.nn.Module, cfg: RunConfig, ctx: DistContext, device: torch.device) -> torch.nn.Module:
     """SyncBatchNorm, DDP and torch.compile as configured; the plain model when alone and uncompiled."""
     net: torch.nn.Module = model
     if ctx.enabled:
@@ -210,11 +213,12 @@ def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: 
         (out / "config.json").write_text(cfg.to_json() + "\n")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = VIVIModel(cfg).to(device)
+    model = build_model(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     schedule = lr_schedule(cfg.optim)
+    momentum = momentum_schedule(cfg.optim.ema_momentum, cfg.optim.steps)  # VITO's target network
     objective = VIVIObjective(cfg.loss)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * ctx.rank)
     torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
@@ -274,6 +278,8 @@ def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: 
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
+            if isinstance(model, VITOModel):
+                model.update_target(float(momentum[step]))
             seen += clips.shape[0] * k * f * ctx.world
             done = step + 1
             if ctx.main and (done % cfg.log_every == 0 or done == cfg.optim.steps):

@@ -1,4 +1,5 @@
-"""L = L_SF + lambda * L_V [+ gamma * L_sup]: a frame/shot-level loss (exemplar triplet or rotation),
+"""L = L_SF + lambda * L_V [+ gamma * L_sup]: a frame/shot-level loss (exemplar triplet, rotation, or
+VITO's contrast between displaced views),
 a video-level loss (InfoNCE over predicted shots or shot order prediction) and, when co-training,
 the cross-entropy of the labelled images' class logits."""
 
@@ -10,6 +11,7 @@ from torch.nn import functional as F
 
 from vivi.config import LossConfig
 from vivi.losses import InfoNCELoss, OrderLoss, RotationLoss, SemiHardTripletLoss
+from vivi.losses.vito import ViewInfoNCELoss
 from vivi.models.predictors import prediction_targets
 from vivi.models.vivi import VIVIOutput, exemplar_labels
 from vivi.train.distributed import gather_with_grad, rank_and_world
@@ -22,10 +24,13 @@ class VIVIObjective:
         self.rotation = RotationLoss()
         self.infonce = InfoNCELoss(cfg.infonce_temperature)
         self.order = OrderLoss()
+        self.vito = ViewInfoNCELoss(cfg.vito_temperature)
 
     def __call__(self, out: VIVIOutput, v: int, k: int, f: int, labels: Tensor | None = None) -> dict[str, Tensor]:
         """The loss terms and their weighted sum under ``"loss"``; ``labels`` are the labelled images' classes."""
-        if out.rotation is not None and out.rotation_labels is not None:
+        if out.view_predictions is not None and out.view_targets is not None:
+            terms = {"loss_sf": self.vito(out.view_predictions, out.view_targets)}
+        elif out.rotation is not None and out.rotation_labels is not None:
             terms = {"loss_sf": self.rotation(out.rotation, out.rotation_labels)}
         elif out.exemplar is not None:
             terms = {"loss_sf": self.triplet(out.exemplar, exemplar_labels(v, k, f, out.exemplar.device))}
