@@ -122,3 +122,30 @@ def test_vito_pretrains_and_exports_the_online_backbone(tiny_data, tmp_path):
     exported = backbone.state_dict()
     assert all(torch.equal(exported[k[len("online.backbone."):]], v) for k, v in online.items())
     assert meta["preset"] == "VITO"
+
+
+def test_attention_images_for_a_trained_run(tiny_data, tmp_path):
+    from PIL import Image
+
+    from vivi.cli import main
+
+    cfg = apply_overrides(
+        preset("VIVI-Ex(4)+Attn"), ["data.videos=2", "data.workers=0", "optim.steps=1", "ckpt_every=1", "device=cpu"]
+    )
+    run = pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        Image.new("RGB", (80, 60), (40 * i, 100, 200)).save(frames / f"f{i}.jpg")
+    assert main(["attention", str(run), str(frames), "-o", str(tmp_path / "att")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "att").glob("*.png"))
+    assert pngs == ["000-f0.png", "001-f1.png", "attention.png"]
+    from vivi.evaluate.attention import attention_maps, load_run_model
+
+    model, _ = load_run_model(run)
+    weights = attention_maps(model, torch.randn(3, 3, 64, 64))
+    assert [w.shape for w in weights] == [(3, 4, 4), (3, 2, 2)]  # stages 3 and 4 at 64 px
+    assert all(torch.allclose(w.sum(dim=(1, 2)), torch.ones(3)) for w in weights)
+    mean_run = pretrain(apply_overrides(preset("Ex-YT-S"), ["data.videos=4", "data.workers=0", "optim.steps=1", "device=cpu"]),
+                        [tiny_data], tmp_path / "mean", progress=False)
+    assert main(["attention", str(mean_run), str(frames), "-o", str(tmp_path / "x")]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from vivi.config import RunConfig, from_dict
 from vivi.errors import UserError
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
@@ -51,3 +54,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{path}: not a vivi checkpoint (missing model/step)")
     return state
+
+
+def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:
+    """The whole trained network of a run (heads and pooling included), from its newest checkpoint."""
+    config = run / "config.json"
+    if not config.is_file():
+        raise UserError(f"{run}: not a run folder (no config.json)")
+    cfg = from_dict(json.loads(config.read_text()))
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise UserError(f"{run}: no checkpoint yet (checkpoints/step_*.pt)")
+    from vivi.models import build_model
+
+    model = build_model(cfg)
+    model.load_state_dict(load_checkpoint(ckpts[-1])["model"])
+    return model.eval(), cfg

@@ -1,0 +1,85 @@
+"""VideoNet-style curation on the built-in world, whose scene classes are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ground_truth
+from vivi.data.curate import curate, match_distribution, parse_target, write_curation
+from vivi.data.shards import read_index
+from vivi.errors import UserError
+
+
+def test_match_distribution_by_hand():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    confidence = np.array([0.9, 0.5, 0.7, 0.6, 0.8, 0.4, 0.3, 0.95, 0.2])
+    selected, weights = match_distribution(labels, confidence, np.full(3, 1 / 3))
+    # class 1 has 2 videos: 2 per class, the most confident of each
+    assert selected.tolist() == [0, 2, 4, 5, 6, 7]
+    np.testing.assert_allclose(weights[[0, 4, 6]], [(1 / 3) / (4 / 9), (1 / 3) / (2 / 9), (1 / 3) / (3 / 9)])
+    selected, _ = match_distribution(labels, confidence, np.array([0.5, 0.5, 0.0]))
+    assert selected.tolist() == [0, 2, 4, 5]
+    with pytest.raises(UserError, match=r"class\(es\) \[1\]"):
+        match_distribution(np.array([0, 0, 2]), np.ones(3), np.full(3, 1 / 3))
+
+
+def test_target_file(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"a": 3, "c": 1}))
+    np.testing.assert_allclose(parse_target(str(tmp_path / "t.json"), ["a", "b", "c"]), [0.75, 0, 0.25])
+    (tmp_path / "bad.json").write_text(json.dumps({"zebra": 1}))
+    with pytest.raises(UserError, match="zebra"):
+        parse_target(str(tmp_path / "bad.json"), ["a", "b"])
+
+
+def test_curation_balances_the_worlds_scenes(tiny_world, tiny_data, tmp_path):
+    """An oracle classifier (the rendered scene of the video a frame came from) must give a selection
+    whose scene histogram is uniform over the scenes present, and the report must say so."""
+    gts = ground_truth(tiny_world)
+    records = [r for r in read_index([tiny_data]) if r["status"] == "ok"]
+    scenes = sorted({gts[str(Path(r["source"]).resolve())]["scene_name"] for r in records})
+    order = iter(records)  # curate scores videos shard by shard, in index order within a shard
+    scored: list[str] = []
+
+    def oracle(images):
+        record = next(order)
+        scored.append(record["source"])
+        scene = gts[str(Path(record["source"]).resolve())]["scene_name"]
+        p = np.full((len(images), len(scenes)), 0.01)
+        p[:, scenes.index(scene)] = 1.0
+        return p / p.sum(1, keepdims=True)
+
+    result = curate([tiny_data], oracle, scenes, size=32, progress=False)
+    assert result.sources == scored
+    truth = [scenes.index(gts[str(Path(s).resolve())]["scene_name"]) for s in result.sources]
+    assert result.labels.tolist() == truth
+    after = result.histogram(result.selected)
+    present = result.histogram() > 0
+    assert len(set(after[present].tolist())) == 1 and after[present].min() == result.histogram()[present].min()
+    listing, details = write_curation(result, tmp_path / "curated.txt")
+    assert listing.read_text().splitlines() == [result.sources[i] for i in result.selected]
+    report = json.loads(details.read_text())
+    assert report["after"] == after.tolist() and report["before"] == result.histogram().tolist()
+
+
+def test_cli_curates_with_a_probe_classifier(tiny_data, tmp_path, capsys):
+    from PIL import Image
+
+    from vivi.cli import main
+
+    for c, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (tmp_path / "labelled" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), tuple(min(255, v + 10 * i) for v in colour)).save(tmp_path / "labelled" / c / f"{i}.png")
+    out = tmp_path / "list.txt"
+    code = main(["curate", str(tiny_data), "--classifier", "random:tiny", "--labelled", f"imagefolder:{tmp_path / 'labelled'}",
+                 "-o", str(out), "--frames", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "before  after  target" in printed
+    report = json.loads(Path(str(out) + ".json").read_text())
+    assert report["classes"] == ["blue", "red"] and len(report["videos"]) == 3
+    assert len(out.read_text().splitlines()) == sum(report["after"])
+    assert main(["curate", str(tiny_data), "--classifier", str(tmp_path), "-o", str(out)]) == 2  # not a run
