@@ -179,3 +179,20 @@ def test_ex_imagenet_pretrains_on_an_image_folder_from_the_cli(tmp_path, one_thr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss_sf"]) for r in rows)
     assert (run / "backbone.safetensors").is_file()
+
+
+def test_supervised_baseline_learns_the_folder_labels_from_the_cli(tmp_path, one_thread):
+    images = write_folder(tmp_path / "images", classes=3, per_class=4)
+    run = tmp_path / "run"
+    argv = ["pretrain", "--preset", "Sup-ImageNet", "--images", str(images), "--out", str(run), "--steps", "3",
+            "--labelled-fraction", "0.5"]
+    for item in [*TINY, "data.videos=6", "log_every=1"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and set(rows[0]) >= {"loss_sf", "loss"} and "loss_v" not in rows[0]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["classes"] == 3 and saved["model"]["backbone"]["norm"] == "groupnorm_ws"
+    # 2 of 4 images per class are kept: 6 images, one batch of 6 per step
+    assert main([*argv[:-6], "--out", str(tmp_path / "r2"), "--steps", "1", "--set", "data.videos=7",
+                 *sum((["--set", x] for x in TINY), [])]) == 2

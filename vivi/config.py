@@ -204,6 +204,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
         mode="pairs", shots=1, frames=2, predictor="none", video_loss="none", frame_loss="vito",
         pooling="attention", schedule=_SHOT_SCHEDULE,
     ),
+    # The purely supervised baseline: the co-trained backbone (GroupNorm + WS) on labelled images alone
+    # (--images DIR/<class>/*, --labelled-fraction), cross-entropy only; the reference of the robustness study.
+    "Sup-ImageNet": dict(
+        mode="images", shots=1, frames=1, predictor="none", video_loss="none", frame_loss="supervised",
+        norm="groupnorm_ws", weight_decay=0.04, schedule=_CO10_SCHEDULE, lr=0.1,
+    ),
     "Ex-ImageNet": dict(
         mode="images", shots=1, frames=8, predictor="none", video_loss="none", schedule=_FRAME_SCHEDULE,
     ),
@@ -350,8 +356,10 @@ def validate(cfg: RunConfig) -> None:
     if min(d.videos, d.shots, d.frames) < 1:
         raise UserError("data.videos, data.shots and data.frames must be >= 1")
     loss = cfg.loss
-    if loss.frame_loss not in ("exemplar", "rotation", "vito"):
-        raise UserError(f"loss.frame_loss={loss.frame_loss!r}: expected 'exemplar', 'rotation' or 'vito'")
+    if loss.frame_loss not in ("exemplar", "rotation", "vito", "supervised"):
+        raise UserError(f"loss.frame_loss={loss.frame_loss!r}: expected 'exemplar', 'rotation', 'vito' or 'supervised'")
+    if loss.frame_loss == "supervised" and (d.mode != "images" or loss.video_loss != "none"):
+        raise UserError("loss.frame_loss=supervised trains on a labelled image folder alone (data.mode=images, no video loss)")
     if (loss.frame_loss == "vito") != (d.mode == "pairs"):
         raise UserError("loss.frame_loss=vito and data.mode=pairs go together (two displaced views of one shot)")
     if d.mode == "pairs" and (d.shots, d.frames) != (1, 2):

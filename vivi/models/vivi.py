@@ -44,10 +44,13 @@ class VIVIModel(nn.Module):
         dim = self.backbone.num_features
         self.exemplar_head: nn.Module | None = None
         self.rotation_head: nn.Module | None = None
+        self.supervised = cfg.loss.frame_loss == "supervised"  # the labelled-images-only baseline
         if cfg.loss.frame_loss == "rotation":
             self.rotation_head = nn.Linear(dim, ROTATIONS)
-        else:
+        elif not self.supervised:
             self.exemplar_head = nn.Linear(dim, m.exemplar_dim)
+        if self.supervised and m.classes < 1:
+            raise ValueError("loss.frame_loss=supervised needs model.classes (set from the labelled folder)")
         self.classifier = nn.Linear(dim, m.classes) if m.classes > 0 else None
         self.video_head: nn.Module | None = None
         self.predictor: nn.Module | None = None
@@ -91,7 +94,9 @@ class VIVIModel(nn.Module):
             feats = self.backbone(x)  # [V*K*F, D] pre-logits (x4 with rotated copies, + B labelled images)
         if images is not None:
             out.logits, feats = self.classifier(feats[n:]), feats[:n]
-        if self.rotation_head is not None:
+        if self.supervised:
+            out.logits = self.classifier(feats)
+        elif self.rotation_head is not None:
             out.rotation = self.rotation_head(feats)
             feats = feats[: v * k * f]  # the unrotated copies come first; only they make shots
         else:

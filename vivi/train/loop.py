@@ -71,19 +71,26 @@ def _frame_source(cfg: RunConfig, data: list[Path]) -> VideoTable | ImageFolder:
     if cfg.data.mode == "images":
         if len(data) != 1:
             raise UserError(f"preset {cfg.preset} trains on one image folder (--images DIR), got {len(data)}")
-        return scan_images(data[0], labelled=False)
+        if cfg.loss.frame_loss != "supervised":
+            return scan_images(data[0], labelled=False)
+        folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
+        cfg.model.classes = len(folder.classes)  # sizes the head; saved with the config
+        return folder
     return training_videos(read_index(data), cfg.data, ", ".join(str(d) for d in data))
 
 
-def _clip_batches(cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext) -> Iterator[Tensor]:
-    """This rank's uint8 ``[V / world, K, F, 3, S, S]`` for steps ``start ..``; from an image folder
-    ``[V / world, 1, F, ...]``, each image repeated F times, so Ex-/Rot-ImageNet run through the
-    same model and objective as Ex-/Rot-YT-F."""
+def _clip_batches(
+    cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """This rank's uint8 ``[V / world, K, F, 3, S, S]`` for steps ``start ..`` (with no labels); from an
+    image folder ``[V / world, 1, F, ...]``, each image repeated F times, so Ex-/Rot-ImageNet run
+    through the same model and objective as Ex-/Rot-YT-F, and the folder's labels (used by the
+    supervised baseline)."""
     d, steps = cfg.data, cfg.optim.steps
     if isinstance(source, ImageFolder):
         images = image_batches(source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world)
-        return (x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1) for x, _ in images)
-    return make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world)
+        return ((x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1), y) for x, y in images)
+    return ((clips, None) for clips in make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world))
 
 
 def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
@@ -256,11 +263,16 @@ def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: 
         for step in range(start, cfg.optim.steps):
             for group in opt.param_groups:
                 group["lr"] = float(schedule[step])
-            clips = _next(batches).to(device, non_blocking=True)  # uint8 [V/world, K, F, 3, S, S]
+            clips, labels = _next(batches)  # uint8 [V/world, K, F, 3, S, S]; labels of a labelled image folder
+            clips = clips.to(device, non_blocking=True)
             frames = augment(clips.flatten(0, 2), cfg.augment, gen)
             if cfg.channels_last:
                 frames = frames.contiguous(memory_format=torch.channels_last)
-            images, labels = sup.next(device, gen) if sup else (None, None)
+            images = None
+            if sup:  # co-training: the labels are those of the extra labelled batch
+                images, labels = sup.next(device, gen)
+            elif labels is not None:
+                labels = labels.to(device, non_blocking=True)
             with autocast_context(cfg, device):
                 output = net(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
             terms = objective(output, v, k, f, labels)
@@ -320,7 +332,7 @@ def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: 
     return out
 
 
-def _next(batches: Iterator[Tensor]) -> Tensor:
+def _next(batches: Iterator[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor | None]:
     """The next batch; an error raised in a loader worker keeps its one-line message."""
     try:
         return next(batches)

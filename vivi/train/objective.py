@@ -28,7 +28,11 @@ class VIVIObjective:
 
     def __call__(self, out: VIVIOutput, v: int, k: int, f: int, labels: Tensor | None = None) -> dict[str, Tensor]:
         """The loss terms and their weighted sum under ``"loss"``; ``labels`` are the labelled images' classes."""
-        if out.view_predictions is not None and out.view_targets is not None:
+        if self.cfg.frame_loss == "supervised":
+            if out.logits is None or labels is None:
+                raise ValueError("the supervised baseline needs class logits and labels")
+            terms = {"loss_sf": F.cross_entropy(out.logits.float(), labels)}
+        elif out.view_predictions is not None and out.view_targets is not None:
             terms = {"loss_sf": self.vito(out.view_predictions, out.view_targets)}
         elif out.rotation is not None and out.rotation_labels is not None:
             terms = {"loss_sf": self.rotation(out.rotation, out.rotation_labels)}
@@ -46,7 +50,7 @@ class VIVIObjective:
             terms["loss_v"] = self.order(out.order, out.order_labels)
         if "loss_v" in terms:
             total = total + self.cfg.video_weight * terms["loss_v"]
-        if out.logits is not None and labels is not None:
+        if out.logits is not None and labels is not None and self.cfg.frame_loss != "supervised":
             terms["loss_sup"] = F.cross_entropy(out.logits.float(), labels)
             total = total + self.cfg.sup_weight * terms["loss_sup"]
         terms["loss"] = total
