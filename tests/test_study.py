@@ -1,0 +1,29 @@
+"""The study's report: medians over seeds, spreads, and the paper's claims checked by hand-made numbers."""
+
+from __future__ import annotations
+
+from vivi.study import check_claims, model_rows
+
+
+def _result(mean: float, task_acc: dict[str, float], groups: dict[str, float]) -> dict:
+    return {"mean": mean, "groups": groups, "tasks": [{"task": t, "accuracy": a} for t, a in task_acc.items()]}
+
+
+def test_medians_spreads_and_claims():
+    per_model = {
+        "Ex-YT-F": [_result(m, {"a": m}, {"natural": m}) for m in (40.0, 42.0, 41.0)],
+        "Ex-YT-S": [_result(m, {"a": m}, {"natural": m}) for m in (44.0, 43.0, 47.0)],  # median 44, spread 4
+        "VIVI-Ex(4)": [_result(m, {"a": m}, {"natural": m}) for m in (45.0, 45.5, 44.5)],  # median 45
+    }
+    rows = model_rows(per_model)
+    assert [(r["model"], r["median"], r["spread"]) for r in rows] == [
+        ("Ex-YT-F", 41.0, 2.0), ("Ex-YT-S", 44.0, 4.0), ("VIVI-Ex(4)", 45.0, 1.0)
+    ]
+    assert rows[1]["tasks"] == {"a": 44.0} and rows[1]["groups"] == {"natural": 44.0}
+    checks = {c["claim"]: c for c in check_claims(rows)}
+    assert checks["Ex-YT-S > Ex-YT-F"]["holds"] is False  # +3 does not beat a spread of 4
+    assert checks["VIVI-Ex(4) > Ex-YT-S"]["difference"] == 1.0 and not checks["VIVI-Ex(4) > Ex-YT-S"]["holds"]
+    assert "VIVI-Rot(4) > Rot-YT-F" not in checks, "claims about models not in the study are left out"
+    per_model["Ex-YT-F"] = [_result(m, {"a": m}, {"natural": m}) for m in (30.0, 31.0, 30.5)]
+    checks = {c["claim"]: c for c in check_claims(model_rows(per_model))}
+    assert checks["Ex-YT-S > Ex-YT-F"]["holds"] is True  # +13.5 beats the spread of 4
