@@ -13,7 +13,10 @@ def test_every_preset_resolves_at_both_scales():
             cfg = preset(name, scale)
             assert cfg.preset == name
             if scale == "paper":
-                assert cfg.shots_per_batch == 2048  # Table 5: V * K = 2048
+                if cfg.data.mode == "pairs":  # VITO: as many frames per step as VIVI-Ex(4) (2048 shots x 8)
+                    assert cfg.data.videos * cfg.data.frames == 2048 * 8
+                else:
+                    assert cfg.shots_per_batch == 2048  # Table 5: V * K = 2048
                 assert cfg.model.backbone.layers == [3, 4, 6, 3]
                 assert cfg.augment.image_size == 224
 

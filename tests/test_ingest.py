@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import pytest
 from PIL import Image
 
 from test_shots import assert_matches, clip  # the same synthetic clips, here through a real codec
-from vivi.data.ingest import IngestSummary, ingest, list_sources
+from vivi.data.ingest import FAULT_ENV, IngestSummary, ingest, list_sources
+from vivi.data.pool import Failure, isolated_map
 from vivi.data.shards import INDEX_NAME, read_index, read_records, shard_records
 from vivi.data.shots import Shot
 from vivi.data.synth import render_corpus
@@ -102,6 +104,7 @@ def check_shards_agree(out: Path) -> list[dict]:
                     assert width * record["height"] == height * record["width"]  # upright, same aspect
             assert not members, f"unlisted members {sorted(members)}"
     assert not list(out.rglob("*.tmp"))
+    assert not list(out.glob("spool/*")), "spooled JPEGs are deleted once in a shard"
     return records
 
 
@@ -256,6 +259,8 @@ def test_resume_repairs_what_a_kill_can_leave(videos, tmp_path):
     # later record was half written, with a shard still being written:
     index.write_text("".join(lines[:-1]) + lines[-1][:20])
     (tmp_path / "shards" / "shard-000099.tar.tmp").write_bytes(b"partial")
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "clip9-0123456789.jpgs").write_bytes(b"half a video's JPEGs")
     summary = run_ingest(root, tmp_path, fps=1.0, shard_max_bytes=1)
     assert (summary.already_done, summary.videos_ok) == (3, 0)  # recovered from the shard itself
     assert_exactly_once(tmp_path, 3)
@@ -293,3 +298,104 @@ def test_synth_cuts_and_transitions_match_ground_truth(tmp_path):
             assert any(abs(s - (t["end_frame"] + 1)) <= 1 for s in starts)
             inner = range(t["start_frame"] + 1, t["end_frame"])
             assert not any(f["frame"] in inner for s in shots for f in s["frames"])
+
+
+def noisy_clip_file(path: Path) -> Path:
+    """clip(0) with strong noise, so its packets are large and a corrupt region hits a few."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(f.astype(np.int16) + rng.integers(-40, 40, f.shape), 0, 255).astype(np.uint8) for f in clip(0)[0]]
+    write_video(path, frames)
+    return path
+
+
+def test_a_corrupt_region_costs_only_its_own_frames(tmp_path):
+    data = bytearray(noisy_clip_file(tmp_path / "good.mp4").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = b"\xff" * 2000  # garbage inside the mdat, mid-video
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "corrupt.mp4").write_bytes(data)
+    summary = run_ingest(tmp_path / "src", tmp_path / "out", fps=FPS)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert summary.videos_ok == 1 and record["status"] == "ok"
+    assert record["decode_errors"] >= 1 and 40 < record["num_frames"] < 81
+    assert len(record["shots"]) >= 2
+
+
+def test_a_video_with_no_decodable_frame_is_an_error(tmp_path):
+    data = bytearray(noisy_clip_file(tmp_path / "good.mp4").read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4
+    data[start:end] = bytes(end - start)  # every coded frame zeroed; the index (moov) intact
+    (tmp_path / "zeroed.mp4").write_bytes(data)
+    run_ingest(tmp_path / "zeroed.mp4", tmp_path / "out")
+    [record] = read_records(tmp_path / "out" / INDEX_NAME)
+    assert record["status"] == "error" and "\n" not in record["error"]
+    assert re.match(r"no decodable video frames \((\d\d) packets failed to decode: ", record["error"]), record["error"]
+
+
+@pytest.mark.parametrize("fault", ["kill", "hang"])
+def test_a_dying_or_hanging_worker_costs_one_video(videos, tmp_path, monkeypatch, fault):
+    root, _ = videos
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"v{i}.mp4").write_bytes((root / f"clip{i % 2}.mp4").read_bytes())
+    monkeypatch.setenv(FAULT_ENV, f"{fault}:v1.mp4")  # the spawned workers inherit it
+    started = time.monotonic()
+    summary = run_ingest(src, tmp_path / "out", fps=1.0, workers=2, timeout=6.0 if fault == "hang" else None)
+    assert time.monotonic() - started < 40
+    records = {Path(r["source"]).name: r for r in read_records(tmp_path / "out" / INDEX_NAME)}
+    assert (summary.videos_ok, summary.videos_error) == (3, 1)
+    assert records["v1.mp4"]["status"] == "error"
+    expected = "worker process died (killed by SIGKILL" if fault == "kill" else "timed out after 6 s"
+    assert records["v1.mp4"]["error"].startswith(expected), records["v1.mp4"]["error"]
+    assert_exactly_once(tmp_path / "out", 4)
+
+
+def _square_unless_odd_case(x: int) -> int:
+    """A worker function for isolated_map: 3 raises, 4 exits the process, others square."""
+    if x == 3:
+        raise ValueError("three is\nbad")
+    if x == 4:
+        os._exit(5)
+    return x * x
+
+
+def test_isolated_map_turns_exceptions_and_exits_into_failures():
+    results = dict(isolated_map(_square_unless_odd_case, [1, 2, 3, 4, 5, 6], workers=2))
+    assert {k: v for k, v in results.items() if not isinstance(v, Failure)} == {1: 1, 2: 4, 5: 25, 6: 36}
+    assert results[3] == Failure("unexpected ValueError: three is bad")
+    assert results[4] == Failure("worker process died (exit code 5)")
+
+
+def test_timeout_needs_isolation(videos, tmp_path):
+    root, _ = videos
+    with pytest.raises(UserError, match="timeout"):
+        run_ingest(root, tmp_path, timeout=5.0, isolate=False)
+    with pytest.raises(UserError, match="timeout=0"):
+        run_ingest(root, tmp_path, timeout=0)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_file_is_an_error_record(videos, tmp_path):
+    root, _ = videos
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.mp4").write_bytes((root / "clip0.mp4").read_bytes())
+    locked = src / "locked.mp4"
+    locked.write_bytes((root / "clip1.mp4").read_bytes())
+    locked.chmod(0)
+    summary = run_ingest(src, tmp_path / "out", fps=1.0)
+    records = {Path(r["source"]).name: r for r in read_records(tmp_path / "out" / INDEX_NAME)}
+    assert (summary.videos_ok, summary.videos_error) == (1, 1)
+    assert records["locked.mp4"]["error"].startswith("cannot open: ") and "ermission" in records["locked.mp4"]["error"]
+
+
+def test_a_listed_file_that_is_gone_is_an_error_record(videos, tmp_path):
+    root, _ = videos
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{root}/clip0.mp4\n{tmp_path}/gone.mp4\n")
+    summary = run_ingest(listing, tmp_path / "out", fps=1.0)
+    records = {Path(r["source"]).name: r for r in read_records(tmp_path / "out" / INDEX_NAME)}
+    assert (summary.videos_ok, summary.videos_error) == (1, 1)
+    assert records["gone.mp4"]["error"] == "cannot open: No such file or directory"
+

@@ -8,7 +8,16 @@ import pytest
 from PIL import Image
 
 from vivi.errors import UserError
-from vivi.evaluate.report import bar_plot, load_results, results_table, write_report
+from vivi.evaluate.report import (
+    bar_plot,
+    curves_plot,
+    find_pair,
+    load_metrics,
+    load_results,
+    results_table,
+    task_differences,
+    write_report,
+)
 
 
 def _result(model: str, accs: dict[tuple[str, str], float]) -> dict:
@@ -63,3 +72,41 @@ def test_load_results(tmp_path):
     bad.write_text(json.dumps({"tasks": [{"task": "x"}]}))
     with pytest.raises(UserError, match="bad.json: not a vivi results file"):
         load_results([good, bad])
+
+
+def test_differences_are_per_shared_task_with_group_means():
+    rows = task_differences(RESULTS, 0, 1)
+    # shared tasks: objects (90 - 80) and count (45 - 30); textures, scan, depth are not shared
+    assert rows == [("objects", "natural", 10.0), ("count", "structured", 15.0), ("natural mean", "natural", 10.0),
+                    ("structured mean", "structured", 15.0), ("mean", "", 12.5)]  # fmt: skip
+    with pytest.raises(UserError, match="share no task"):
+        task_differences([RESULTS[0], _result("other", {("natural", "zzz"): 1.0})], 0, 1)
+
+
+def _metrics(run, losses):
+    run.mkdir(parents=True)
+    rows = [{"loss": v, "loss_sf": v / 2, "step": 10 * (i + 1), "lr": 0.1} for i, v in enumerate(losses)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_report_with_differences_and_training_curves(tmp_path):
+    run_a = _metrics(tmp_path / "runs" / "a", [3.0, 2.0, 1.5])
+    run_b = _metrics(tmp_path / "runs" / "b", [2.5, 1.0])
+    results = [{**RESULTS[0], "model_source": str(run_a)}, {**RESULTS[1], "model_source": str(run_b)}]
+    md, _ = write_report(results, tmp_path / "report")
+    text = md.read_text()
+    files = sorted(p.name for p in md.parent.glob("*.png"))
+    assert files == ["accuracy.png", "curves.png", "diff-vivi-ex-4-vs-ex-yt-f.png"]
+    for name in files:
+        assert f"]({name})" in text
+        with Image.open(md.parent / name) as img:
+            assert img.format == "PNG" and img.width > 300 and img.height > 200
+    assert "VIVI-Ex(4) minus Ex-YT-F" in text and str(run_a) in text
+    assert find_pair(results, ["VIVI-Ex(4)", "Ex-YT-F"]) == (1, 0)
+    with pytest.raises(UserError, match=r"--diff nope: no such model \(available: Ex-YT-F, VIVI-Ex\(4\)\)"):
+        find_pair(results, ["nope", "Ex-YT-F"])
+    assert [r["loss"] for r in load_metrics(run_b)] == [2.5, 1.0]
+    (run_b / "metrics.jsonl").write_text("{broken\n")
+    with pytest.raises(UserError, match="metrics.jsonl: not a run's metrics.jsonl"):
+        curves_plot([run_a, run_b], tmp_path / "c.png")

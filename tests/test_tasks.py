@@ -187,7 +187,9 @@ def test_mini_vtab_is_built_when_missing(tmp_path, monkeypatch):
 
 
 def test_unknown_spec():
-    assert "unknown task spec" in _error("vtab:cifar")
+    assert "unknown task spec" in _error("vtab:")
+    assert "unknown task spec" in _error("vtab-1k:cifar100")
+    assert "unknown task spec" in _error("cifar100")
     assert "unknown task spec" in _error("imagefolder:")
 
 

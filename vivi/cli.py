@@ -23,7 +23,7 @@ def _ingest(a: argparse.Namespace) -> None:
     ingest(
         a.src, Path(a.out), workers=a.workers, fps=a.fps, short_side=a.short_side, min_shots=a.min_shots,
         shard_max_bytes=int(a.shard_mb * 2**20), jpeg_quality=a.jpeg_quality, detector=a.detector,
-        part=a.part,
+        part=a.part, timeout=a.timeout, isolate=True,
     )
 
 
@@ -33,6 +33,31 @@ def _ingest_stats(a: argparse.Namespace) -> None:
     stats, pngs = ingest_stats(a.outs, Path(a.o) if a.o else None)
     print(format_stats(stats))
     print("wrote " + " and ".join(str(p) for p in pngs))
+
+
+def _attention(a: argparse.Namespace) -> None:
+    from vivi.evaluate.attention import write_attention
+
+    written = write_attention(Path(a.run), [Path(f) for f in a.frames], Path(a.o), limit=a.max)
+    print(f"wrote {written[0]} and {len(written) - 1} per-frame images to {a.o}")
+
+
+def _curate(a: argparse.Namespace) -> None:
+    from vivi.data.curate import curate, format_histograms, write_curation
+    from vivi.evaluate.classifier import head_classifier, probe_classifier
+
+    clf = probe_classifier(a.classifier, a.labelled) if a.labelled else head_classifier(Path(a.classifier))
+    result = curate([Path(o) for o in a.outs], clf.probabilities, clf.classes, clf.size, a.target, a.frames)
+    listing, details = write_curation(result, Path(a.o))
+    print(format_histograms(result))
+    print(f"wrote {len(result.selected)} of {len(result.sources)} videos to {listing} (details: {details}); "
+          f"ingest them with `vivi ingest {listing} OUT`")
+
+
+def _study(a: argparse.Namespace) -> None:
+    from vivi.study import run_study, study_size
+
+    run_study(Path(a.o), study_size("quick" if a.quick else "default", a.seeds, a.steps, a.models, a.protocols))
 
 
 def _pretrain(a: argparse.Namespace) -> None:
@@ -97,27 +122,45 @@ def _presets(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from vivi.data.tasks import load_tasks
     from vivi.evaluate.encoders import load_encoder
+    from vivi.evaluate.finetune import FinetuneSetting
     from vivi.evaluate.report import results_table
-    from vivi.evaluate.suite import PROTOCOLS, evaluate_tasks
+    from vivi.evaluate.suite import ALL_PROTOCOLS, evaluate_tasks
+    from vivi.evaluate.vtab1k import vtab1k_scale
 
-    if a.protocol not in PROTOCOLS:
-        raise UserError(f"--protocol {a.protocol}: unknown protocol (available: {', '.join(PROTOCOLS)})")
-    enc = load_encoder(a.model, device=a.device, seed=a.seed)
-    tasks = load_tasks(a.task, Path(a.cache) if a.cache else None)
+    protocols = (*ALL_PROTOCOLS, "robustness")
+    if a.protocol not in protocols:
+        raise UserError(f"--protocol {a.protocol}: unknown protocol (available: {', '.join(protocols)})")
+    scale = vtab1k_scale(a.scale)
+    enc = load_encoder(a.model, device=a.device, seed=a.seed, image_size=a.image_size)
+    cache, out, name = Path(a.cache) if a.cache else None, Path(a.out) if a.out else None, a.name or enc.name
+    if a.protocol == "robustness":
+        from vivi.evaluate.robustness import evaluate_robustness, format_robustness
+
+        result = evaluate_robustness(enc, a.task, k=a.k, device=a.device, out_json=out, model_name=name,
+                                     cache_dir=cache)  # fmt: skip
+        print(format_robustness(result))
+        return
+    setting = None
+    if a.lr is not None or a.steps is not None:
+        default = scale.settings()[0]
+        setting = FinetuneSetting(a.lr if a.lr is not None else default.lr, a.steps or default.steps)
+    tasks = load_tasks(a.task, cache, vtab_root=Path(a.vtab_root) if a.vtab_root else None)
     results = evaluate_tasks(
         enc.model, tasks, protocol=a.protocol, image_size=enc.image_size, device=a.device,
-        out_json=Path(a.out) if a.out else None, model_name=a.name or enc.name,
+        out_json=out, model_name=name, scale=a.scale, setting=setting,
+        model_source=str(Path(a.model).resolve()) if Path(a.model).is_dir() else None,
     )
     print(results_table([results]))
 
 
 def _report(a: argparse.Namespace) -> None:
-    from vivi.evaluate.report import load_results, results_table, write_report
+    from vivi.evaluate.report import find_pair, load_results, results_table, write_report
 
     results = load_results([Path(p) for p in a.results])
-    md, png = write_report(results, Path(a.o))
+    pairs = [find_pair(results, a.diff)] if a.diff else None
+    md, png = write_report(results, Path(a.o), pairs=pairs, runs=[Path(r) for r in a.runs or []])
     print(results_table(results))
-    print(f"wrote {md} and {png}")
+    print(f"wrote {md} and its plots in {md.parent}")
 
 
 def _demo(a: argparse.Namespace) -> None:
@@ -150,7 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, default=1.0, help="frames sampled per second inside shots")
     s.add_argument("--short-side", type=int, default=256, help="stored frames' short side in pixels")
     s.add_argument("--min-shots", type=int, default=1, help="videos with fewer shots are recorded as skipped")
-    s.add_argument("--detector", default="histogram", help="shot detector (see vivi.data.shots.DETECTORS)")
+    s.add_argument(
+        "--detector", default="histogram", choices=["histogram", "content", "adaptive"],
+        help="shot detector: ours (colour histograms; gradual transitions excluded from shots) or"
+        " PySceneDetect's ContentDetector/AdaptiveDetector (hard cuts; pip install 'vivi[scenedetect]')",
+    )
+    s.add_argument(
+        "--timeout", type=float, default=None, metavar="S",
+        help="seconds one video may take; a slower one (or a crashed worker) becomes an error record",
+    )
     s.add_argument("--jpeg-quality", type=int, default=90)
     s.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MiB")
     s.add_argument(
@@ -180,16 +231,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     s.set_defaults(func=_pretrain)
 
+    s = sub.add_parser("attention", help="overlay a run's learned attention on frames (VITO, +Attn presets)")
+    s.add_argument("run", help="a run folder trained with model.pooling=attention")
+    s.add_argument("frames", nargs="+", help="image files or folders of images")
+    s.add_argument("-o", required=True, metavar="DIR")
+    s.add_argument("--max", type=int, default=16, help="at most this many frames")
+    s.set_defaults(func=_attention)
+
+    s = sub.add_parser("curate", help="select videos whose class histogram matches a target (VideoNet-style)")
+    s.add_argument("outs", nargs="+", metavar="OUT", help="ingest folders whose videos are scored")
+    s.add_argument(
+        "--classifier", required=True,
+        help="a co-trained run (its head), or with --labelled any encoder: RUN | BACKBONE.safetensors | timm:NAME",
+    )
+    s.add_argument("--labelled", help="imagefolder:DIR to fit a linear classifier on the encoder's features")
+    s.add_argument("--target", default="uniform", help="uniform | a JSON file of class -> weight")
+    s.add_argument("--frames", type=int, default=8, help="frames scored per video (evenly spaced)")
+    s.add_argument("-o", required=True, metavar="LIST", help="the selected sources, one per line (+ LIST.json)")
+    s.set_defaults(func=_curate)
+
+    s = sub.add_parser("study", help="the paper's ablation on the built-in world, seeds, medians, claims checked")
+    s.add_argument("-o", required=True, metavar="DIR", help="everything goes here; re-running resumes")
+    s.add_argument("--quick", action="store_true", help="minutes: 40 videos, 20 steps, 1 seed, 3 tasks, linear only")
+    s.add_argument("--seeds", type=int, help="pretraining seeds (default 3)")
+    s.add_argument("--steps", type=int, help="pretraining steps per run (default 400)")
+    s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn)")
+    s.add_argument("--protocols", help="comma-separated, e.g. linear,vtab1k (default)")
+    s.set_defaults(func=_study)
+
     s = sub.add_parser("presets", help="list the presets with their resolved settings")
     s.add_argument("name", nargs="?")
     s.add_argument("--scale", default="tiny")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_presets)
 
-    s = sub.add_parser("evaluate", help="transfer evaluation of a run, a backbone file, or random[:tiny|paper]")
-    s.add_argument("model")
-    s.add_argument("--task", required=True, help="mini-vtab | mini-vtab:TASK[,TASK] | imagefolder:DIR")
-    s.add_argument("--protocol", default="linear")
+    s = sub.add_parser(
+        "evaluate", help="transfer evaluation of a run, a backbone file, timm:NAME[:WEIGHTS] or random[:tiny|paper]"
+    )
+    s.add_argument("model", help="RUN | BACKBONE.safetensors | timm:NAME[:WEIGHTS.safetensors|.pth] | random[:tiny|paper]")
+    s.add_argument(
+        "--task", required=True,
+        help="mini-vtab[:TASK,...] | vtab-1k | vtab:TASK[,TASK] | imagefolder:DIR; robustness: world[:DIR] | frames:DIR",
+    )
+    s.add_argument("--protocol", default="linear", help="linear | knn | finetune | vtab1k | robustness")
+    s.add_argument("--scale", default="tiny", help="fine-tune sizes: tiny (CPU) | paper (VTAB's sweep, batch 512)")
+    s.add_argument("--lr", type=float, help="finetune: learning rate (default: the scale's first)")
+    s.add_argument("--steps", type=int, help="finetune: steps (default: the scale's first)")
+    s.add_argument("--k", type=int, default=4, help="robustness: neighbours within k frames must be right too")
+    s.add_argument("--vtab-root", help="folder holding the VTAB data (default: $VIVI_VTAB_ROOT)")
+    s.add_argument("--image-size", type=int, help="input resolution (default: the model's own; timm: 224)")
     s.add_argument("--out", help="results JSON (resumable task by task)")
     s.add_argument("--name", help="model name shown in tables")
     s.add_argument("--cache", help="where the built-in suite is rendered (default: $VIVI_CACHE or ~/.cache/vivi)")
@@ -200,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="tables and plots comparing result files")
     s.add_argument("results", nargs="+")
     s.add_argument("-o", required=True, metavar="DIR")
+    s.add_argument(
+        "--diff", nargs=2, metavar=("BASE", "OTHER"),
+        help="difference bars OTHER - BASE (model names); default: every model against the first",
+    )
+    s.add_argument(
+        "--runs", nargs="+", metavar="RUN",
+        help="run folders whose metrics.jsonl to plot (default: the runs the results were evaluated from)",
+    )
     s.set_defaults(func=_report)
 
     s = sub.add_parser("demo", help="synth -> ingest -> pretrain Ex-YT-F and VIVI-Ex(4) -> evaluate -> table")

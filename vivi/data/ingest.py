@@ -1,38 +1,52 @@
 """`vivi ingest`: videos -> shots -> frames at ~fps Hz inside shots -> shards + index.jsonl.
 
-Each video is decoded once: every frame feeds the streaming shot detector through a tiny
-thumbnail, and frames on the ``fps`` sampling grid are kept as JPEG. When the pass ends the
-shots are known and the kept frames that fall inside a shot are assigned to it. Workers
-(``workers > 1``) only turn a video into a record and its JPEGs; the main process alone writes
+Each video is decoded once: every frame feeds the streaming shot detector (``--detector``,
+see :mod:`vivi.data.detectors`) through a small image scaled straight from the decoded frame,
+and frames on the ``fps`` sampling grid are kept as JPEG, appended to a spool file as they
+are made (so memory does not grow with a video's length). When the pass ends the shots are
+known and the kept frames that fall inside a shot are assigned to it. Workers only turn a
+video into a record and its JPEGs, in crash-isolated processes (:mod:`vivi.data.pool`: a
+crash or a ``timeout`` costs one video, recorded as an error); the main process alone writes
 shards and the index, in the crash-safe order described in :mod:`vivi.data.shards`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
+import os
 import re
+import signal
 import sys
 import time
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vivi.data.shards import INDEX_NAME, SHARDS_DIR, ShardWriter, append_records, image_name, recover
-from vivi.data.shots import THUMBNAIL_WIDTH, Shot, detector_params, frame_features, make_detector
+from vivi.data.detectors import check_detector, make_frame_detector
+from vivi.data.pool import Failure, isolated_map
+from vivi.data.shards import (
+    INDEX_NAME, SHARDS_DIR, SPOOL_DIR, Images, JpegSpool, ShardWriter, SpooledImages, append_records, image_name,
+    recover,
+)
+from vivi.data.shots import Shot
 from vivi.data.video import Video, VideoError, display_size
 from vivi.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 MiB = 1 << 20
+# Tests only: "kill:NAME" (SIGKILL, as the OOM killer sends) or "hang:NAME" makes the worker
+# ingesting the file named NAME die or never finish, to check that the run survives it.
+FAULT_ENV = "VIVI_TEST_INGEST_FAULT"
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Options:
     min_shots: int
     jpeg_quality: int
     detector: str
+    spool_dir: str = ""  # where workers put a video's JPEGs as they go; "" keeps them in memory
 
 
 @dataclass
@@ -60,7 +75,7 @@ class VideoResult:
     """One video's index record (without ``shard``), its JPEGs, and how many frames were decoded."""
 
     record: dict
-    images: list[tuple[str, bytes]] = field(default_factory=list)
+    images: Images = field(default_factory=list)
     frames_decoded: int = 0
 
 
@@ -129,16 +144,28 @@ def ingest(
     detector: str = "histogram",
     progress: bool = True,
     part: str | tuple[int, int] | None = None,
+    timeout: float | None = None,
+    isolate: bool | None = None,
 ) -> IngestSummary:
     """Ingest the videos of SRC (a folder, a list file or one video) into OUT; resumes OUT.
+
+    Videos are processed in worker processes when ``isolate`` (default: when ``workers > 1`` or
+    a ``timeout`` is set; the CLI always isolates): a worker that dies (a decoder crash, the
+    OOM killer) or spends more than ``timeout`` seconds on one video turns that video into an
+    "error" record and is replaced; the run goes on. ``isolate=False`` with one worker decodes
+    in this process (no start-up cost; what library callers and tests of small inputs want).
 
     ``part`` (``"i/N"`` or ``(i, N)``) ingests only that slice of the sources: see
     :func:`select_part`. Each part should get its own OUT (e.g. ``OUT/part-i``); read them
     back together with ``read_index([...])`` or ``vivi ingest-stats``.
     """
     started = time.perf_counter()
-    options = Options(fps, short_side, min_shots, jpeg_quality, detector)
-    _check(options, workers, shard_max_bytes)
+    options = Options(fps, short_side, min_shots, jpeg_quality, detector, str(Path(out).resolve() / SPOOL_DIR))
+    _check(options, workers, shard_max_bytes, timeout)
+    if isolate is None:
+        isolate = workers > 1 or timeout is not None
+    if timeout is not None and not isolate:
+        raise UserError("timeout needs isolate=True: only a worker process can be stopped")
     index_part = parse_part(part) if isinstance(part, str) else part
     sources = list_sources(src)
     if index_part is not None:
@@ -153,23 +180,29 @@ def ingest(
     index = out / INDEX_NAME
     index.touch()  # an empty part is still a readable (empty) ingest output
     with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar:
-        for result in _results(todo, options, workers):
+        for result in _results(todo, options, workers, timeout, isolate):
             summary.add(result)
             if result.record["status"] == "ok":
                 append_records(index, writer.add(result.record, result.images))
             else:
                 append_records(index, [result.record])
+            if isinstance(result.images, SpooledImages):
+                result.images.discard()
             bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error)
             bar.update()
         append_records(index, writer.close())
+    with contextlib.suppress(OSError):
+        (out / SPOOL_DIR).rmdir()  # empty unless a video failed in a way that left a file
     summary.seconds = time.perf_counter() - started
     if progress:
         print(summary, file=sys.stderr)
     return summary
 
 
-def _check(options: Options, workers: int, shard_max_bytes: int) -> None:
-    detector_params(options.detector)  # raises UserError for an unknown name
+def _check(options: Options, workers: int, shard_max_bytes: int, timeout: float | None) -> None:
+    check_detector(options.detector)  # an unknown name, or scenedetect missing: a UserError
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"timeout={timeout}: must be a positive number of seconds")
     for name, value, low in [
         ("workers", workers, 1),
         ("fps", options.fps, 1e-6),
@@ -262,38 +295,46 @@ def source_key(location: str) -> str:
     return f"{stem}-{digest}"
 
 
-def _results(sources: list[Source], options: Options, workers: int) -> Iterator[VideoResult]:
-    """Process videos in order in-process, or in a spawn pool with a bounded number in flight."""
-    if workers == 1 or len(sources) < 2:
+def _results(
+    sources: list[Source], options: Options, workers: int, timeout: float | None, isolate: bool
+) -> Iterator[VideoResult]:
+    """Process videos in order in this process, or in crash-isolated worker processes."""
+    if not isolate:
         yield from (process_video(s, options) for s in sources)
         return
-    pending = iter(sources)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        in_flight: set[Future[VideoResult]] = set()
-        try:
-            while True:
-                while len(in_flight) < 2 * workers and (source := next(pending, None)) is not None:
-                    in_flight.add(pool.submit(process_video, source, options))
-                if not in_flight:
-                    return
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        finally:
-            for future in in_flight:
-                future.cancel()
+    for source, outcome in isolated_map(partial(process_video, options=options), sources, workers, timeout):
+        if isinstance(outcome, Failure):
+            if options.spool_dir:  # what the lost worker had spooled
+                _spool_path(options, source).unlink(missing_ok=True)
+            outcome = VideoResult(_record(source, "error", outcome.reason))
+        yield outcome
 
 
 def process_video(source: Source, options: Options) -> VideoResult:
     """Decode, detect shots, keep frames: one video to its record and JPEGs (runs in workers)."""
+    _injected_fault(source)
     try:
         return _process(source, options)
     except VideoError as e:
         return VideoResult(_record(source, "error", str(e)))
 
 
+def _spool_path(options: Options, source: Source) -> Path:
+    return Path(options.spool_dir) / f"{source.key}.jpgs"
+
+
+def _injected_fault(source: Source) -> None:
+    """The test hook of :data:`FAULT_ENV`: die or hang on one named file."""
+    kind, _, name = os.environ.get(FAULT_ENV, "").partition(":")
+    if name and Path(source.location).name == name:
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "hang":
+            time.sleep(3600)
+
+
 def _record(source: Source, status: str, error: str | None = None, **fields: object) -> dict:
-    base = dict(fps=None, num_frames=0, duration_s=None, width=None, height=None, shots=[])
+    base = dict(fps=None, num_frames=0, duration_s=None, width=None, height=None, decode_errors=0, shots=[])
     return {"source": source.given, "key": source.key, "status": status, "error": error, **(base | fields)}
 
 
@@ -303,7 +344,7 @@ class _Sample:
 
     frame: int
     t: float
-    jpeg: bytes
+    jpeg: bytes | tuple[int, int]  # the bytes, or their (offset, length) in the spool file
 
 
 @dataclass
@@ -312,9 +353,11 @@ class _Pass:
 
     fps: float
     size: tuple[int, int]  # displayed width, height
-    times: list[float]  # of every decoded frame
+    times: array[float]  # of every decoded frame (8 bytes each: long videos stay small)
     samples: list[_Sample]
     shots: list[Shot]
+    decode_errors: int = 0  # packets skipped because the decoder rejected them
+    spool: str = ""  # the file holding the samples' JPEGs, if spooled
 
     @property
     def duration(self) -> float:
@@ -322,45 +365,65 @@ class _Pass:
 
 
 def _process(source: Source, options: Options) -> VideoResult:
-    decoded = _decode(source.location, options)
+    decoded = _decode(source, options)
     meta = dict(
         fps=round(decoded.fps, 3), num_frames=len(decoded.times), duration_s=round(decoded.duration, 3),
-        width=decoded.size[0], height=decoded.size[1],
+        width=decoded.size[0], height=decoded.size[1], decode_errors=decoded.decode_errors,
     )
     shots, images = _assign(source.key, decoded)
     if len(shots) < options.min_shots:
+        if isinstance(images, SpooledImages):
+            images.discard()
         reason = f"{len(shots)} shots with kept frames, fewer than min_shots={options.min_shots}"
         return VideoResult(_record(source, "skipped", reason, **meta), frames_decoded=len(decoded.times))
     return VideoResult(_record(source, "ok", **meta, shots=shots), images, len(decoded.times))
 
 
-def _decode(location: str, options: Options) -> _Pass:
-    """The one pass: every frame feeds the shot detector; frames on the fps grid become JPEGs."""
-    times: list[float] = []
+def _decode(source: Source, options: Options) -> _Pass:
+    """The one pass: every frame feeds the shot detector as a small image made straight from
+    the decoded YUV frame; only frames on the fps grid are converted at sample size, to JPEG."""
+    times: array[float] = array("d")
     samples: list[_Sample] = []
     next_t = 0.0
     size: tuple[int, int] | None = None
-    with Video(location) as video:
-        detector = make_detector(options.detector, video.fps)
-        for frame in video.frames():
-            size = size or display_size(frame)
-            times.append(frame.t)
-            detector.push(frame_features(video.thumbnail(frame, THUMBNAIL_WIDTH)))
-            if frame.t >= next_t - 1e-6:  # the first frame at or after each grid time k / fps
-                rgb = video.upright_rgb(frame, options.short_side)
-                samples.append(_Sample(frame.index, frame.t, _jpeg(rgb, options.jpeg_quality)))
-                next_t = (math.floor(frame.t * options.fps + 1e-6) + 1) / options.fps
+    spool = JpegSpool(_spool_path(options, source)) if options.spool_dir else None
+    try:
+        with Video(source.location) as video:
+            detector = make_frame_detector(options.detector, video.fps)
+            width = 0
+            for frame in video.frames():
+                if size is None:
+                    size, width = display_size(frame), detector.width(frame.raw.width, frame.raw.height)
+                times.append(frame.t)
+                detector.push(video.thumbnail(frame, width, detector.pixel_format))
+                if frame.t >= next_t - 1e-6:  # the first frame at or after each grid time k / fps
+                    jpeg = _jpeg(video.upright_rgb(frame, options.short_side), options.jpeg_quality)
+                    samples.append(_Sample(frame.index, frame.t, spool.append(jpeg) if spool else jpeg))
+                    next_t = (math.floor(frame.t * options.fps + 1e-6) + 1) / options.fps
+    except BaseException:
+        if spool:
+            spool.close()
+            spool.path.unlink(missing_ok=True)
+        raise
+    if spool:
+        spool.close()
     if size is None:
-        raise VideoError("no decodable video frames")
-    return _Pass(video.fps, size, times, samples, detector.shots())
+        if spool:
+            spool.path.unlink(missing_ok=True)
+        errors = f" ({video.decode_errors} packets failed to decode: {video.last_error})" if video.decode_errors else ""
+        raise VideoError(f"no decodable video frames{errors}")
+    return _Pass(
+        video.fps, size, times, samples, detector.shots(), video.decode_errors, str(spool.path) if spool else ""
+    )
 
 
-def _assign(key: str, decoded: _Pass) -> tuple[list[dict], list[tuple[str, bytes]]]:
+def _assign(key: str, decoded: _Pass) -> tuple[list[dict], Images]:
     """Index entries for the shots that received kept frames, and those frames' named JPEGs."""
     times, samples = decoded.times, decoded.samples
     sample_frames = [s.frame for s in samples]
     entries: list[dict] = []
-    images: list[tuple[str, bytes]] = []
+    names: list[str] = []
+    kept: list[_Sample] = []
     for shot in decoded.shots:
         lo, hi = bisect_left(sample_frames, shot.start_frame), bisect_right(sample_frames, shot.end_frame)
         if lo == hi:
@@ -371,8 +434,11 @@ def _assign(key: str, decoded: _Pass) -> tuple[list[dict], list[tuple[str, bytes
             "start_s": round(times[shot.start_frame], 3), "end_s": round(end_s, 3),
             "frames": [{"frame": s.frame, "t": round(s.t, 3)} for s in samples[lo:hi]],
         })
-        images += [(image_name(key, len(entries) - 1, i), s.jpeg) for i, s in enumerate(samples[lo:hi])]
-    return entries, images
+        names += [image_name(key, len(entries) - 1, i) for i in range(hi - lo)]
+        kept += samples[lo:hi]
+    if decoded.spool:
+        return entries, SpooledImages(decoded.spool, names, [s.jpeg for s in kept])  # type: ignore[misc]
+    return entries, [(name, s.jpeg) for name, s in zip(names, kept)]  # type: ignore[misc]
 
 
 def _jpeg(rgb: np.ndarray, quality: int) -> bytes:

@@ -7,6 +7,8 @@ complete; the index records of a shard's videos are appended (one write, fsynced
 the rename. A killed run therefore leaves at worst a ``.tar.tmp`` (deleted on resume) or a
 renamed shard whose records did not all reach the index; :func:`recover` copies those
 records back from the shard's own ``.json`` members, so every video ends up exactly once.
+Workers spool a video's JPEGs to ``OUT/spool/<key>.jpgs`` while decoding it; the writer
+copies them into the shard and deletes the file, and :func:`recover` deletes leftovers.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
+from typing import Union
 
 from vivi.errors import UserError
 
 INDEX_NAME = "index.jsonl"
 SHARDS_DIR = "shards"
+SPOOL_DIR = "spool"  # JPEGs of videos in progress; only ever partial, emptied on every start
 _SHARD_NAME = re.compile(r"shard-(\d+)\.tar")
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -34,6 +40,54 @@ def shard_name(number: int) -> str:
 def image_name(key: str, shot: int, frame: int) -> str:
     """Shard member name of the ``frame``-th kept frame of the ``shot``-th shot of a video."""
     return f"{key}.s{shot:03d}.f{frame:03d}.jpg"
+
+
+@dataclass
+class SpooledImages:
+    """A video's JPEGs in a spool file, appended as they were made, so a worker's memory does
+    not grow with the video's length; the shard writer reads them back one at a time.
+    Picklable (no open file): workers hand it to the main process."""
+
+    path: str
+    names: list[str] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) per name
+
+    def sizes(self) -> list[int]:
+        return [length for _, length in self.spans]
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        with open(self.path, "rb") as f:
+            for name, (offset, length) in zip(self.names, self.spans, strict=True):
+                f.seek(offset)
+                yield name, f.read(length)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def discard(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
+class JpegSpool:
+    """The writing side of a spool file (in the worker): :meth:`append` returns the span."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "wb")
+        self._offset = 0
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        self._file.write(data)
+        span = (self._offset, len(data))
+        self._offset += len(data)
+        return span
+
+    def close(self) -> None:
+        self._file.close()
+
+
+Images = Union[list[tuple[str, bytes]], SpooledImages]
 
 
 class ShardWriter:
@@ -51,18 +105,19 @@ class ShardWriter:
         self._size = 0
         self._records: list[dict] = []
 
-    def add(self, record: dict, images: list[tuple[str, bytes]]) -> list[dict]:
+    def add(self, record: dict, images: Images) -> list[dict]:
         """Write one video's sample; sets ``record["shard"]``. Returns the records of a shard
         this completed (when the video did not fit into the open one)."""
         record["shard"] = self._shard_path()
-        size = _member_size(len(json.dumps(record))) + sum(_member_size(len(d)) for _, d in images)
+        sizes = images.sizes() if isinstance(images, SpooledImages) else [len(d) for _, d in images]
+        size = _member_size(len(json.dumps(record))) + sum(_member_size(n) for n in sizes)
         done = []
         if self._records and self._size + size > self._max_bytes:
             done = self.close()
             record["shard"] = self._shard_path()
         if self._tar is None:
             self._open()
-        for name, data in [(f"{record['key']}.json", json.dumps(record).encode()), *images]:
+        for name, data in chain([(f"{record['key']}.json", json.dumps(record).encode())], images):
             _add_member(self._tar, name, data)
             self._size += _member_size(len(data))
         self._records.append(record)
@@ -149,11 +204,11 @@ def shard_records(shard: Path) -> Iterator[dict]:
 def recover(out: Path) -> tuple[list[dict], int]:
     """Make OUT consistent after a kill; returns the index records and the next shard number.
 
-    Deletes ``*.tar.tmp``, drops a torn last index line, and appends to the index the records
+    Deletes ``*.tar.tmp`` and spool files, drops a torn last index line, and appends to the index the records
     of complete shards that are missing from it (a kill between rename and index append).
     """
     index, shards_dir = out / INDEX_NAME, out / SHARDS_DIR
-    for tmp in shards_dir.glob("*.tar.tmp"):
+    for tmp in [*shards_dir.glob("*.tar.tmp"), *(out / SPOOL_DIR).glob("*")]:
         tmp.unlink()
     records = read_records(index)
     _rewrite_if_torn(index, records)

@@ -19,7 +19,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import product
+from functools import cache
 
 import numpy as np
 
@@ -30,6 +30,7 @@ HIST_SIZE = HUE_BINS * SAT_BINS * VAL_BINS
 BLACK_VALUE = 0.06  # a pixel whose brightest channel is below this is black
 DARK_VALUE = 0.2  # below this value, saturation is faded out (to 0 at black)
 THUMBNAIL_WIDTH = 64  # pixels; colour statistics need few, and decoding dominates anyway
+LUT_BITS = 6  # per channel, of the colour table that replaces per-pixel HSV arithmetic
 
 
 @dataclass(frozen=True)
@@ -66,31 +67,50 @@ def frame_features(rgb: np.ndarray) -> np.ndarray:
     wrapping around) keeps a large smooth region near a bin edge from flipping bins at once
     when the light drifts slightly, which hard binning would report as a cut. Dark pixels are
     desaturated: their hue and saturation flicker with noise and made night scenes "cut".
+    This runs on every decoded frame, so each pixel's bins and weights are looked up in a table
+    of colours quantised to ``LUT_BITS`` per channel (:func:`_colour_table`) instead of computed.
     """
-    h, s, v = _hsv(rgb.reshape(-1, 3))
-    s = s * np.minimum(v / DARK_VALUE, 1.0)  # the saturation of near-black pixels is noise
-    corners = [_soft_bins(h, HUE_BINS, wrap=True), _soft_bins(s, SAT_BINS), _soft_bins(v, VAL_BINS)]
-    codes, weights = [], []
-    for (hb, hw), (sb, sw), (vb, vw) in product(*corners):
-        codes.append((hb * SAT_BINS + sb) * VAL_BINS + vb)
-        weights.append(hw * sw * vw)
-    hist = np.bincount(np.concatenate(codes), np.concatenate(weights), HIST_SIZE)
+    codes, weights, black = _colour_table()
+    q = rgb.reshape(-1, 3) >> (8 - LUT_BITS)
+    index = (q[:, 0].astype(np.intp) << (2 * LUT_BITS)) | (q[:, 1].astype(np.intp) << LUT_BITS) | q[:, 2]
+    hist = np.bincount(codes[index].ravel(), weights[index].ravel(), HIST_SIZE)
     hist /= max(float(hist.sum()), 1e-9)
-    return np.append(hist, np.mean(v < BLACK_VALUE)).astype(np.float32)
+    return np.append(hist, np.mean(black[index])).astype(np.float32)
 
 
-def _soft_bins(x: np.ndarray, bins: int, wrap: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The lower and upper neighbouring bin of each value in [0, 1], with linear weights."""
+@cache
+def _colour_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per quantised colour (2**(3 * LUT_BITS) of them, each represented by its bucket's
+    centre): its 8 soft-bin codes [M, 8], their weights [M, 8], and whether it is black [M].
+    Built once per process (~10 MB, a fraction of a second)."""
+    step = 256 >> LUT_BITS
+    levels = np.arange(0, 256, step) + step // 2
+    colours = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3).astype(np.uint8)
+    codes, weights, black = _pixel_bins(colours)
+    return codes.T.astype(np.uint8).copy(), weights.T.astype(np.float32).copy(), black
+
+
+def _pixel_bins(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For [N, 3] uint8 pixels: the histogram codes [8, N] of their 8 (lower/upper bin per
+    channel) corners, the corners' weights [8, N], and which pixels are black [N]."""
+    h, s, v = _hsv(rgb)
+    s = s * np.minimum(v / DARK_VALUE, 1.0)  # the saturation of near-black pixels is noise
+    (hb, hw), (sb, sw), (vb, vw) = _soft_bins(h, HUE_BINS, wrap=True), _soft_bins(s, SAT_BINS), _soft_bins(v, VAL_BINS)
+    codes = (hb[:, None, None] * SAT_BINS + sb[None, :, None]) * VAL_BINS + vb[None, None, :]
+    weights = hw[:, None, None] * sw[None, :, None] * vw[None, None, :]
+    return codes.reshape(8, -1), weights.reshape(8, -1), v < BLACK_VALUE
+
+
+def _soft_bins(x: np.ndarray, bins: int, wrap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The lower and upper neighbouring bin of each value in [0, 1] (stacked: [2, N]), with
+    linear weights (also [2, N])."""
     position = x * bins - 0.5
     low = np.floor(position)
     upper_weight = (position - low).astype(np.float32)
-    low = low.astype(np.int64)
-    high = low + 1
-    if wrap:
-        low, high = low % bins, high % bins
-    else:
-        low, high = np.clip(low, 0, bins - 1), np.clip(high, 0, bins - 1)
-    return [(low, 1.0 - upper_weight), (high, upper_weight)]
+    low = low.astype(np.intp)
+    pair = np.stack([low, low + 1])
+    pair = pair % bins if wrap else np.clip(pair, 0, bins - 1)
+    return pair, np.stack([1.0 - upper_weight, upper_weight])
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Downstream image-classification tasks: the built-in mini-VTAB suite and image folders.
+"""Downstream image-classification tasks: the built-in mini-VTAB suite, image folders, VTAB.
 
 Every task has train/val/test splits of RGB images with integer labels. A split hands out
 uint8 tensors ``[n, 3, H, W]`` one batch of indices at a time, so evaluation never holds a
@@ -22,11 +22,12 @@ from torchvision.transforms.v2 import functional as TF
 from vivi.errors import UserError
 
 MINI_VTAB = "mini-vtab"
+VTAB_1K = "vtab-1k"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.2  # held out of train/ when an image folder has no val/
 VAL_SEED = 0
-SPEC_HELP = "use mini-vtab, mini-vtab:<task>[,<task>...] or imagefolder:DIR"
+SPEC_HELP = "use mini-vtab, mini-vtab:<task>[,<task>...], vtab-1k, vtab:<task>[,<task>...] or imagefolder:DIR"
 
 
 class ImageSplit(ABC):
@@ -98,6 +99,7 @@ class ImageTask:
     train: ImageSplit
     val: ImageSplit
     test: ImageSplit
+    source: str = ""  # where the task was read from, for error messages
 
 
 def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -122,15 +124,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VIVI_CACHE", Path.home() / ".cache" / "vivi")).expanduser()
 
 
-def load_tasks(spec: str, cache_dir: Path | None = None) -> list[ImageTask]:
-    """Tasks named by ``spec``: ``mini-vtab``, ``mini-vtab:<task>[,<task>...]`` or ``imagefolder:DIR``.
+def load_tasks(spec: str, cache_dir: Path | None = None, vtab_root: Path | None = None) -> list[ImageTask]:
+    """Tasks named by ``spec``: ``mini-vtab[:<task>,...]``, ``vtab-1k`` (the 19 VTAB tasks),
+    ``vtab:<task>[,<task>...]`` or ``imagefolder:DIR``.
 
-    The mini-VTAB suite is read from ``cache_dir/mini-vtab`` and generated there on first use.
+    The mini-VTAB suite is read from ``cache_dir/mini-vtab`` and generated there on first use;
+    VTAB tasks are read from ``vtab_root`` (default ``$VIVI_VTAB_ROOT``, see vivi.data.vtab).
     """
     kind, _, arg = spec.partition(":")
+    names = [n.strip() for n in arg.split(",") if n.strip()]
     if kind == MINI_VTAB:
-        names = [n.strip() for n in arg.split(",") if n.strip()]
         return _load_mini_vtab(Path(cache_dir or default_cache_dir()) / MINI_VTAB, names)
+    if kind in (VTAB_1K, "vtab") and (kind == VTAB_1K) == (not arg):
+        from vivi.data.vtab import load_vtab
+
+        return load_vtab(names, vtab_root)
     if kind == "imagefolder" and arg:
         return [_load_image_folder(Path(arg).expanduser())]
     raise UserError(f"{spec}: unknown task spec ({SPEC_HELP})")
@@ -181,7 +189,7 @@ def _load_npz_task(root: Path, entry: dict) -> ImageTask:
         raise UserError(f"{path}: empty split {', '.join(empty)}")
     classes = entry["classes"]
     class_names = [str(c) for c in range(classes)] if isinstance(classes, int) else [str(c) for c in classes]
-    return ImageTask(entry["name"], entry["group"], class_names, **splits)
+    return ImageTask(entry["name"], entry["group"], class_names, **splits, source=str(path))
 
 
 def _load_image_folder(root: Path) -> ImageTask:
@@ -206,7 +214,7 @@ def _load_image_folder(root: Path) -> ImageTask:
             raise UserError(f"{root / 'train'}: one image per class leaves none to hold out; add val/")
         train, val = train.subset(train_idx), train.subset(val_idx)
     name = root.resolve().name
-    return ImageTask(name, "custom", classes, train, val, test)
+    return ImageTask(name, "custom", classes, train, val, test, source=str(root))
 
 
 def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:

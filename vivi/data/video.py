@@ -45,8 +45,13 @@ class Video:
             self._container.close()
             raise VideoError("no video stream")
         self._stream = self._container.streams.video[0]
+        # Frame + slice threading with FFmpeg's thread count (one per core), also when several
+        # workers share the cores: measured on 2 shared cores, 2 processes x all-core threads
+        # decoded faster than 2 x 1 thread (benchmarks/results/ingest/README.md).
         self._stream.thread_type = "AUTO"
         self.fps = _nominal_fps(self._stream)
+        self.decode_errors = 0  # packets the decoder rejected (see :meth:`frames`)
+        self.last_error: str | None = None
         # One scaler per output size: PyAV caches the swscale context between calls.
         self._thumbnails = VideoReformatter()
         self._samples = VideoReformatter()
@@ -58,26 +63,52 @@ class Video:
         self._container.close()
 
     def frames(self) -> Iterator[Frame]:
-        """Yield every frame once; times come from pts so variable frame rates stay right."""
-        first_pts: int | None = None
-        try:
-            for index, raw in enumerate(self._container.decode(self._stream)):
-                if raw.pts is None or raw.time_base is None:
-                    t = index / self.fps
-                else:
-                    first_pts = raw.pts if first_pts is None else first_pts
-                    t = float((raw.pts - first_pts) * raw.time_base)
-                yield Frame(index, t, raw)
-        except av.error.FFmpegError as e:
-            raise VideoError(f"decode failed: {_reason(e)}") from None
+        """Yield every decodable frame once; times come from pts so variable frame rates stay right.
 
-    def thumbnail(self, frame: Frame, width: int) -> np.ndarray:
-        """A small RGB array (``width`` wide, aspect kept) for shot detection; rotation is ignored."""
+        Packets are decoded one by one so a corrupt region costs only its own frames: a packet
+        the decoder rejects is counted in :attr:`decode_errors` and skipped. A demuxer error
+        (the container itself is broken from there on) ends the video early, also counted.
+        """
+        first_pts: int | None = None
+        index = 0
+        for raw in self._decoded():
+            if raw.pts is None or raw.time_base is None:
+                t = index / self.fps
+            else:
+                first_pts = raw.pts if first_pts is None else first_pts
+                t = float((raw.pts - first_pts) * raw.time_base)
+            yield Frame(index, t, raw)
+            index += 1
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as e:
+                self._note_error(e)
+                return
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                self._note_error(e)
+                continue
+            yield from frames
+
+    def _note_error(self, error: av.error.FFmpegError) -> None:
+        self.decode_errors += 1
+        self.last_error = _reason(error)
+
+    def thumbnail(self, frame: Frame, width: int, pixel_format: str = "rgb24") -> np.ndarray:
+        """A small array (``width`` wide, aspect kept, ``rgb24`` or ``bgr24``) for shot detection;
+        rotation is ignored."""
         raw = frame.raw
         height = max(1, round(raw.height * width / max(raw.width, 1)))
         # Fast bilinear samples sparsely when shrinking a lot; colour histograms barely notice,
         # and it is ~50x cheaper than area averaging on HD frames (which would rival decoding).
-        return self._scale(self._thumbnails, raw, width, height, "FAST_BILINEAR")
+        return self._scale(self._thumbnails, raw, width, height, "FAST_BILINEAR", pixel_format)
 
     def upright_rgb(self, frame: Frame, short_side: int) -> np.ndarray:
         """RGB array with its short side at most ``short_side`` (never upscaled), rotated for display."""
@@ -89,9 +120,14 @@ class Video:
         return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
 
     @staticmethod
-    def _scale(scaler: VideoReformatter, raw: av.VideoFrame, width: int, height: int, interpolation: str) -> np.ndarray:
+    def _scale(
+        scaler: VideoReformatter, raw: av.VideoFrame, width: int, height: int, interpolation: str,
+        pixel_format: str = "rgb24",
+    ) -> np.ndarray:
         # threads=1: parallelism comes from ingest workers; threaded swscale setup costs more here.
-        out = scaler.reformat(raw, width=width, height=height, format="rgb24", interpolation=interpolation, threads=1)
+        out = scaler.reformat(
+            raw, width=width, height=height, format=pixel_format, interpolation=interpolation, threads=1
+        )
         return out.to_ndarray()
 
 

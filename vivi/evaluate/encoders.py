@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +21,78 @@ class Encoder:
     image_size: int
 
 
-def load_encoder(spec: str, device: str = "cpu", seed: int = 0) -> Encoder:
-    """``RUN`` folder, ``*.safetensors`` file, or ``random[:tiny|paper]`` (an untrained encoder baseline)."""
+def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int | None = None) -> Encoder:
+    """``RUN`` folder, ``*.safetensors`` file, ``timm:NAME[:WEIGHTS]`` (another backbone for the
+    same table) or ``random[:tiny|paper]`` (an untrained encoder baseline).
+
+    ``image_size`` overrides the resolution the model was trained at (timm: its default
+    input size, else 224).
+    """
+    if spec.startswith("timm:"):
+        name, _, weights = spec[len("timm:") :].partition(":")
+        model = load_timm(name, Path(weights) if weights else None, seed).to(device).eval()
+        size = image_size or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, DEFAULT_TIMM_SIZE))[-1])
+        return Encoder(name, model, size)
     if spec.startswith("random"):
         scale = spec.partition(":")[2] or "tiny"
         cfg = preset("VIVI-Ex(4)", scale)
         torch.manual_seed(seed)
         model = build_backbone(cfg.model.backbone).to(device).eval()
-        return Encoder(f"random-{scale}", model, cfg.augment.image_size)
+        return Encoder(f"random-{scale}", model, image_size or cfg.augment.image_size)
     path = Path(spec)
     if not path.exists():
-        raise UserError(f"{spec}: no such run folder or backbone file (or use random[:tiny|paper])")
+        raise UserError(f"{spec}: no such run folder or backbone file (or use timm:NAME or random[:tiny|paper])")
     model, meta = load_backbone_and_metadata(path, device=device)
     name = path.name if path.is_dir() else path.stem
-    return Encoder(name, model, int(meta.get("image_size", 224)))
+    return Encoder(name, model, image_size or int(meta.get("image_size", 224)))
+
+
+DEFAULT_TIMM_SIZE = 224
+
+
+def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Module:
+    """``timm.create_model(name, num_classes=0)`` (pooled features), weights from a local file.
+
+    Nothing is downloaded. ``.safetensors`` is read with safetensors, anything else with
+    ``torch.load(weights_only=True)``, which refuses pickled code. A classifier in the file
+    is ignored; any other mismatch is an error naming the keys.
+    """
+    import timm
+
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+        raise UserError(f"timm:{name}: unknown timm model{hint}")
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    if weights is None:
+        return model
+    state = _read_weights(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    head = ("fc.", "head.", "classifier.", "head.fc.", "last_linear.")
+    unexpected = [k for k in unexpected if not k.startswith(head)]
+    if missing or unexpected:
+        raise UserError(
+            f"{weights}: does not fit timm:{name} (missing {len(missing)} keys, e.g. {missing[:3]}; "
+            f"unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
+        )
+    return model
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt files raise many types; all mean the same to the user
+        raise UserError(f"{path}: unreadable weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -82,3 +82,19 @@ def _fit(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -> LogisticReg
 
 def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * float(np.mean(predicted == y))
+
+
+def fit_linear_classifier(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS
+) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+    """The probe as a classifier for other uses (robustness): C chosen on val, refit on train + val.
+
+    Returns (predict: features -> labels, the chosen C).
+    """
+    train_x, val_x = (np.asarray(x, dtype=np.float32) for x in (train_x, val_x))
+    sweep = _sweep(train_x, train_y, val_x, val_y, sorted(Cs))
+    best = max(sweep, key=lambda s: s["val_accuracy"])
+    fit_x, fit_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
+    scaler = StandardScaler().fit(fit_x)
+    model = _fit(_logreg(best["C"]), scaler.transform(fit_x), fit_y)
+    return (lambda x: model.predict(scaler.transform(np.asarray(x, dtype=np.float32)))), best["C"]

@@ -1,15 +1,18 @@
-"""Compare evaluation results of several models: a markdown table and a bar plot."""
+"""Compare evaluation results of several models: the Table 4 layout, accuracy bars, per-task
+difference bars between two models (the paper's Figures 4-9) and training curves of runs."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from vivi.errors import UserError
 from vivi.evaluate.suite import GROUP_ORDER, summarize
@@ -123,10 +126,144 @@ def bar_plot(results: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def write_report(results: Sequence[dict], out_dir: Path) -> tuple[Path, Path]:
-    """``out_dir/report.md`` (the table, linking the plot) and ``out_dir/accuracy.png``."""
+def task_differences(results: Sequence[dict], base: int, other: int) -> list[tuple[str, str, float]]:
+    """(name, group, other - base accuracy) per shared task in table order, then per group mean, then
+    ``("mean", "", ...)`` over the shared tasks."""
+    labels = _labels(results)
+    a, b = ({t["task"]: t["accuracy"] for t in results[i]["tasks"]} for i in (base, other))
+    columns = [(g, [n for n in names if n in a and n in b]) for g, names in _columns([results[base], results[other]])]
+    columns = [(g, names) for g, names in columns if names]
+    if not columns:
+        raise UserError(f"{labels[base]} and {labels[other]} share no task to compare")
+    rows = [(n, g, b[n] - a[n]) for g, names in columns for n in names]
+    rows += [(f"{g} mean", g, float(np.mean([b[n] - a[n] for n in names]))) for g, names in columns]
+    return rows + [("mean", "", float(np.mean([d for _, _, d in rows[: -len(columns)]])))]
+
+
+def difference_plot(results: Sequence[dict], base: int, other: int, path: Path) -> Path:
+    """PNG of per-task accuracy differences ``other - base`` coloured by group, then the group
+    means and the mean (the layout of the paper's Figures 4-9); shared tasks only."""
+    labels = _labels(results)
+    rows = task_differences(results, base, other)
+    groups = list(dict.fromkeys(g for _, g, _ in rows if g))
+    palette = {g: f"C{i}" for i, g in enumerate(groups)}
+    names = [n for n, _, _ in rows]
+    diffs = [d for _, _, d in rows]
+    colours = [palette.get(g, "black") for _, g, _ in rows]
+    n_means = len(groups) + 1
+    fig = Figure(figsize=(min(30.0, 3.0 + 0.45 * len(names)), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    bars = ax.bar(x, diffs, color=colours)
+    for rect, d in zip(bars, diffs):
+        ax.annotate(f"{d:+.1f}", (rect.get_x() + rect.get_width() / 2, d), ha="center",
+                    va="bottom" if d >= 0 else "top", fontsize=7)  # fmt: skip
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axvline(len(names) - n_means - 0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("accuracy difference (points)")
+    ax.set_title(f"{labels[other]} minus {labels[base]}, per task")
+    ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(color=palette[g], label=g) for g in groups]
+    ax.legend(handles=handles, title="group", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def load_metrics(run: Path) -> list[dict]:
+    """Rows of ``RUN/metrics.jsonl`` (what the training loop logs every log_every steps)."""
+    path = Path(run) / "metrics.jsonl" if Path(run).is_dir() else Path(run)
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a run's metrics.jsonl ({e})") from e
+    if not rows or not all(isinstance(r, dict) and "step" in r for r in rows):
+        raise UserError(f"{path}: no metrics rows with a step")
+    return rows
+
+
+def curves_plot(runs: Sequence[Path], path: Path) -> Path:
+    """PNG with one panel per logged quantity (losses, learning rate, throughput) against step, one line per run."""
+    series = {Path(r).name if Path(r).is_dir() else Path(r).parent.name: load_metrics(r) for r in runs}
+    keys = sorted({k for rows in series.values() for r in rows for k in r if k != "step"},
+                  key=lambda k: (k != "loss", not k.startswith("loss"), k))  # fmt: skip
+    cols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(4.5 * cols + 1.5, 3.2 * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, rows in series.items():
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), label=name)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("training curves (metrics.jsonl)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "model"
+
+
+def find_pair(results: Sequence[dict], names: Sequence[str]) -> tuple[int, int]:
+    """Indices of the two models named (by table label or model name) in ``--diff A B``."""
+    labels = _labels(results)
+    found = []
+    for name in names:
+        hits = [i for i, r in enumerate(results) if name in (labels[i], str(r["model"]))]
+        if not hits:
+            raise UserError(f"--diff {name}: no such model (available: {', '.join(labels)})")
+        found.append(hits[0])
+    return found[0], found[1]
+
+
+def write_report(
+    results: Sequence[dict],
+    out_dir: Path,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    runs: Sequence[Path] = (),
+) -> tuple[Path, Path]:
+    """``out_dir/report.md`` with the table and every plot, and the PNGs beside it.
+
+    ``pairs`` (base, other) get difference plots; by default every model against the first.
+    ``runs`` (run folders with metrics.jsonl) get training curves; by default the runs that
+    the results name as ``model_source`` when those folders hold a metrics.jsonl.
+    Returns (report.md, accuracy.png).
+    """
     out_dir = Path(out_dir)
     png = bar_plot(results, out_dir / "accuracy.png")
+    labels = _labels(results)
+    parts = ["# vivi evaluation report", "", results_table(results), f"![accuracy per task]({png.name})", ""]
+    if pairs is None:
+        pairs = [(0, i) for i in range(1, len(results))]
+    for base, other in pairs:
+        name = f"diff-{_slug(labels[other])}-vs-{_slug(labels[base])}.png"
+        diff = difference_plot(results, base, other, out_dir / name)
+        parts += [f"## {labels[other]} minus {labels[base]}", "",
+                  f"Accuracy of {labels[other]} minus {labels[base]} in points, per task shared by both "
+                  f"(above zero: {labels[other]} is better).", "",
+                  f"![difference]({diff.name})", ""]  # fmt: skip
+    if not runs:
+        runs = [Path(r["model_source"]) for r in results
+                if r.get("model_source") and (Path(r["model_source"]) / "metrics.jsonl").is_file()]  # fmt: skip
+    if runs:
+        curves = curves_plot(runs, out_dir / "curves.png")
+        listed = ", ".join(str(r) for r in runs)
+        parts += ["## Training curves", "", f"Runs: {listed}.", "", f"![curves]({curves.name})", ""]
     md = out_dir / "report.md"
-    md.write_text(f"# vivi evaluation report\n\n{results_table(results)}\n![accuracy per task]({png.name})\n")
+    md.write_text("\n".join(parts))
     return md, png

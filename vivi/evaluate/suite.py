@@ -1,9 +1,10 @@
 """Run one evaluation protocol over a list of tasks, resumably, and summarise per group.
 
-A protocol is a function ``(model, task, settings) -> metrics`` registered in
+A per-task protocol is a function ``(model, task, settings) -> metrics`` registered in
 ``PROTOCOLS``; metrics hold at least ``accuracy`` (percent). ``linear`` (logistic
-regression) and ``knn`` (weighted kNN) share the feature extraction; new protocols (the
-VTAB-1k fine-tune sweep) plug in by adding an entry.
+regression) and ``knn`` (weighted kNN) share the feature extraction; ``finetune`` is one
+VTAB fine-tune with a given setting. ``vtab1k`` chooses its setting across the whole
+suite, so it runs as a suite (vivi.evaluate.vtab1k), resumable per run.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from tqdm import tqdm
 from vivi.data.tasks import ImageTask
 from vivi.errors import UserError
 from vivi.evaluate.features import extract_features
+from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.knn import knn_probe
 from vivi.evaluate.linear import linear_probe
+from vivi.evaluate.vtab1k import FinetuneTrials, Trial, run_vtab1k, vtab1k_scale
 
 GROUP_ORDER = ("natural", "specialized", "structured")
+NOT_COMPARED_ON_RESUME = ("model_source",)  # informative only: a moved run folder still resumes
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class EvalSettings:
     batch_size: int
     device: str | torch.device
     progress: bool
+    scale: str = "tiny"
+    setting: FinetuneSetting | None = None  # the finetune protocol's (lr, steps)
 
 
 def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> list:
@@ -66,8 +72,20 @@ def _knn(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dic
     return knn_probe(train, task.train.labels, val, task.val.labels, test, task.test.labels)
 
 
+def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
+    """One fine-tune with a fixed setting on the VTAB-1k train800 + val200, scored on test (seed 0)."""
+    scale = vtab1k_scale(settings.scale)
+    setting = settings.setting or scale.settings()[0]
+    trials = FinetuneTrials(model, settings.image_size, scale, settings.device, settings.progress)
+    acc = trials(Trial(task, setting, "final", seed=0))
+    return {"accuracy": acc, "lr": setting.lr, "steps": setting.steps, "n_train": scale.n_train + scale.n_val,
+            "n_test": len(task.test)}
+
+
 Protocol = Callable[[torch.nn.Module, ImageTask, EvalSettings], dict]
-PROTOCOLS: dict[str, Protocol] = {"linear": _linear, "knn": _knn}
+PROTOCOLS: dict[str, Protocol] = {"linear": _linear, "knn": _knn, "finetune": _finetune}
+SUITE_PROTOCOLS = ("vtab1k",)  # protocols that choose hyper-parameters across the suite
+ALL_PROTOCOLS = (*PROTOCOLS, *SUITE_PROTOCOLS)
 
 
 def evaluate_tasks(
@@ -80,6 +98,9 @@ def evaluate_tasks(
     model_name: str = "model",
     batch_size: int = 256,
     progress: bool = True,
+    scale: str = "tiny",
+    setting: FinetuneSetting | None = None,
+    model_source: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on every task; returns (and writes to ``out_json``) the results.
 
@@ -88,13 +109,23 @@ def evaluate_tasks(
     percent; ``mean`` averages tasks, not groups, as VTAB does. If ``out_json`` already
     holds results for the same model, protocol and image size, tasks found there are not
     run again; the file is rewritten atomically after each task, so an interrupted run
-    resumes where it stopped.
+    resumes where it stopped. ``scale`` (tiny | paper) sizes the fine-tune protocols and
+    ``setting`` fixes the (lr, steps) of ``finetune``; ``vtab1k`` also records its sweep
+    and per-run state (under ``vtab1k``) and resumes run by run.
     """
-    if protocol not in PROTOCOLS:
-        raise UserError(f"{protocol}: unknown protocol (available: {', '.join(PROTOCOLS)})")
-    run = PROTOCOLS[protocol]
-    settings = EvalSettings(image_size, batch_size, device, progress)
+    if protocol not in ALL_PROTOCOLS:
+        raise UserError(f"{protocol}: unknown protocol (available: {', '.join(ALL_PROTOCOLS)})")
     header = {"model": model_name, "protocol": protocol, "image_size": image_size}
+    if model_source:
+        header["model_source"] = model_source  # lets `vivi report` find the run's metrics.jsonl
+    if protocol == "finetune":
+        setting = setting or vtab1k_scale(scale).settings()[0]
+        header.update(scale=scale, lr=setting.lr, steps=setting.steps)
+    if protocol in SUITE_PROTOCOLS:
+        header.update(scale=scale, suite=[t.name for t in tasks])
+        return _evaluate_vtab1k(model, tasks, header, image_size, device, out_json, progress)
+    run = PROTOCOLS[protocol]
+    settings = EvalSettings(image_size, batch_size, device, progress, scale, setting)
     entries = _previous_entries(out_json, header) if out_json is not None else []
     done = {e["task"] for e in entries}
     for task in tasks:
@@ -122,6 +153,32 @@ def evaluate_tasks(
     return _results(header, entries)
 
 
+def _evaluate_vtab1k(
+    model: torch.nn.Module,
+    tasks: Sequence[ImageTask],
+    header: dict,
+    image_size: int,
+    device: str | torch.device,
+    out_json: Path | None,
+    progress: bool,
+) -> dict:
+    """The suite-wide sweep; the results file also carries the run state under ``vtab1k``."""
+    scale = vtab1k_scale(header["scale"])
+    previous = _previous(out_json, header) if out_json is not None else {}
+    state = previous.get("vtab1k")
+
+    def save(current: dict) -> None:
+        if out_json is not None:
+            _write_json_atomic(out_json, {**_results(header, previous.get("tasks", [])), "vtab1k": current})
+
+    trials = FinetuneTrials(model, image_size, scale, device, progress)
+    entries, state = run_vtab1k(tasks, trials, scale, state=state, save=save, progress=progress)
+    results = {**_results(header, entries), "vtab1k": state}
+    if out_json is not None:
+        _write_json_atomic(out_json, results)
+    return results
+
+
 def summarize(entries: Sequence[dict]) -> tuple[dict[str, float], float | None]:
     """Per-group mean accuracy (VTAB groups first, others alphabetically) and the mean over tasks."""
     by_group: dict[str, list[float]] = {}
@@ -140,19 +197,24 @@ def _results(header: dict, entries: list[dict]) -> dict:
 
 def _previous_entries(path: Path, header: dict) -> list[dict]:
     """Task entries of an earlier run written to ``path``; refuses a file from another setup."""
+    return list(_previous(path, header).get("tasks", []))
+
+
+def _previous(path: Path, header: dict) -> dict:
+    """The results of an earlier run written to ``path`` ({} if none); refuses a file from another setup."""
     if not path.exists():
-        return []
+        return {}
     try:
         previous = json.loads(path.read_text())
-        entries = list(previous["tasks"])
+        previous["tasks"] = list(previous["tasks"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a vivi results file, cannot resume ({e})") from e
     for key, value in header.items():
-        if previous.get(key) != value:
+        if key not in NOT_COMPARED_ON_RESUME and previous.get(key) != value:
             raise UserError(
                 f"{path}: holds results for {key}={previous.get(key)!r}, not {value!r}; choose another output file"
             )
-    return entries
+    return previous
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -1,0 +1,270 @@
+"""Robustness to natural video perturbations: the ImageNet-Vid-Robust pm-k metric.
+
+A classifier labels every frame of a sequence (all frames show the same object class).
+An anchor frame counts as correct for pm-k only if it and every frame within k frames
+of it (clipped to the sequence) are classified correctly (Shankar et al. 2019). Anchors
+are every (2k+1)-th frame, starting at frame k, so their windows do not overlap and the
+anchors stay roughly independent; a sequence shorter than 2k+1 frames has one anchor in
+its middle. Reported: accuracy on anchors, pm-k accuracy, their difference, and
+Clopper-Pearson intervals for both.
+
+The classifier is a linear probe (logistic regression, C chosen on a held-out fifth) on
+the model's frozen features of a labelled train set. Sources:
+
+- ``frames:DIR``: ``DIR/train/<class>/<any images>`` fit the probe;
+  ``DIR/test/<class>/<video_id>/<frames>`` are the sequences (frames sorted by file name).
+- ``world[:DIR]``: a ``vivi synth`` folder (default: rendered once into the cache). Shots
+  whose objects all share one class are sequences labelled with it; shots of the first
+  half of the videos train the probe, the second half's are evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+from scipy.stats import beta
+from tqdm import tqdm
+
+from vivi.data.tasks import (
+    IMAGE_EXTENSIONS,
+    ArraySplit,
+    FileSplit,
+    ImageSplit,
+    _checked_classes,
+    _file_split,
+    _scan_classes,
+    default_cache_dir,
+    stratified_holdout,
+)
+from vivi.errors import UserError
+from vivi.evaluate.encoders import Encoder
+from vivi.evaluate.features import extract_features
+from vivi.evaluate.linear import fit_linear_classifier
+
+ALPHA = 0.05  # 95% intervals
+WORLD_VIDEOS = 60  # the default built-in world: about 60 single-class shots per half
+WORLD_SEED = 101  # distinct from the demo's and the tests' worlds
+TRAIN_STRIDE = 2  # every other frame of a training shot (neighbouring frames add little)
+SPEC_HELP = "robustness tasks: world, world:DIR (a vivi synth folder) or frames:DIR"
+
+
+# ---- the metric
+
+
+def anchors(length: int, k: int) -> list[int]:
+    """Anchor frame indices of a sequence: every 2k+1 frames from k; the middle one if too short."""
+    if length <= 0:
+        return []
+    if length < 2 * k + 1:
+        return [length // 2]
+    return list(range(k, length - k, 2 * k + 1))
+
+
+def pm_k_outcomes(correct: Sequence[bool], k: int) -> tuple[list[bool], list[bool]]:
+    """Per anchor of one sequence: (anchor frame correct, anchor and all frames within k correct)."""
+    c = np.asarray(correct, dtype=bool)
+    anchor_ok, pmk_ok = [], []
+    for a in anchors(len(c), k):
+        anchor_ok.append(bool(c[a]))
+        pmk_ok.append(bool(c[max(0, a - k) : a + k + 1].all()))
+    return anchor_ok, pmk_ok
+
+
+def clopper_pearson(successes: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """Exact binomial (1 - alpha) interval of a proportion, as fractions in [0, 1]."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    lo = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - alpha / 2, successes + 1, n - successes))
+    return lo, hi
+
+
+def robustness_metrics(sequences: Sequence[tuple[np.ndarray, np.ndarray | int]], k: int) -> dict:
+    """Anchor and pm-k accuracy (percent) with Clopper-Pearson intervals over (predictions, labels) sequences."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    anchor_ok: list[bool] = []
+    pmk_ok: list[bool] = []
+    for predicted, labels in sequences:
+        predicted = np.asarray(predicted)
+        a, p = pm_k_outcomes(predicted == np.broadcast_to(labels, predicted.shape), k)
+        anchor_ok += a
+        pmk_ok += p
+    n = len(anchor_ok)
+    if n == 0:
+        raise ValueError("no anchors: every sequence is empty")
+    n_anchor, n_pmk = sum(anchor_ok), sum(pmk_ok)
+    return {
+        "k": k,
+        "n_sequences": len(sequences),
+        "n_anchors": n,
+        "anchor_accuracy": 100.0 * n_anchor / n,
+        "pmk_accuracy": 100.0 * n_pmk / n,
+        "difference": 100.0 * (n_anchor - n_pmk) / n,
+        "anchor_ci": [100.0 * v for v in clopper_pearson(n_anchor, n)],
+        "pmk_ci": [100.0 * v for v in clopper_pearson(n_pmk, n)],
+    }
+
+
+# ---- sources
+
+
+@dataclass
+class FrameSequence:
+    name: str
+    label: int
+    frames: ImageSplit
+
+
+@dataclass
+class RobustnessTask:
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    sequences: list[FrameSequence]
+    source: str
+
+
+def load_robustness_task(spec: str, cache_dir: Path | None = None) -> RobustnessTask:
+    kind, _, arg = spec.partition(":")
+    if kind == "frames" and arg:
+        return load_frame_folders(Path(arg).expanduser())
+    if kind == "world":
+        if arg:
+            return load_world(Path(arg).expanduser())
+        root = Path(cache_dir or default_cache_dir()) / "robustness-world"
+        if not (root / "ground_truth.jsonl").exists():
+            from vivi.data.synth import render_corpus
+
+            render_corpus(root, videos=WORLD_VIDEOS, seed=WORLD_SEED, workers=None)
+        return load_world(root)
+    raise UserError(f"{spec}: unknown task spec ({SPEC_HELP})")
+
+
+def load_frame_folders(root: Path) -> RobustnessTask:
+    """``DIR/train/<class>/**`` (probe) and ``DIR/test/<class>/<video>/<frames>`` (sequences)."""
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise UserError(
+                f"{root}: no {split}/ folder (layout: train/<class>/<images>, test/<class>/<video>/<frames>)"
+            )
+    train_files = _scan_classes(root / "train")
+    if len(train_files) < 2:
+        raise UserError(f"{root / 'train'}: need at least 2 class folders (train/<class>/<image>)")
+    classes = sorted(train_files)
+    _checked_classes(root / "test", classes)
+    sequences = []
+    for label, cls in enumerate(classes):
+        for video in sorted(p for p in (root / "test" / cls).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            frames = sorted(p for p in video.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not frames:
+                raise UserError(f"{video}: no frames (expected image files, sorted by name)")
+            split = FileSplit(frames, np.full(len(frames), label))
+            sequences.append(FrameSequence(f"{cls}/{video.name}", label, split))
+        loose = [p for p in (root / "test" / cls).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if loose:
+            raise UserError(f"{loose[0]}: frames must sit in a video folder (test/<class>/<video>/<frames>)")
+    return RobustnessTask(root.resolve().name, classes, _file_split(train_files, classes), sequences, str(root))
+
+
+def _decode(path: Path) -> np.ndarray:
+    """All frames of a video as uint8 ``[T, H, W, 3]``."""
+    try:
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable video ({e})") from e
+
+
+def load_world(root: Path) -> RobustnessTask:
+    """Single-class shots of a ``vivi synth`` world: first half of the videos train, second half test."""
+    from vivi.data.synth import CLASS_NAMES
+
+    gt = root / "ground_truth.jsonl"
+    try:
+        rows = [json.loads(line) for line in gt.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{gt}: not a vivi synth ground truth ({e})") from e
+    rows.sort(key=lambda r: r["video"])
+    n_train = len(rows) // 2
+    if n_train == 0:
+        raise UserError(f"{gt}: needs at least 2 videos (half train the probe, half are tested)")
+    train_x, train_y, sequences = [], [], []
+    for i, row in enumerate(rows):
+        shots = [(j, s) for j, s in enumerate(row["shots"]) if len({o["cls"] for o in s["objects"]}) == 1]
+        if not shots:
+            continue
+        video = _decode(root / row["video"])
+        for j, shot in shots:
+            frames = video[shot["start_frame"] : shot["end_frame"] + 1]
+            label = shot["objects"][0]["cls"]
+            if i < n_train:
+                train_x.append(frames[::TRAIN_STRIDE])
+                train_y += [label] * len(train_x[-1])
+            else:
+                split = ArraySplit(frames, np.full(len(frames), label))
+                sequences.append(FrameSequence(f"{row['video']}#shot{j}", label, split))
+    if not train_y or not sequences:
+        raise UserError(f"{root}: too few single-class shots to train and test (render more videos)")
+    train = ArraySplit(np.concatenate(train_x), np.asarray(train_y))
+    return RobustnessTask(f"world-{root.resolve().name}", list(CLASS_NAMES), train, sequences, str(root))
+
+
+# ---- the protocol
+
+
+def evaluate_robustness(
+    enc: Encoder,
+    spec: str,
+    k: int = 4,
+    device: str = "cpu",
+    out_json: Path | None = None,
+    model_name: str | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fit the linear probe on the train frames, classify every sequence, score pm-k; write JSON.
+
+    The result has the suite format (one task entry, accuracy = pm-k accuracy) so that
+    ``vivi report`` can read it, plus the anchor accuracy, the difference and the intervals.
+    """
+    task = load_robustness_task(spec, cache_dir)
+    feats = extract_features(enc.model, task.train, enc.image_size, device=device, progress=progress,
+                             desc=f"{task.name}/train")  # fmt: skip
+    fit_idx, val_idx = stratified_holdout(task.train.labels, 0.2, seed=0)
+    if len(val_idx) == 0 or len(np.unique(task.train.labels[fit_idx])) < 2:
+        raise UserError(f"{task.source}: too few labelled train frames to fit and validate a probe")
+    predict, c = fit_linear_classifier(feats[fit_idx], task.train.labels[fit_idx], feats[val_idx],
+                                       task.train.labels[val_idx])  # fmt: skip
+    outcomes = []
+    for seq in tqdm(task.sequences, desc=f"{task.name}/sequences", disable=not progress):
+        x = extract_features(enc.model, seq.frames, enc.image_size, device=device, progress=False)
+        outcomes.append((predict(x), seq.label))
+    metrics = robustness_metrics(outcomes, k)
+    entry = {"task": task.name, "group": "robustness", "protocol": "robustness", "accuracy": metrics["pmk_accuracy"],
+             **metrics, "C": c, "n_train": len(task.train), "num_classes": len(task.classes), "source": task.source}
+    result = {"model": model_name or enc.name, "protocol": "robustness", "image_size": enc.image_size, "k": k,
+              "tasks": [entry], "groups": {"robustness": entry["accuracy"]}, "mean": entry["accuracy"]}
+    if out_json is not None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_robustness(result: dict) -> str:
+    """One line per task: anchor and pm-k accuracy with their 95% intervals, and the drop."""
+    lines = []
+    for e in result["tasks"]:
+        a, p = e["anchor_ci"], e["pmk_ci"]
+        lines.append(
+            f"{result['model']} on {e['task']} (k={e['k']}, {e['n_anchors']} anchors in {e['n_sequences']} sequences): "
+            f"anchor {e['anchor_accuracy']:.1f}% [{a[0]:.1f}, {a[1]:.1f}], pm-{e['k']} {e['pmk_accuracy']:.1f}% "
+            f"[{p[0]:.1f}, {p[1]:.1f}], drop {e['difference']:.1f} points"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""The VTAB-1k protocol: a fine-tune sweep whose one setting is chosen across the whole suite.
+
+Per task, 800 train and 200 val examples. Phase 1 (sweep): every (learning rate, steps)
+setting is fine-tuned on train800 and scored on val200. The setting with the best mean
+val accuracy over all tasks of the suite wins (ties: the earlier setting in sweep order).
+Phase 2 (final): that setting is fine-tuned on all 1000 examples and scored on test,
+``repetitions`` times with seeds 0, 1, ...; a task's accuracy is the median.
+
+Both phases are resumable: the state (sweep accuracies per task and setting, final
+accuracies per task and repetition) is saved after every run through ``save``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vivi.data.tasks import ImageTask
+from vivi.errors import UserError
+from vivi.evaluate.finetune import FinetuneSetting, accuracy, finetune, predict, preload
+
+
+@dataclass(frozen=True)
+class Vtab1kScale:
+    """Sweep sizes. ``paper`` is VTAB's lightweight sweep; ``tiny`` keeps its 2 x 2 shape and
+    1:4 step ratio at a size where one tiny model does the 10 mini-VTAB tasks in minutes on a CPU."""
+
+    lrs: tuple[float, ...]
+    steps: tuple[int, ...]
+    batch_size: int
+    repetitions: int = 3
+    n_train: int = 800
+    n_val: int = 200
+
+    def settings(self) -> list[FinetuneSetting]:
+        """Sweep order: learning rates as given, then steps (the tie-break order)."""
+        return [FinetuneSetting(lr, s) for lr in self.lrs for s in self.steps]
+
+
+VTAB1K_SCALES: dict[str, Vtab1kScale] = {
+    "tiny": Vtab1kScale(lrs=(0.1, 0.01), steps=(50, 200), batch_size=64),
+    "paper": Vtab1kScale(lrs=(0.1, 0.01), steps=(2500, 10000), batch_size=512),
+}
+
+
+def vtab1k_scale(name: str) -> Vtab1kScale:
+    if name not in VTAB1K_SCALES:
+        raise UserError(f"--scale {name}: unknown scale (available: {', '.join(VTAB1K_SCALES)})")
+    return VTAB1K_SCALES[name]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fine-tune run: ``sweep`` trains on train800 and scores val200, ``final`` trains on
+    the 1000 and scores test."""
+
+    task: ImageTask
+    setting: FinetuneSetting
+    phase: str
+    seed: int
+
+
+TrialFn = Callable[[Trial], float]  # -> accuracy in percent
+
+
+def check_sizes(task: ImageTask, scale: Vtab1kScale) -> None:
+    """Refuse a task too small for the protocol, naming it, its source and the counts."""
+    if len(task.train) < scale.n_train or len(task.val) < scale.n_val:
+        where = f" ({task.source})" if task.source else ""
+        raise UserError(
+            f"{task.name}{where}: vtab1k needs at least {scale.n_train} train and {scale.n_val} val examples, "
+            f"found {len(task.train)} train and {len(task.val)} val"
+        )
+
+
+def vtab1k_splits(task: ImageTask, scale: Vtab1kScale):
+    """(train800, val200, test): the first n_train of train and the first n_val of val."""
+    check_sizes(task, scale)
+    return task.train.subset(np.arange(scale.n_train)), task.val.subset(np.arange(scale.n_val)), task.test
+
+
+def select_setting(sweep: dict[str, dict[str, float]], settings: Sequence[FinetuneSetting]) -> FinetuneSetting:
+    """The setting with the highest mean val accuracy over the tasks in ``sweep``; ties go to the earlier one."""
+    if not sweep:
+        raise ValueError("no sweep results to select from")
+    means = [math.fsum(per_task[s.key] for per_task in sweep.values()) / len(sweep) for s in settings]
+    return settings[int(np.argmax(means))]  # argmax keeps the first maximum
+
+
+def run_vtab1k(
+    tasks: Sequence[ImageTask],
+    trial: TrialFn,
+    scale: Vtab1kScale,
+    state: dict | None = None,
+    save: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> tuple[list[dict], dict]:
+    """Sweep, select across the suite, run the final repetitions; returns (task entries, state).
+
+    ``state`` (``{"sweep": {task: {setting: val acc}}, "final": {task: [test acc per seed]},
+    "seconds": {task: s}}``) holds runs done earlier; they are not run again. Entries
+    follow the suite's format: task, group, protocol, accuracy (the median), plus the
+    per-repetition accuracies, the chosen setting and the sweep.
+    """
+    state = {"sweep": {}, "final": {}, "seconds": {}, **(state or {})}
+    settings = scale.settings()
+    for task in tasks:
+        check_sizes(task, scale)
+
+    def timed(task: ImageTask, t: Trial) -> float:
+        start = time.perf_counter()
+        acc = float(trial(t))
+        state["seconds"][task.name] = round(state["seconds"].get(task.name, 0.0) + time.perf_counter() - start, 2)
+        return acc
+
+    for task in tasks:
+        done = state["sweep"].setdefault(task.name, {})
+        for s in settings:
+            if s.key in done:
+                continue
+            done[s.key] = timed(task, Trial(task, s, "sweep", seed=0))
+            _say(progress, f"{task.name}: {s.key} val {done[s.key]:.1f}%")
+            if save:
+                save(state)
+    chosen = select_setting({t.name: state["sweep"][t.name] for t in tasks}, settings)
+    _say(progress, f"vtab1k: chose {chosen.key} (best mean val accuracy over {len(tasks)} tasks)")
+    for task in tasks:
+        runs = state["final"].setdefault(task.name, [])
+        while len(runs) < scale.repetitions:
+            runs.append(timed(task, Trial(task, chosen, "final", seed=len(runs))))
+            _say(progress, f"{task.name}: {chosen.key} seed {len(runs) - 1} test {runs[-1]:.1f}%")
+            if save:
+                save(state)
+    return [_entry(task, chosen, settings, state) for task in tasks], state
+
+
+def _entry(task: ImageTask, chosen: FinetuneSetting, settings: list[FinetuneSetting], state: dict) -> dict:
+    runs = state["final"][task.name]
+    sweep = state["sweep"][task.name]
+    return {
+        "task": task.name,
+        "group": task.group,
+        "protocol": "vtab1k",
+        "accuracy": float(statistics.median(runs)),
+        "accuracies": list(runs),
+        "val_accuracy": sweep[chosen.key],
+        "lr": chosen.lr,
+        "steps": chosen.steps,
+        "sweep": [{"lr": s.lr, "steps": s.steps, "val_accuracy": sweep[s.key]} for s in settings],
+        "num_classes": len(task.classes),
+        "seconds": state["seconds"].get(task.name, 0.0),
+    }
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        tqdm.write(message)
+
+
+@dataclass
+class FinetuneTrials:
+    """The real trial function: preloads a task's resized images once, then fine-tunes copies."""
+
+    backbone: torch.nn.Module
+    image_size: int
+    scale: Vtab1kScale
+    device: str | torch.device = "cpu"
+    progress: bool = False
+    _cache: tuple[str, tuple] | None = field(default=None, repr=False)
+
+    def data(self, task: ImageTask) -> tuple:
+        """(train x, train y, val x, val y, test x, test y) of the VTAB-1k splits, for the last task asked."""
+        if self._cache is None or self._cache[0] != task.name:
+            self._cache = None  # free the previous task's images first
+            splits = vtab1k_splits(task, self.scale)
+            arrays = []
+            for split in splits:
+                arrays += [preload(split, self.image_size), split.labels]
+            self._cache = (task.name, tuple(arrays))
+        return self._cache[1]
+
+    def __call__(self, t: Trial) -> float:
+        train_x, train_y, val_x, val_y, test_x, test_y = self.data(t.task)
+        if t.phase == "sweep":
+            fit_x, fit_y, eval_x, eval_y = train_x, train_y, val_x, val_y
+        elif t.phase == "final":
+            fit_x, fit_y = torch.cat([train_x, val_x]), np.concatenate([train_y, val_y])
+            eval_x, eval_y = test_x, test_y
+        else:
+            raise ValueError(f"unknown phase {t.phase!r}")
+        desc = f"{t.task.name} {t.phase} {t.setting.key} seed {t.seed}" if self.progress else None
+        model = finetune(
+            self.backbone, fit_x, fit_y, len(t.task.classes), t.setting, self.scale.batch_size, t.seed, self.device,
+            desc=desc,
+        )
+        return accuracy(predict(model, eval_x, self.device), eval_y)
