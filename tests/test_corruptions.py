@@ -34,3 +34,31 @@ def test_unknown_names_and_severities():
         corrupt(_images(), "fog", 1)
     with pytest.raises(ValueError, match="expected 1-5"):
         corrupt(_images(), "contrast", 6)
+
+
+def test_corruptions_protocol_and_its_report(tmp_path, one_thread):
+    import numpy as np
+
+    from vivi.data.tasks import ArraySplit, ImageTask
+    from vivi.evaluate.encoders import load_encoder
+    from vivi.evaluate.report import write_report
+    from vivi.evaluate.suite import evaluate_tasks
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> ArraySplit:
+        labels = np.arange(n) % 2
+        images = np.where(labels[:, None, None, None] == 1, 200, 40) + rng.integers(0, 30, (n, 32, 32, 3))
+        return ArraySplit(images.astype(np.uint8), labels)
+
+    task = ImageTask("bright", "natural", ["dark", "bright"], split(40), split(20), split(30))
+    enc = load_encoder("random:tiny")
+    result = evaluate_tasks(enc.model, [task], "corruptions", image_size=32, out_json=tmp_path / "c.json", progress=False)
+    entry = result["tasks"][0]
+    assert entry["accuracy"] == 100.0, "brightness separates the classes on clean images"
+    assert set(entry["corrupted"]) == {"gaussian_noise", "gaussian_blur", "contrast", "jpeg"}
+    assert all(len(v) == 5 for v in entry["corrupted"].values()) and len(entry["severity_mean"]) == 5
+    # contrast 0.05 around the image mean keeps the brightness cue, but severity 5 cannot beat clean
+    assert entry["severity_mean"][4] <= entry["accuracy"]
+    md, _ = write_report([result], tmp_path / "report")
+    assert (tmp_path / "report" / "severity.png").is_file() and "severity.png" in md.read_text()

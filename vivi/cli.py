@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", required=True,
         help="mini-vtab[:TASK,...] | vtab-1k | vtab:TASK[,TASK] | imagefolder:DIR; robustness: world[:DIR] | frames:DIR",
     )
-    s.add_argument("--protocol", default="linear", help="linear | knn | finetune | vtab1k | robustness")
+    s.add_argument("--protocol", default="linear", help="linear | knn | finetune | vtab1k | robustness | corruptions")
     s.add_argument("--scale", default="tiny", help="fine-tune sizes: tiny (CPU) | paper (VTAB's sweep, batch 512)")
     s.add_argument("--lr", type=float, help="finetune: learning rate (default: the scale's first)")
     s.add_argument("--steps", type=int, help="finetune: steps (default: the scale's first)")

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from vivi.data.tasks import ImageSplit
+
 SEVERITIES = (1, 2, 3, 4, 5)
 _NOISE_SIGMA = (0.08, 0.12, 0.18, 0.26, 0.38)
 _BLUR_SIGMA_224 = (1.0, 2.0, 3.0, 4.0, 6.0)
@@ -56,6 +58,23 @@ CORRUPTIONS: dict[str, Callable[[torch.Tensor, int, torch.Generator], torch.Tens
     "contrast": contrast,
     "jpeg": jpeg,
 }
+
+
+class CorruptedSplit(ImageSplit):
+    """A split whose images are corrupted on the fly (after resizing to the evaluated size); each
+    batch's random draws are seeded by its first index, so features are reproducible."""
+
+    def __init__(self, base: ImageSplit, name: str, severity: int) -> None:
+        super().__init__(base.labels)
+        self.base, self.name, self.severity = base, name, severity
+
+    def images(self, indices, size: int | None = None) -> torch.Tensor:
+        indices = np.asarray(indices, dtype=np.int64)
+        seed = int(indices[0]) if len(indices) else 0
+        return corrupt(self.base.images(indices, size), self.name, self.severity, seed)
+
+    def subset(self, indices) -> CorruptedSplit:
+        return CorruptedSplit(self.base.subset(indices), self.name, self.severity)
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:

@@ -208,6 +208,25 @@ def curves_plot(runs: Sequence[Path], path: Path) -> Path:
     return _save(fig, path)
 
 
+def severity_plot(results: Sequence[dict], path: Path) -> Path:
+    """Suite-mean accuracy against corruption severity (0 = clean), one line per model (VITO Fig. 2)."""
+    fig = Figure(figsize=(5.5, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, result in zip(_labels(results), results):
+        tasks = [t for t in result["tasks"] if "severity_mean" in t]
+        if not tasks:
+            continue
+        clean = sum(t["accuracy"] for t in tasks) / len(tasks)
+        levels = [sum(t["severity_mean"][i] for t in tasks) / len(tasks) for i in range(len(tasks[0]["severity_mean"]))]
+        ax.plot(range(len(levels) + 1), [clean, *levels], marker="o", label=label)
+    ax.set_xlabel("corruption severity (0 = clean; mean over noise, blur, contrast, JPEG)")
+    ax.set_ylabel("mean accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +276,11 @@ def write_report(
                   f"Accuracy of {labels[other]} minus {labels[base]} in points, per task shared by both "
                   f"(above zero: {labels[other]} is better).", "",
                   f"![difference]({diff.name})", ""]  # fmt: skip
+    if any("severity_mean" in t for r in results for t in r["tasks"]):
+        sev = severity_plot(results, out_dir / "severity.png")
+        parts += ["## Robustness to corruptions", "",
+                  "Linear probe fitted on clean images, tested on ImageNet-C corruptions at severities 1-5.", "",
+                  f"![accuracy per severity]({sev.name})", ""]  # fmt: skip
     if not runs:
         runs = [Path(r["model_source"]) for r in results
                 if r.get("model_source") and (Path(r["model_source"]) / "metrics.jsonl").is_file()]  # fmt: skip

@@ -25,7 +25,8 @@ from vivi.errors import UserError
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.knn import knn_probe
-from vivi.evaluate.linear import linear_probe
+from vivi.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSplit
+from vivi.evaluate.linear import fit_linear_classifier, linear_probe
 from vivi.evaluate.vtab1k import FinetuneTrials, Trial, run_vtab1k, vtab1k_scale
 
 GROUP_ORDER = ("natural", "specialized", "structured")
@@ -82,8 +83,28 @@ def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -
             "n_test": len(task.test)}
 
 
+def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
+    """The linear probe fitted on clean train/val features, tested on the clean test split and on
+    each corruption at severities 1-5 (VITO's Figure 2); ``accuracy`` is the clean one."""
+    train, val, test = _split_features(model, task, settings)
+    predict, c = fit_linear_classifier(train, task.train.labels, val, task.val.labels)
+    y = task.test.labels
+    corrupted = {}
+    for name in CORRUPTIONS:
+        corrupted[name] = []
+        for severity in SEVERITIES:
+            feats = extract_features(
+                model, CorruptedSplit(task.test, name, severity), settings.image_size,
+                batch_size=settings.batch_size, device=settings.device, progress=False,
+            )
+            corrupted[name].append(round(100.0 * float((predict(feats) == y).mean()), 4))
+    by_severity = [round(sum(v[i] for v in corrupted.values()) / len(corrupted), 4) for i in range(len(SEVERITIES))]
+    return {"accuracy": 100.0 * float((predict(test) == y).mean()), "C": c, "corrupted": corrupted,
+            "severity_mean": by_severity, "n_test": len(y)}
+
+
 Protocol = Callable[[torch.nn.Module, ImageTask, EvalSettings], dict]
-PROTOCOLS: dict[str, Protocol] = {"linear": _linear, "knn": _knn, "finetune": _finetune}
+PROTOCOLS: dict[str, Protocol] = {"linear": _linear, "knn": _knn, "finetune": _finetune, "corruptions": _corruptions}
 SUITE_PROTOCOLS = ("vtab1k",)  # protocols that choose hyper-parameters across the suite
 ALL_PROTOCOLS = (*PROTOCOLS, *SUITE_PROTOCOLS)
 
