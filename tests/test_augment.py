@@ -55,3 +55,37 @@ def test_augment_shape_range_and_determinism():
     b = augment(frames, cfg, torch.Generator().manual_seed(3))
     assert a.shape == (8, 3, 24, 24) and torch.equal(a, b)
     assert a.min() >= -1 and a.max() <= 1
+
+
+def _roi_align_crop(images, boxes, size, flip):
+    """Independent reference: torchvision's roi_align with one bilinear sample per output pixel."""
+    from torchvision.ops import roi_align
+
+    n, _, h, w = images.shape
+    cx, cy, bw, bh = boxes.unbind(1)
+    rois = torch.stack([torch.arange(n).float(), (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], 1)
+    out = roi_align(images, rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+
+
+def test_crop_resize_matches_roi_align():
+    g = torch.Generator().manual_seed(1)
+    for src, size in ((96, 64), (32, 24)):  # the crops stay inside the frame: padding never matters
+        x = torch.rand(300, 3, src, src, generator=g)
+        boxes = crop_boxes(300, (0.08, 1.0), (0.75, 4 / 3), g, torch.device("cpu"))
+        flip = torch.rand(300, generator=g) < 0.5
+        torch.testing.assert_close(crop_resize(x, boxes, size, flip), _roi_align_crop(x, boxes, size, flip), atol=1e-4, rtol=0)
+
+
+def test_augment_folds_scaling_colour_and_normalisation_into_one_matmul():
+    """The fused path equals the sequential one: /255, crop, colour distortion, clamp, normalise."""
+    from vivi.data.augment import normalize
+
+    cfg = AugmentConfig(image_size=24)
+    frames = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    fused = augment(frames, cfg, g1)
+    boxes = crop_boxes(16, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), g2, torch.device("cpu"))
+    flip = torch.rand(16, generator=g2) < 0.5
+    sequential = normalize(color_distort(crop_resize(frames.float() / 255, boxes, 24, flip), cfg, g2))
+    torch.testing.assert_close(fused, sequential, atol=1e-5, rtol=0)

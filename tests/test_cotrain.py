@@ -123,15 +123,18 @@ TINY = [
 
 @pytest.mark.parametrize("name", ["VIVI-Ex(4)-Co(100%)", "Ex-ImageNet"])
 def test_cotrained_and_image_models_train_on_a_fixed_batch(name, one_thread):
-    cfg = apply_overrides(preset(name), [*TINY, "data.videos=2" if "Co" in name else "data.videos=8"])
+    # GroupNorm (the co-trained presets) needs more than one value per group: 64 px, not 32
+    px = 64 if "Co" in name else 32
+    size = [f"augment.image_size={px}", f"data.load_size={px}"]
+    cfg = apply_overrides(preset(name), [*TINY, *size, "data.videos=2" if "Co" in name else "data.videos=8"])
     cfg.model.classes = 3
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
     torch.manual_seed(0)
     if cfg.data.mode == "images":  # each image repeated F times, as the loop lays it out
-        clips = torch.randint(0, 256, (v, 1, 1, 3, 32, 32), dtype=torch.uint8).expand(v, 1, f, 3, 32, 32)
+        clips = torch.randint(0, 256, (v, 1, 1, 3, px, px), dtype=torch.uint8).expand(v, 1, f, 3, px, px)
     else:
-        clips = torch.randint(0, 256, (v, k, f, 3, 32, 32), dtype=torch.uint8)
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+        clips = torch.randint(0, 256, (v, k, f, 3, px, px), dtype=torch.uint8)
+    images = torch.randint(0, 256, (8, 3, px, px), dtype=torch.uint8)
     labels = torch.arange(8) % 3
     model, objective = VIVIModel(cfg), VIVIObjective(cfg.loss)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

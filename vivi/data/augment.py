@@ -17,8 +17,8 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from vivi.config import AugmentConfig
@@ -85,6 +85,13 @@ def _hue_matrices(angle: Tensor) -> Tensor:
 
 
 def color_distort(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
+    """[0, 1] images -> colour-distorted [0, 1] images (see :func:`color_matrices`)."""
+    matrix, offset = color_matrices(x, cfg, g)
+    y = torch.baddbmm(offset, matrix, x.flatten(2))
+    return y.clamp_(0, 1).view_as(x)
+
+
+def color_matrices(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Brightness, contrast, saturation and hue jitter (prob ``color_prob``), then random grayscale.
 
     Every one of these is affine in RGB, so they are composed into one ``3x3`` matrix and
@@ -111,8 +118,7 @@ def color_distort(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     to_gray = (torch.rand(n, generator=g, device=dev) < cfg.gray_prob).view(n, 1, 1)
     matrix = torch.where(to_gray, gray @ matrix, matrix)
     offset = torch.where(to_gray, gray @ offset, offset)
-    y = torch.baddbmm(offset, matrix, x.flatten(2))
-    return y.clamp_(0, 1).view_as(x)
+    return matrix, offset
 
 
 def normalize(x: Tensor) -> Tensor:
@@ -143,12 +149,22 @@ def hsv_jitter(cfg: AugmentConfig) -> AugmentConfig:
 
 
 def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
-    """uint8 ``[N, 3, S, S]`` frames -> float ``[N, 3, s, s]`` normalised, each frame augmented once."""
+    """uint8 ``[N, 3, S, S]`` frames -> float ``[N, 3, s, s]`` normalised, each frame augmented once.
+
+    The crop runs on the 0-255 values; the scaling to [0, 1], the colour distortion and the
+    normalisation are affine, so they are one batched matmul and one clamp on the small output.
+    """
     if cfg.autoaugment:
         frames = autoaugment(frames, g)
-    x = frames.float() / 255.0
+    x = frames.float()
     n = x.shape[0]
     boxes = crop_boxes(n, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), g, x.device)
     flip = torch.rand(n, generator=g, device=x.device) < 0.5 if cfg.flip else None
     x = crop_resize(x, boxes, cfg.image_size, flip)
-    return normalize(x if cfg.autoaugment else color_distort(x, cfg, g))
+    if cfg.autoaugment:
+        return normalize(x / 255.0)
+    matrix, offset = color_matrices(x, cfg, g)  # x in 0-255 units: the offset scales with it
+    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1)
+    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1)
+    y = torch.baddbmm((offset / 255.0 - mean) / std, matrix / (255.0 * std), x.flatten(2))
+    return torch.clamp(y, (0 - mean) / std, (1 - mean) / std).view_as(x)  # the [0, 1] clamp, normalised
