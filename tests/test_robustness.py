@@ -158,3 +158,25 @@ def test_world_uses_single_class_shots(tmp_path):
     assert list(task.train.labels) == [2, 2] and len(task.classes) == 10
     assert [(s.name, s.label, len(s.frames)) for s in task.sequences] == [("videos/b.mp4#shot0", 3, 5)]
     assert task.sequences[0].frames.images([0]).shape == (1, 3, 16, 16)
+
+
+def test_a_co_trained_head_classifies_the_world_frames(tmp_path, tiny_data, tiny_world):
+    """--head: the run's own classifier, classes matched by name; no probe is fitted."""
+    from vivi.config import apply_overrides, preset
+    from vivi.data.synth.tasks import render_labelled
+    from vivi.evaluate.classifier import head_classifier
+    from vivi.evaluate.encoders import load_encoder
+    from vivi.evaluate.robustness import evaluate_robustness
+    from vivi.train.loop import pretrain
+
+    labelled = render_labelled(tmp_path / "labelled", per_class=2, size=32)
+    cfg = apply_overrides(preset("Sup-ImageNet"), ["data.videos=4", "data.workers=0", "optim.steps=1", "device=cpu"])
+    run = pretrain(cfg, [labelled], tmp_path / "run", progress=False)
+    head = head_classifier(run)
+    from vivi.data.synth import CLASS_NAMES
+
+    assert head.classes == sorted(CLASS_NAMES), "the folder's class names, in the head's order"
+    result = evaluate_robustness(load_encoder(str(run)), f"world:{tiny_world}", k=1, progress=False, head=head)
+    entry = result["tasks"][0]
+    assert entry["classifier"] == "head" and "C" not in entry
+    assert 0 <= entry["pmk_accuracy"] <= entry["anchor_accuracy"] <= 100

@@ -136,8 +136,13 @@ def _evaluate(a: argparse.Namespace) -> None:
     if a.protocol == "robustness":
         from vivi.evaluate.robustness import evaluate_robustness, format_robustness
 
+        head = None
+        if a.head:
+            from vivi.evaluate.classifier import head_classifier
+
+            head = head_classifier(Path(a.model))
         result = evaluate_robustness(enc, a.task, k=a.k, device=a.device, out_json=out, model_name=name,
-                                     cache_dir=cache)  # fmt: skip
+                                     cache_dir=cache, head=head)  # fmt: skip
         print(format_robustness(result))
         return
     setting = None
@@ -278,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, help="finetune: learning rate (default: the scale's first)")
     s.add_argument("--steps", type=int, help="finetune: steps (default: the scale's first)")
     s.add_argument("--k", type=int, default=4, help="robustness: neighbours within k frames must be right too")
+    s.add_argument(
+        "--head", action="store_true",
+        help="robustness: classify with a co-trained run's own head (classes matched by name) instead of a probe",
+    )
     s.add_argument("--vtab-root", help="folder holding the VTAB data (default: $VIVI_VTAB_ROOT)")
     s.add_argument("--image-size", type=int, help="input resolution (default: the model's own; timm: 224)")
     s.add_argument("--out", help="results JSON (resumable task by task)")

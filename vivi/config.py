@@ -84,6 +84,7 @@ class ModelConfig:
     mlp_out: int = 128
     order_hidden: int = 512  # shot order prediction: one hidden layer on the concatenated shot embeddings
     classes: int = 0  # co-training's linear classification head; set from the labelled folder, 0 = none
+    class_names: list[str] = field(default_factory=list)  # the labelled folder's classes, in head order
 
 
 @dataclass

@@ -38,8 +38,8 @@ def head_classifier(run: Path) -> ImageClassifier:
     head = getattr(model, "classifier", None)
     if head is None:
         raise UserError(f"{run}: has no classification head (not co-trained); add --labelled imagefolder:DIR to fit one")
-    classes = [f"class{i}" for i in range(head.out_features)]
-    if cfg.data.labelled:
+    classes = list(cfg.model.class_names) or [f"class{i}" for i in range(head.out_features)]
+    if not cfg.model.class_names and cfg.data.labelled:  # runs from before class names were saved
         try:
             found = scan_images(parse_labelled(cfg.data.labelled), labelled=True).classes
             classes = found if len(found) == len(classes) else classes

@@ -46,6 +46,7 @@ from vivi.errors import UserError
 from vivi.evaluate.encoders import Encoder
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.linear import fit_linear_classifier
+from vivi.evaluate.classifier import ImageClassifier
 
 ALPHA = 0.05  # 95% intervals
 WORLD_VIDEOS = 60  # the default built-in world: about 60 single-class shots per half
@@ -228,13 +229,19 @@ def evaluate_robustness(
     model_name: str | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
+    head: ImageClassifier | None = None,
 ) -> dict:
     """Fit the linear probe on the train frames, classify every sequence, score pm-k; write JSON.
+
+    With ``head`` (a co-trained run's own classifier, :func:`head_classifier`) no probe is fitted:
+    frames are classified by the head, its classes matched to the task's by name.
 
     The result has the suite format (one task entry, accuracy = pm-k accuracy) so that
     ``vivi report`` can read it, plus the anchor accuracy, the difference and the intervals.
     """
     task = load_robustness_task(spec, cache_dir)
+    if head is not None:
+        return _write(_head_result(task, head, k, progress), enc, model_name, out_json, k, "head")
     feats = extract_features(enc.model, task.train, enc.image_size, device=device, progress=progress,
                              desc=f"{task.name}/train")  # fmt: skip
     fit_idx, val_idx = stratified_holdout(task.train.labels, 0.2, seed=0)
@@ -249,6 +256,27 @@ def evaluate_robustness(
     metrics = robustness_metrics(outcomes, k)
     entry = {"task": task.name, "group": "robustness", "protocol": "robustness", "accuracy": metrics["pmk_accuracy"],
              **metrics, "C": c, "n_train": len(task.train), "num_classes": len(task.classes), "source": task.source}
+    return _write(entry, enc, model_name, out_json, k, "linear probe")
+
+
+def _head_result(task: RobustnessTask, head: ImageClassifier, k: int, progress: bool) -> dict:
+    """pm-k of a trained classification head; its class names must cover the task's."""
+    missing = sorted(set(task.classes) - set(head.classes))
+    if missing:
+        raise UserError(f"{task.source}: classes the model's head does not know: {', '.join(missing[:5])} "
+                        f"(head classes: {', '.join(head.classes[:10])})")  # fmt: skip
+    to_task = np.array([task.classes.index(c) if c in task.classes else -1 for c in head.classes])
+    outcomes = []
+    for seq in tqdm(task.sequences, desc=f"{task.name}/sequences", disable=not progress):
+        images = seq.frames.images(np.arange(len(seq.frames)), head.size)
+        outcomes.append((to_task[head.probabilities(images).argmax(1)], seq.label))
+    metrics = robustness_metrics(outcomes, k)
+    return {"task": task.name, "group": "robustness", "protocol": "robustness", "accuracy": metrics["pmk_accuracy"],
+            **metrics, "num_classes": len(task.classes), "source": task.source}
+
+
+def _write(entry: dict, enc: Encoder, model_name: str | None, out_json: Path | None, k: int, classifier: str) -> dict:
+    entry = {**entry, "classifier": classifier}
     result = {"model": model_name or enc.name, "protocol": "robustness", "image_size": enc.image_size, "k": k,
               "tasks": [entry], "groups": {"robustness": entry["accuracy"]}, "mean": entry["accuracy"]}
     if out_json is not None:

@@ -74,7 +74,7 @@ def _frame_source(cfg: RunConfig, data: list[Path]) -> VideoTable | ImageFolder:
         if cfg.loss.frame_loss != "supervised":
             return scan_images(data[0], labelled=False)
         folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
-        cfg.model.classes = len(folder.classes)  # sizes the head; saved with the config
+        cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)  # saved with the config
         return folder
     return training_videos(read_index(data), cfg.data, ", ".join(str(d) for d in data))
 
@@ -104,7 +104,7 @@ def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
             "(sets data.labelled)"
         )
     folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed)
-    cfg.model.classes = len(folder.classes)
+    cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)
     return folder
 
 
