@@ -163,5 +163,5 @@ def test_evaluate_tasks_refuses_other_runs_file_and_unknown_protocol(tmp_path):
     out.write_text(json.dumps({"model": "other", "protocol": "linear", "image_size": 8, "tasks": []}))
     with pytest.raises(UserError, match="model='other'"):
         suite.evaluate_tasks(TinyCNN(), [], image_size=8, out_json=out, model_name="tiny", progress=False)
-    with pytest.raises(UserError, match=r"nope: unknown protocol \(available: linear, knn, finetune, vtab1k\)"):
+    with pytest.raises(UserError, match=r"nope: unknown protocol \(available: linear, knn, finetune, corruptions, vtab1k\)"):
         suite.evaluate_tasks(TinyCNN(), [], protocol="nope")

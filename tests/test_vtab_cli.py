@@ -49,7 +49,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown task nope (available: caltech101," in err and err.count("\n") == 1
     assert main(["evaluate", "random:tiny", "--task", "mini-vtab", "--protocol", "vtab2k"]) == 2
-    assert "available: linear, knn, finetune, vtab1k, robustness" in capsys.readouterr().err
+    assert "available: linear, knn, finetune, corruptions, vtab1k, robustness" in capsys.readouterr().err
     assert main(["evaluate", "random:tiny", "--task", "mini-vtab", "--protocol", "vtab1k", "--scale", "huge"]) == 2
     assert "--scale huge: unknown scale (available: tiny, paper)" in capsys.readouterr().err
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from vivi.data.augment import normalize
 from vivi.data.images import load_image, parse_labelled, scan_images
 from vivi.errors import UserError
+from vivi.data.tasks import stratified_holdout
 from vivi.evaluate.encoders import load_encoder
+from vivi.evaluate.linear import fit_linear_classifier
 from vivi.train.checkpoint import load_run_model
 
 
@@ -54,7 +54,8 @@ def head_classifier(run: Path) -> ImageClassifier:
 
 
 def probe_classifier(model: str, labelled: str, batch: int = 128) -> ImageClassifier:
-    """Logistic regression on ``model``'s frozen features of every image of ``imagefolder:DIR``."""
+    """The linear probe (C chosen on a held-out fifth, refit on all) on ``model``'s frozen features
+    of the images of ``imagefolder:DIR``."""
     enc = load_encoder(model)
     folder = scan_images(parse_labelled(labelled), labelled=True)
 
@@ -63,13 +64,14 @@ def probe_classifier(model: str, labelled: str, batch: int = 128) -> ImageClassi
         return np.concatenate([enc.model(_inputs(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
 
     x = features(torch.stack([load_image(p, enc.image_size) for p in folder.paths]))
-    scaler = StandardScaler().fit(x)
-    fit = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(x), folder.labels)
+    fit_idx, val_idx = stratified_holdout(folder.labels, 0.2, seed=0)
+    if len(val_idx) == 0:
+        raise UserError(f"{folder.root}: too few images to fit and validate a classifier (need 2+ per class)")
+    clf, _ = fit_linear_classifier(x[fit_idx], folder.labels[fit_idx], x[val_idx], folder.labels[val_idx])
 
     def probabilities(images: torch.Tensor) -> np.ndarray:
-        proba = fit.predict_proba(scaler.transform(features(images)))
         full = np.zeros((len(images), len(folder.classes)))
-        full[:, fit.classes_] = proba
+        full[:, clf.classes] = clf.proba(features(images))
         return full
 
     return ImageClassifier(folder.classes, enc.image_size, probabilities)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -84,12 +84,26 @@ def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * float(np.mean(predicted == y))
 
 
+class LinearClassifier:
+    """A fitted probe: ``clf(features) -> labels``; ``clf.proba(features) -> [n, classes]`` over
+    ``classes`` (all labels seen in training, sorted)."""
+
+    def __init__(self, model: LogisticRegression, scaler: StandardScaler) -> None:
+        self.model, self.scaler = model, scaler
+        self.classes = model.classes_
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(self.scaler.transform(np.asarray(x, dtype=np.float32)))
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self.scaler.transform(np.asarray(x, dtype=np.float32)))
+
+
 def fit_linear_classifier(
     train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, Cs: Sequence[float] = DEFAULT_CS
-) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
-    """The probe as a classifier for other uses (robustness): C chosen on val, refit on train + val.
-
-    Returns (predict: features -> labels, the chosen C).
+) -> tuple[LinearClassifier, float]:
+    """The probe as a classifier for other uses (robustness, corruptions, curation): C chosen on
+    val, refit on train + val. Returns (the classifier, the chosen C).
     """
     train_x, val_x = (np.asarray(x, dtype=np.float32) for x in (train_x, val_x))
     sweep = _sweep(train_x, train_y, val_x, val_y, sorted(Cs))
@@ -97,4 +111,4 @@ def fit_linear_classifier(
     fit_x, fit_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
     scaler = StandardScaler().fit(fit_x)
     model = _fit(_logreg(best["C"]), scaler.transform(fit_x), fit_y)
-    return (lambda x: model.predict(scaler.transform(np.asarray(x, dtype=np.float32)))), best["C"]
+    return LinearClassifier(model, scaler), best["C"]
