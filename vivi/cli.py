@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, help="pretraining seeds (default 3)")
     s.add_argument("--steps", type=int, help="pretraining steps per run (default 400)")
     s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn)")
-    s.add_argument("--protocols", help="comma-separated, e.g. linear,vtab1k (default)")
+    s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~15 min per run)")
     s.set_defaults(func=_study)
 
     s = sub.add_parser("presets", help="list the presets with their resolved settings")
