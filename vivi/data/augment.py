@@ -128,6 +128,11 @@ def normalize(x: Tensor) -> Tensor:
     return (x - mean) / std
 
 
+def network_input(images: Tensor) -> Tensor:
+    """uint8 images -> float in the network's input range, with no augmentation (evaluation)."""
+    return normalize(images.float().div_(255.0))
+
+
 def autoaugment(frames: Tensor, g: torch.Generator) -> Tensor:
     """AutoAugment (ImageNet policy) drawn independently for each uint8 ``[3, S, S]`` frame.
 
@@ -162,7 +167,7 @@ def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     flip = torch.rand(n, generator=g, device=x.device) < 0.5 if cfg.flip else None
     x = crop_resize(x, boxes, cfg.image_size, flip)
     if cfg.autoaugment:
-        return normalize(x / 255.0)
+        return normalize(x.div_(255.0))
     matrix, offset = color_matrices(x, cfg, g)  # x in 0-255 units: the offset scales with it
     mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1)
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1)

@@ -13,7 +13,6 @@ video, only its bytes), so no shuffle buffer is needed and every video is used o
 from __future__ import annotations
 
 import io
-import json
 import random
 import tarfile
 import zlib

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vivi.data.augment import normalize
+from vivi.data.augment import network_input
 from vivi.data.images import load_image
 from vivi.data.tasks import IMAGE_EXTENSIONS
 from vivi.errors import UserError
@@ -65,7 +65,7 @@ def write_attention(run: Path, frames: Sequence[Path], out: Path, limit: int = 1
     files = frame_files(frames, limit)
     size = cfg.augment.image_size
     pixels = torch.stack([load_image(f, size) for f in files])  # uint8 [N, 3, s, s]
-    weights = attention_maps(model, normalize(pixels.float() / 255))
+    weights = attention_maps(model, network_input(pixels))
     up = [F.interpolate(w[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] for w in weights]
     panels = [*up, torch.stack(up).mean(0)]
     titles = [f"stage {s}" for s in _pooling(model)[2]] + ["mean"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vivi.data.augment import normalize
+from vivi.data.augment import network_input
 from vivi.data.images import load_image, parse_labelled, scan_images
 from vivi.errors import UserError
 from vivi.data.tasks import stratified_holdout
@@ -26,10 +26,6 @@ class ImageClassifier:
     classes: list[str]
     size: int
     probabilities: Callable[[torch.Tensor], np.ndarray]
-
-
-def _inputs(images: torch.Tensor) -> torch.Tensor:
-    return normalize(images.float() / 255)
 
 
 def head_classifier(run: Path) -> ImageClassifier:
@@ -48,7 +44,7 @@ def head_classifier(run: Path) -> ImageClassifier:
 
     @torch.inference_mode()
     def probabilities(images: torch.Tensor) -> np.ndarray:
-        return head(model.backbone(_inputs(images))).softmax(-1).numpy()
+        return head(model.backbone(network_input(images))).softmax(-1).numpy()
 
     return ImageClassifier(classes, cfg.augment.image_size, probabilities)
 
@@ -61,7 +57,7 @@ def probe_classifier(model: str, labelled: str, batch: int = 128) -> ImageClassi
 
     @torch.inference_mode()
     def features(images: torch.Tensor) -> np.ndarray:
-        return np.concatenate([enc.model(_inputs(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
+        return np.concatenate([enc.model(network_input(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
 
     x = features(torch.stack([load_image(p, enc.image_size) for p in folder.paths]))
     fit_idx, val_idx = stratified_holdout(folder.labels, 0.2, seed=0)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vivi.data.augment import MEAN, STD, normalize
+from vivi.data.augment import MEAN, STD, network_input
 from vivi.data.tasks import ImageSplit
 
 # MEAN/STD are re-exported: one definition, in the trainer's augmentation, serves both.
@@ -39,7 +39,7 @@ def extract_features(
             for start in range(0, len(split), batch_size):
                 indices = np.arange(start, min(start + batch_size, len(split)))
                 batch = split.images(indices, size=image_size).to(device, non_blocking=True)
-                out = model(normalize(batch.float().div_(255.0)))
+                out = model(network_input(batch))
                 if out.ndim != 2:
                     raise ValueError(f"model must return pooled features [n, d], got {tuple(out.shape)}")
                 chunks.append(out.float().cpu().numpy())

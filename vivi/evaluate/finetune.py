@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vivi.data.augment import normalize
+from vivi.data.augment import network_input
 from vivi.data.tasks import ImageSplit
 
 MOMENTUM = 0.9
@@ -54,7 +54,7 @@ def preload(split: ImageSplit, image_size: int, batch_size: int = EVAL_BATCH) ->
 
 
 def _inputs(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    return normalize(images.to(device).float().div_(255.0))
+    return network_input(images.to(device))
 
 
 def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):

@@ -40,9 +40,7 @@ def init_distributed(device: str) -> DistContext:
     if world <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device!r} requested but CUDA is not available on this machine")
+    cuda = device != "cpu" and torch.cuda.is_available()  # a CUDA device without CUDA: process_device says so
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
@@ -86,7 +84,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank in rank order (dim 0), differentiably; ``x`` itself when alone."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_and_world()[1] == 1:
         return x
     return _GatherWithGrad.apply(x)
 
@@ -100,7 +98,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def all_reduce_mean(x: Tensor) -> Tensor:
     """Mean of ``x`` over ranks (a copy; ``x`` when alone)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_and_world()[1] == 1:
         return x
     y = x.detach().clone()
     dist.all_reduce(y)
@@ -109,7 +107,7 @@ def all_reduce_mean(x: Tensor) -> Tensor:
 
 def all_gather_objects(obj: object) -> list[object]:
     """``obj`` of every rank, in rank order (``[obj]`` when alone)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_and_world()[1] == 1:
         return [obj]
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)

@@ -227,8 +227,9 @@ def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: 
     schedule = lr_schedule(cfg.optim)
     momentum = momentum_schedule(cfg.optim.ema_momentum, cfg.optim.steps)  # VITO's target network
     objective = VIVIObjective(cfg.loss)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * ctx.rank)
-    torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
+    rank_seed = cfg.seed + 1_000_003 * ctx.rank  # augmentation and any global draws differ per rank
+    gen = torch.Generator(device=device).manual_seed(rank_seed)
+    torch.manual_seed(rank_seed)
 
     start, last_ckpt = 0, None
     if ckpts:
