@@ -27,3 +27,13 @@ def test_medians_spreads_and_claims():
     per_model["Ex-YT-F"] = [_result(m, {"a": m}, {"natural": m}) for m in (30.0, 31.0, 30.5)]
     checks = {c["claim"]: c for c in check_claims(model_rows(per_model))}
     assert checks["Ex-YT-S > Ex-YT-F"]["holds"] is True  # +13.5 beats the spread of 4
+
+
+def test_run_order_puts_claim_pairs_first_and_keeps_every_model_once() -> None:
+    from vivi.study import CLAIMS, STUDY_MODELS, run_order
+
+    order = run_order(STUDY_MODELS, ("VIVI-Ex(4)-Co(10%)", "Sup-ImageNet"))
+    assert sorted(order) == sorted({*STUDY_MODELS, "Sup-ImageNet"})
+    claim_models = {m for pair in CLAIMS for m in pair}
+    assert set(order[: len(claim_models)]) == claim_models
+    assert order.index("Ex-YT-F") < order.index("Ex-YT-S") < order.index("VIVI-Ex(4)")

@@ -129,10 +129,12 @@ def run_study(out: Path, size: StudySize) -> Path:
     results: dict[str, dict[str, list[dict]]] = {p: {} for p in size.protocols}
     rob: dict[str, list[dict]] = {}
     robust_models = ("VIVI-Ex(4)-Co(10%)", SUPERVISED) if size.robustness else ()
-    names = [*size.models, *(m for m in robust_models if m not in size.models)]
-    for seed in range(size.seeds):
-        for i, name in enumerate(names):
-            t = _say(f"\n[{seed * len(names) + i + 1}/{len(names) * size.seeds}] {name} seed {seed}")
+    names = run_order(size.models, robust_models)
+    total = len(names) * size.seeds
+    report = write_study_report(out, size, results, rob, 0.0, runs_done=(0, total))
+    for i, name in enumerate(names):
+        for seed in range(size.seeds):
+            t = _say(f"\n[{i * size.seeds + seed + 1}/{total}] {name} seed {seed}")
             run = train(name, seed, size, data, labelled, out / "runs")
             if name != SUPERVISED:
                 for protocol in size.protocols:
@@ -141,9 +143,25 @@ def run_study(out: Path, size: StudySize) -> Path:
             if name in robust_models:
                 rob.setdefault(name, []).append(robustness(run, name, seed, size.robustness, out))
             print(f"      done in {time.perf_counter() - t:.0f}s", flush=True)
-    report = write_study_report(out, size, results, rob, time.perf_counter() - begin)
+        # A report after every model, so a study stopped early still shows complete rows.
+        done = (i + 1) * size.seeds
+        report = write_study_report(out, size, _in_table_order(results, size.models), rob,
+                                    time.perf_counter() - begin, runs_done=(done, total))
     print(f"\nwrote {report}")
     return report
+
+
+def run_order(models: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """Models one after another (all seeds of one before the next), the paper's claim pairs first:
+    a study cut short has complete rows for the comparisons that matter most."""
+    names = [*models, *(m for m in extra if m not in models)]
+    first = [m for pair in CLAIMS for m in pair if m in names]
+    first = list(dict.fromkeys(first))
+    return [*first, *(m for m in names if m not in first)]
+
+
+def _in_table_order(results: dict, models: Sequence[str]) -> dict:
+    return {p: {m: per[m] for m in models if m in per} for p, per in results.items()}
 
 
 # ---- the report
@@ -192,14 +210,19 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, seconds: float) -> Path:
+def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, seconds: float,
+                       runs_done: tuple[int, int] | None = None) -> Path:
+    partial = runs_done is not None and runs_done[0] < runs_done[1]
     lines = [
-        "# vivi study", "",
+        "# vivi study" + (f" (PARTIAL: {runs_done[0]} of {runs_done[1]} runs done)" if partial else ""), "",
         f"{len(size.models)} models x {size.seeds} seeds on the built-in world ({size.videos} videos), "
         f"{size.steps} pretraining steps each at `--scale tiny`; evaluated on `{size.tasks}`. "
-        f"Total {seconds / 60:.0f} min. Medians over seeds; the spread is max - min of the seeds' means.", "",
+        f"{seconds / 60:.0f} min in this invocation. Medians over seeds; the spread is max - min of the seeds' means.", "",
     ]
-    summary: dict = {"size": asdict(size), "seconds": round(seconds)}
+    if partial:
+        lines += ["The study is still running or was stopped: rows below are the models finished so far; "
+                  "run the same command again to go on.", ""]
+    summary: dict = {"size": asdict(size), "seconds": round(seconds), "runs_done": list(runs_done or ())}
     for protocol, per_model in results.items():
         if not per_model:
             continue
