@@ -213,3 +213,25 @@ def test_tfds_structured_labels_follow_vtab(tmp_path):
     count, dist = load_tasks("vtab:clevr_count,clevr_dist", vtab_root=tmp_path)
     assert list(count.test.labels) == [2, 0, 7]  # objects - 3
     assert list(dist.test.labels) == [2, 0, 4]  # closest depth 8.7, 7.0, 9.9 in bins [8, 8.5, 9, 9.5, 10]
+
+
+def test_tfds_kitti_closest_vehicle_distance_is_binned_as_vtab(tmp_path):
+    """Hand-worked: TFDS kitti types 0-2 are Car/Van/Truck; z is the 3rd of each location triple.
+    VTAB's classes: closest vehicle <= 8 m, (8, 20], (20, 999], and no vehicle."""
+    d = tmp_path / "kitti" / "3.3.0"
+    img = _image_bytes((1, 1, 1), "png")
+    rows = [  # (types, depths) -> label
+        ([0, 3], [30.0, 2.0], 2),  # the pedestrian (3) at 2 m does not count; the car at 30 m does
+        ([1, 2], [8.0, 25.0], 0),  # exactly 8 m is still the nearest bin
+        ([2], [8.5], 1),
+        ([3, 5], [4.0, 6.0], 3),  # no vehicle
+        ([], [], 3),  # no object at all
+        ([0, 0], [21.0, 20.0], 1),
+    ]
+    examples = [_example(img, {"objects/type": types}, {"objects/location": [v for z in zs for v in (0.5, 1.0, z)]})
+                for types, zs, _ in rows]  # fmt: skip
+    for split in ("train", "validation", "test"):
+        _tfrecord(d / f"kitti-{split}.tfrecord-00000-of-00001", examples)
+    (task,) = load_tasks("vtab:kitti_dist", vtab_root=tmp_path)
+    assert list(task.test.labels) == [label for *_, label in rows]
+    assert list(task.val.labels) == [label for *_, label in rows]

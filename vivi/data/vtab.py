@@ -57,15 +57,27 @@ def _clevr_dist(ex: dict) -> int:
     return int(np.digitize(z.min(), [8.0, 8.5, 9.0, 9.5, 10.0]))
 
 
+def _kitti_closest_vehicle(ex: dict) -> int:
+    """Depth of the closest Car/Van/Truck (TFDS kitti types 0-2), as VTAB bins it: <= 8 m, <= 20 m,
+    farther, or no vehicle at all (class 3)."""
+    types = np.asarray(ex.get("objects/type", []), dtype=np.int64)
+    z = np.asarray(ex.get("objects/location", []), dtype=np.float64).reshape(-1, 3)[:, 2]
+    if len(types) != len(z):
+        raise ValueError(f"{len(types)} object types but {len(z)} locations")
+    vehicles = z[types < 3]
+    dist = vehicles.min() if len(vehicles) else 1000.0
+    return int(np.sum(dist > np.array([8.0, 20.0, 999.0])))
+
+
 @dataclass(frozen=True)
 class VtabTask:
-    """Where a VTAB task lives in each layout; ``tfds_label`` None: not readable from TFDS here."""
+    """Where a VTAB task lives in each layout, and how its label is derived from a TFDS Example."""
 
     name: str
     group: str
     wds: str  # CLIP-benchmark folder name
     tfds: str  # TFDS dataset[/config] folder
-    tfds_label: Callable[[dict], int] | None
+    tfds_label: Callable[[dict], int]
     tfds_test: str = "test"
 
 
@@ -88,7 +100,7 @@ VTAB_TASKS: dict[str, VtabTask] = {
         VtabTask("clevr_dist", "structured", "wds_vtab-clevr_closest_object_distance", "clevr", _clevr_dist,
                  "validation"),  # fmt: skip
         VtabTask("dmlab", "structured", "wds_vtab-dmlab", "dmlab", _label("label")),
-        VtabTask("kitti_dist", "structured", "wds_vtab-kitti_closest_vehicle_distance", "kitti", None),
+        VtabTask("kitti_dist", "structured", "wds_vtab-kitti_closest_vehicle_distance", "kitti", _kitti_closest_vehicle),
         VtabTask("dsprites_loc", "structured", "wds_vtab-dsprites_label_x_position", "dsprites",
                  _binned("label_x_position", 32, 16), tfds_test=""),  # fmt: skip
         VtabTask("dsprites_ori", "structured", "wds_vtab-dsprites_label_orientation", "dsprites",
@@ -266,10 +278,6 @@ def _tfds_dir(root: Path, spec: VtabTask) -> Path | None:
 def _load_tfds(root: Path, spec: VtabTask) -> ImageTask:
     folder = _tfds_dir(root, spec)
     assert folder is not None
-    if spec.tfds_label is None:
-        raise UserError(
-            f"{folder}: {spec.name} is not readable from TFDS here; use the WebDataset export {root / spec.wds}"
-        )
     dataset = spec.tfds.split("/")[0]
     train = _read_tfds_split(folder, dataset, "train", spec.tfds_label)
     if train is None:
