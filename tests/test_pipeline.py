@@ -132,7 +132,7 @@ def test_load_frame_resizes_short_side_and_centre_crops():
     import numpy as np
     from PIL import Image
 
-    from vivi.data.batches import load_frame
+    from vivi.data.frames import load_frame
 
     rgb = np.zeros((60, 120, 3), dtype=np.uint8)
     rgb[:, 30:90] = 255  # a white centre band, black sides

@@ -12,7 +12,6 @@ video, only its bytes), so no shuffle buffer is needed and every video is used o
 
 from __future__ import annotations
 
-import io
 import random
 import tarfile
 import zlib
@@ -26,9 +25,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from PIL import Image
 
 from vivi.config import DataConfig
+from vivi.data.frames import load_frame, tar_members
 from vivi.errors import UserError
 
 
@@ -90,24 +89,6 @@ def _displaced_pair(key: str, lengths: Sequence[int], max_gap: int, rng: random.
 def frame_name(shot: int, frame: int) -> str:
     """The shard member suffix of a frame (DESIGN.md: ``<key>.s<shot:03d>.f<idx:03d>.jpg``)."""
     return f"s{shot:03d}.f{frame:03d}.jpg"
-
-
-def load_frame(data: bytes, size: int) -> torch.Tensor:
-    """JPEG bytes -> uint8 ``[3, size, size]``: short side resized to ``size``, centre crop.
-
-    PIL's ``draft`` lets libjpeg decode large frames at a reduced scale directly.
-    """
-    with Image.open(io.BytesIO(data)) as img:
-        img.draft("RGB", (size, size))
-        img = img.convert("RGB")
-        w, h = img.size
-        scale = size / min(w, h)
-        if scale != 1:
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR, reducing_gap=None)
-            w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
 def eligible(records: Sequence[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
@@ -216,27 +197,28 @@ class StepClips(Dataset):
         record = self.table.records[video]
         clip = choose_clip(record, self.cfg, random.Random(f"{self.seed}/{step}/{slot}"), self.seed)
         assert clip is not None, "VideoTable holds only videos that can supply a clip"
-        members = self._members(video)
-        shots = []
-        for shot in clip.frames:
-            frames = []
-            for sf in shot:
+        shard = self.table.shards[int(self.table.spans[video, 0])]
+        try:
+            members = self._members(video)
+        except (OSError, ValueError, tarfile.TarError) as e:
+            raise UserError(f"{shard}: sample {record['key']}: unreadable ({e}); re-run `vivi ingest` on its folder") from None
+        size = self.cfg.load_size
+        out = torch.empty((len(clip.frames), len(clip.frames[0]), 3, size, size), dtype=torch.uint8)
+        for k, shot in enumerate(clip.frames):
+            for f, sf in enumerate(shot):
                 name = frame_name(*sf)
                 try:
-                    frames.append(load_frame(members[name], self.cfg.load_size))
+                    out[k, f] = load_frame(members[name], size)
                 except (KeyError, OSError, ValueError, SyntaxError) as e:
-                    shard = self.table.shards[int(self.table.spans[video, 0])]
                     raise UserError(f"{shard}: sample {record['key']}: frame {name} missing or unreadable ({e})") from None
-            shots.append(torch.stack(frames))
-        return torch.stack(shots)
+        return out
 
     def _members(self, video: int) -> dict[str, bytes]:
         """The video's tar members by suffix (``s000.f003.jpg`` ...), read with one seek."""
         shard, start, end = (int(x) for x in self.table.spans[video])
         f = self._file(shard)
         f.seek(start)
-        with tarfile.open(fileobj=io.BytesIO(f.read(end - start)), mode="r:") as tar:
-            return {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile() and "." in m.name}
+        return tar_members(f.read(end - start))
 
     def _file(self, shard: int, keep: int = 32) -> BinaryIO:
         if shard in self._files:

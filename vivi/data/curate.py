@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vivi.data.batches import load_frame
+from vivi.data.frames import load_frame
 from vivi.data.shards import read_index
 from vivi.errors import UserError
 

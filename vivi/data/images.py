@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vivi.data.batches import load_frame, rank_slice, step_loader, step_positions
+from vivi.data.batches import rank_slice, step_loader, step_positions
+from vivi.data.frames import load_frame
 from vivi.data.tasks import IMAGE_EXTENSIONS, _scan_classes
 from vivi.errors import UserError
 

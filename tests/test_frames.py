@@ -1,0 +1,90 @@
+"""The loader's fast paths against the slow, obvious ones: tar headers against ``tarfile``,
+the JPEG size against PIL, the torchvision decode path against PIL's resize-and-crop."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vivi.data.frames import _load_with_pil, jpeg_size, load_frame, tar_members
+
+
+def _jpeg(w: int, h: int, seed: int = 0, **save) -> bytes:
+    rng = np.random.default_rng(seed)
+    # smooth content, so that resampling differences stay small
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), np.full_like(xx, rng.integers(0, 255))], -1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=95, **save)
+    return buf.getvalue()
+
+
+def _tar_bytes(members: dict[str, bytes], fmt: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_members_match_tarfile(fmt):
+    members = {
+        "vid-1.json": b'{"a": 1}',
+        "vid-1.s000.f000.jpg": b"x" * 511,
+        "vid-1.s000.f001.jpg": b"y" * 512,
+        "vid-1.s001.f000.jpg": b"z" * 513,
+        "vid-1.s001.f001.jpg": b"",
+    }
+    buf = _tar_bytes(members, fmt)
+    expected = {name.split(".", 1)[1]: data for name, data in members.items()}
+    assert tar_members(buf) == expected
+    # a key too long for the 100-byte name field: pax/GNU headers, read through tarfile
+    if fmt != tarfile.USTAR_FORMAT:
+        long = {"v" * 120 + ".s000.f000.jpg": b"q" * 7, "v" * 120 + ".json": b"{}"}
+        assert tar_members(_tar_bytes(long, fmt)) == {"s000.f000.jpg": b"q" * 7, "json": b"{}"}
+
+
+def test_tar_members_refuses_a_truncated_member():
+    buf = _tar_bytes({"vid.s000.f000.jpg": b"x" * 2000}, tarfile.PAX_FORMAT)
+    with pytest.raises(ValueError, match="truncated"):
+        tar_members(buf[:1024])
+
+
+@pytest.mark.parametrize(("w", "h", "save"), [(96, 96, {}), (170, 96, {}), (31, 77, {"progressive": True}),
+                                              (64, 48, {"subsampling": 0})])  # fmt: skip
+def test_jpeg_size_matches_pil(w, h, save):
+    data = _jpeg(w, h, **save)
+    assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (w, h)
+    assert jpeg_size(b"\x89PNG\r\n") is None and jpeg_size(b"") is None
+
+
+@pytest.mark.parametrize(("w", "h", "size"), [(96, 96, 96), (170, 96, 96), (96, 170, 64), (100, 80, 64)])
+def test_torchvision_path_matches_pil_resize_and_crop(w, h, size):
+    data = _jpeg(w, h, seed=w + h)
+    fast, slow = load_frame(data, size), _load_with_pil(data, size)
+    assert fast.shape == slow.shape == (3, size, size) and fast.dtype == torch.uint8
+    diff = (fast.int() - slow.int()).abs()
+    assert diff.float().mean() < 3 and diff.max() <= 40, (diff.float().mean(), diff.max())
+
+
+def test_large_frames_go_through_pil_draft_and_other_formats_still_load():
+    data = _jpeg(400, 300)
+    assert torch.equal(load_frame(data, 96), _load_with_pil(data, 96))
+    png = io.BytesIO()
+    Image.new("RGB", (40, 20), (10, 200, 30)).save(png, format="PNG")
+    out = load_frame(png.getvalue(), 16)
+    assert out.shape == (3, 16, 16) and out[:, 8, 8].tolist() == [10, 200, 30]
+
+
+def test_a_corrupt_jpeg_is_an_error_pil_names():
+    data = _jpeg(96, 96)
+    with pytest.raises((OSError, ValueError, SyntaxError)):
+        load_frame(data[:200], 96)

@@ -1,0 +1,117 @@
+"""Frames out of shards, fast: the loader's per-frame work, which on a small CPU competes with the
+training step for the same cores.
+
+- ``tar_members``: a video's tar members from the bytes of its span, by reading the 512-byte
+  ustar headers directly (``tarfile`` spends more time building ``TarInfo`` objects than the
+  JPEG decoder spends on a 96 px frame); any other header kind falls back to ``tarfile``.
+- ``load_frame``: JPEG -> uint8 square. Frames stored near the training size are decoded by
+  torchvision's libjpeg-turbo binding (4x less overhead per call than PIL's ``Image.open``);
+  frames at least twice that size go through PIL's ``draft``, which lets libjpeg decode them
+  at 1/2, 1/4 or 1/8 scale directly.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+try:  # deprecated in torchvision 0.29 (pinned) in favour of torchcodec; PIL alone once it is gone
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover - newer torchvision
+    decode_jpeg = None
+
+BLOCK = 512
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # start-of-frame markers
+
+
+def tar_members(buf: bytes) -> dict[str, bytes]:
+    """``{suffix: bytes}`` of the regular files in a run of tar members (``key.s000.f003.jpg`` ->
+    ``s000.f003.jpg``)."""
+    out: dict[str, bytes] = {}
+    pos, n = 0, len(buf)
+    while pos + BLOCK <= n:
+        header = buf[pos : pos + BLOCK]
+        if header.count(0) == BLOCK:  # end-of-archive blocks
+            break
+        kind = header[156:157]
+        if kind not in (b"0", b"\0") or header[257:262] != b"ustar" or header[345] != 0:
+            return _tarfile_members(buf)  # long names (pax/GNU) or a prefix field: let tarfile read it
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        start = pos + BLOCK
+        if start + size > n:
+            raise ValueError(f"tar member {name} is truncated")
+        if "." in name:
+            out[name.split(".", 1)[1]] = buf[start : start + size]
+        pos = start + -(-size // BLOCK) * BLOCK
+    return out
+
+
+def _tarfile_members(buf: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tar:
+        return {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile() and "." in m.name}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's start-of-frame marker without decoding; None if not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, n = 2, len(data)
+    while pos + 9 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF:
+            return int.from_bytes(data[pos + 7 : pos + 9], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big")
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def load_frame(data: bytes, size: int) -> torch.Tensor:
+    """JPEG (or any PIL-readable image) bytes -> uint8 ``[3, size, size]``: the centred square
+    of side min(w, h), resized to ``size``."""
+    wh = jpeg_size(data)
+    if wh is None or min(wh) >= 2 * size or decode_jpeg is None:
+        return _load_with_pil(data, size)
+    try:
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:  # a JPEG flavour libjpeg-turbo's binding refuses: PIL decodes it or says why not
+        return _load_with_pil(data, size)
+    return centre_square(image, size)
+
+
+def centre_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[3, h, w]`` -> its centred square resized to ``size`` (antialiased bilinear, as PIL)."""
+    _, h, w = image.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[:, top : top + side, left : left + side]
+    if side == size:
+        return square  # a view (decode_jpeg's CHW is a permuted HWC); torch.stack copies it once anyway
+    resized = F.interpolate(square[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        if scale != 1:
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR, reducing_gap=None)
+            w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
