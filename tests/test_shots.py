@@ -130,3 +130,22 @@ def test_streaming_detector_matches_whole_sequence():
 def test_unknown_detector_is_a_user_error():
     with pytest.raises(UserError, match="nope"):
         make_detector("nope", 10.0)
+
+
+def test_frame_features_match_the_per_pixel_computation():
+    """The colour table (quantised colours, weights in 1/255) against the soft histogram computed
+    from each pixel's own HSV: the table may move a frame's histogram only a little next to the
+    detector's thresholds (cut_min 0.3, low_min 0.06)."""
+    from vivi.data.shots import HIST_SIZE, _pixel_bins
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:36, 0:64]
+    for rgb in (rng.integers(0, 256, (36, 64, 3)), np.stack([xx * 4, yy * 7, (xx + yy) * 2], -1) + rng.integers(0, 9, (36, 64, 3))):
+        rgb = rgb.clip(0, 255).astype(np.uint8)
+        codes, weights, black = _pixel_bins(rgb.reshape(-1, 3))
+        reference = np.bincount(codes.ravel(), weights.ravel(), HIST_SIZE)
+        reference /= reference.sum()
+        features = frame_features(rgb)
+        assert features.shape == (HIST_SIZE + 1,) and abs(features[:HIST_SIZE].sum() - 1) < 1e-5
+        assert 0.5 * np.abs(features[:HIST_SIZE] - reference).sum() < 0.02
+        assert abs(features[-1] - black.mean()) < 0.02

@@ -70,24 +70,29 @@ def frame_features(rgb: np.ndarray) -> np.ndarray:
     This runs on every decoded frame, so each pixel's bins and weights are looked up in a table
     of colours quantised to ``LUT_BITS`` per channel (:func:`_colour_table`) instead of computed.
     """
-    codes, weights, black = _colour_table()
+    table, black = _colour_table()
     q = rgb.reshape(-1, 3) >> (8 - LUT_BITS)
     index = (q[:, 0].astype(np.intp) << (2 * LUT_BITS)) | (q[:, 1].astype(np.intp) << LUT_BITS) | q[:, 2]
-    hist = np.bincount(codes[index].ravel(), weights[index].ravel(), HIST_SIZE)
+    entries = table.take(index, axis=0).T  # [16, N]: 8 bin codes, then their 8 weights in 1/255
+    hist = np.bincount(entries[:8].ravel(), entries[8:].ravel(), HIST_SIZE)
     hist /= max(float(hist.sum()), 1e-9)
-    return np.append(hist, np.mean(black[index])).astype(np.float32)
+    return np.append(hist, np.count_nonzero(black[index]) / len(index)).astype(np.float32)
 
 
 @cache
-def _colour_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _colour_table() -> tuple[np.ndarray, np.ndarray]:
     """Per quantised colour (2**(3 * LUT_BITS) of them, each represented by its bucket's
-    centre): its 8 soft-bin codes [M, 8], their weights [M, 8], and whether it is black [M].
-    Built once per process (~10 MB, a fraction of a second)."""
+    centre): one uint8 row [M, 16] of its 8 soft-bin codes and their weights in 1/255 (one
+    16-byte gather per pixel: the lookup is bound by cache misses, and float weights in a
+    second table cost twice as many; the rounding moves a frame's histogram by < 0.001 in
+    total variation, against cut thresholds of 0.06-0.3), and whether it is black [M].
+    Built once per process (~4 MB, ~0.1 s)."""
     step = 256 >> LUT_BITS
     levels = np.arange(0, 256, step) + step // 2
     colours = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3).astype(np.uint8)
     codes, weights, black = _pixel_bins(colours)
-    return codes.T.astype(np.uint8).copy(), weights.T.astype(np.float32).copy(), black
+    table = np.concatenate([codes.T.astype(np.uint8), np.round(weights.T * 255).astype(np.uint8)], axis=1)
+    return np.ascontiguousarray(table), black.astype(np.uint8)
 
 
 def _pixel_bins(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
