@@ -37,3 +37,5 @@ def test_run_order_puts_claim_pairs_first_and_keeps_every_model_once() -> None:
     claim_models = {m for pair in CLAIMS for m in pair}
     assert set(order[: len(claim_models)]) == claim_models
     assert order.index("Ex-YT-F") < order.index("Ex-YT-S") < order.index("VIVI-Ex(4)")
+    assert order[len(claim_models):len(claim_models) + 4] == ["VIVI-Ex(4)-Co(10%)", "Sup-ImageNet", "VITO", "VIVI-Ex(4)+Attn"]
+    assert run_order(("VIVI-Ex(2)", "Ex-YT-S")) == ["Ex-YT-S", "VIVI-Ex(2)"]

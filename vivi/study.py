@@ -152,11 +152,12 @@ def run_study(out: Path, size: StudySize) -> Path:
 
 
 def run_order(models: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """Models one after another (all seeds of one before the next), the paper's claim pairs first:
-    a study cut short has complete rows for the comparisons that matter most."""
+    """Models one after another (all seeds of one before the next), in the order of what the
+    study has to show: the paper's claim pairs, then the co-training and robustness pair, then
+    the VITO-style rows, then the rest. A study cut short has complete rows for what matters most."""
     names = [*models, *(m for m in extra if m not in models)]
-    first = [m for pair in CLAIMS for m in pair if m in names]
-    first = list(dict.fromkeys(first))
+    priority = [m for pair in CLAIMS for m in pair] + ["VIVI-Ex(4)-Co(10%)", SUPERVISED, "VITO", "VIVI-Ex(4)+Attn"]
+    first = [m for m in dict.fromkeys(priority) if m in names]
     return [*first, *(m for m in names if m not in first)]
 
 
