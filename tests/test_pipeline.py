@@ -63,6 +63,25 @@ def test_step_clips_decode_the_chosen_frames(tiny_data):
     assert within < across
 
 
+def test_a_shard_damaged_after_ingest_is_named(tiny_data, tmp_path):
+    """The loader reads a video's tar members itself: a shard cut short or overwritten after the
+    index was made must stop with the shard and sample named, not a traceback or garbage."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    records = read_index([data])
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.load_size=64", "data.videos=3"]).data
+    table = training_videos(records, cfg, str(data))
+    shard = Path(table.shards[0])
+    raw = bytearray(shard.read_bytes())
+    start, end = int(table.spans[0, 1]), int(table.spans[0, 2])
+    raw[start + 600 : end - 600] = b"\xff" * (end - start - 1200)  # the first video's members, scrambled
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(vivi.errors.UserError, match=f"{shard.name}.*{table.records[0]['key']}"):
+        StepClips(table, cfg, seed=0)[0]
+
+
 def test_pretrain_exports_a_loadable_backbone_and_resumes(tiny_data, tmp_path):
     cfg = apply_overrides(
         preset("VIVI-Ex(4)"),
