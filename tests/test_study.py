@@ -39,3 +39,13 @@ def test_run_order_puts_claim_pairs_first_and_keeps_every_model_once() -> None:
     assert order.index("Ex-YT-F") < order.index("Ex-YT-S") < order.index("VIVI-Ex(4)")
     assert order[len(claim_models):len(claim_models) + 4] == ["VIVI-Ex(4)-Co(10%)", "Sup-ImageNet", "VITO", "VIVI-Ex(4)+Attn"]
     assert run_order(("VIVI-Ex(2)", "Ex-YT-S")) == ["Ex-YT-S", "VIVI-Ex(2)"]
+
+
+def test_report_is_marked_partial_until_every_run_is_done(tmp_path):
+    from vivi.study import SIZES, write_study_report
+
+    results = {"linear": {"Ex-YT-F": [_result(m, {"a": m}, {"natural": m}) for m in (40.0, 42.0, 41.0)]}}
+    text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0, runs_done=(3, 33)).read_text()
+    assert "PARTIAL: 3 of 33 runs done" in text and "| Ex-YT-F | 41.0 |" in text
+    text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0, runs_done=(33, 33)).read_text()
+    assert "PARTIAL" not in text and (tmp_path / "study_summary.json").is_file()
