@@ -92,15 +92,16 @@ def load_frame(data: bytes, size: int) -> torch.Tensor:
 
 
 def centre_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 ``[3, h, w]`` -> its centred square resized to ``size`` (antialiased bilinear, as PIL)."""
+    """uint8 ``[3, h, w]`` -> short side resized to ``size`` (antialiased bilinear), centre crop:
+    the geometry and filter of the PIL path, which it matches to within 1 grey level."""
     _, h, w = image.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = image[:, top : top + side, left : left + side]
-    if side == size:
-        return square  # a view (decode_jpeg's CHW is a permuted HWC); torch.stack copies it once anyway
-    resized = F.interpolate(square[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+    scale = size / min(h, w)
+    if scale != 1:
+        h, w = max(size, round(h * scale)), max(size, round(w * scale))
+        resized = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        image = resized[0].round_().clamp_(0, 255).to(torch.uint8)
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[:, top : top + size, left : left + size]  # a view; torch.stack or a copy_ follows
 
 
 def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
