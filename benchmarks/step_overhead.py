@@ -6,9 +6,12 @@ image size):
   bare   the backbone alone: forward, a trivial loss, backward, SGD step, on a fixed batch
   full   a whole VIVI step as ``vivi pretrain`` runs it: next batch from the loader (default
          workers), augmentation, backbone + heads + pooling + predictor, losses, backward, SGD
+  fixed  the full step on one fixed batch (no loader): what the step costs beyond the backbone
+         when nothing else wants the CPU
   loader the loader alone: frames per second delivered with the default number of workers
 
-and printed as ratios: full / bare (target <= 1.15) and loader / full consumption (target >= 2).
+and printed as ratios: full / bare (target <= 1.15), fixed / bare (the same without the loader's
+CPU share) and loader / full consumption (target >= 2).
 
     python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3]
 
@@ -94,6 +97,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15, help="timed steps per block")
     ap.add_argument("--rounds", type=int, default=3, help="blocks of bare and full steps, alternated")
     ap.add_argument("--set", action="append", default=[], help="config overrides, as for vivi pretrain")
+    ap.add_argument("--warm-passes", type=float, default=0.0,
+                    help="passes over the videos drawn from the loader before timing (fills its frame cache, "
+                         "as later in a run; 0: the start of a run)")
     a = ap.parse_args()
     cfg = apply_overrides(preset(a.preset), a.set)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,12 +112,22 @@ def main() -> None:
 
         torch.manual_seed(0)
         bare_fn = bare_step(cfg, torch.randn(frames_per_step, 3, s, s))
-        full_fn = full_step(cfg, make_loader(table, cfg.data, seed=0))
-        bares, fulls = [], []
-        for _ in range(a.rounds):  # alternate blocks: slow drifts of a shared machine hit both alike
+        batches = make_loader(table, cfg.data, seed=0)
+        warm = round(a.warm_passes * len(table) / v)
+        for _ in range(warm):
+            next(batches)
+        if warm:
+            print(f"loader warmed by {warm} batches ({a.warm_passes:g} passes over {len(table)} videos)")
+        full_fn = full_step(cfg, batches)
+        fixed_batch = next(make_loader(table, cfg.data, seed=2))
+        fixed_fn = full_step(cfg, iter(lambda: fixed_batch, None))
+        bares, fulls, fixeds = [], [], []
+        for _ in range(a.rounds):  # alternate blocks: slow drifts of a shared machine hit all alike
             bares.append(statistics.median(_timed(bare_fn, a.steps)))
             fulls.append(statistics.median(_timed(full_fn, a.steps)))
+            fixeds.append(statistics.median(_timed(fixed_fn, a.steps)))
         ratios = [f / b for f, b in zip(fulls, bares)]
+        fixed_ratios = [f / b for f, b in zip(fixeds, bares)]
         bare, full = statistics.median(bares), statistics.median(fulls)
         loader = make_loader(table, cfg.data, seed=1)
         loader_fps = frames_per_step / statistics.median(_timed(lambda: next(loader), a.steps))
@@ -120,6 +136,8 @@ def main() -> None:
         print(f"bare backbone step  {bare * 1000:8.1f} ms   (median of {a.rounds} blocks of {a.steps} steps)")
         print(f"full VIVI step      {full * 1000:8.1f} ms   ratio full/bare = {statistics.median(ratios):.3f}  "
               f"(target <= 1.15; per block: {', '.join(f'{r:.2f}' for r in ratios)})")
+        print(f"full, fixed batch   {statistics.median(fixeds) * 1000:8.1f} ms   ratio fixed/bare = "
+              f"{statistics.median(fixed_ratios):.3f}  (no loader; per block: {', '.join(f'{r:.2f}' for r in fixed_ratios)})")
         print(f"loader alone        {loader_fps:8.0f} frames/s; the step consumes {consumed_fps:.0f} frames/s   "
               f"ratio = {loader_fps / consumed_fps:.2f}  (target >= 2)")
 

@@ -92,3 +92,22 @@ def test_a_corrupt_jpeg_is_an_error_pil_names():
     data = _jpeg(96, 96)
     with pytest.raises((OSError, ValueError, SyntaxError)):
         load_frame(data[:200], 96)
+
+
+def test_frame_cache_is_a_bounded_lru_that_owns_its_frames():
+    from vivi.data.frames import FrameCache
+
+    frame = torch.zeros(3, 4, 4, dtype=torch.uint8)  # 48 bytes
+    cache = FrameCache(max_bytes=100)
+    big = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(3, 8, 8)
+    cache.put("a", big[:, :4, :4])  # a view: stored as its own 48 bytes
+    assert cache.bytes == 48 and cache.get("a").untyped_storage().nbytes() == 48
+    assert torch.equal(cache.get("a"), big[:, :4, :4])
+    cache.put("b", frame)
+    cache.get("a")  # a is now the most recent: b goes first
+    cache.put("c", frame + 1)
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert cache.bytes == 96 and len(cache) == 2
+    cache.put("huge", torch.zeros(200, dtype=torch.uint8))  # larger than the cache: not kept
+    assert cache.get("huge") is None and len(cache) == 2
+    assert (cache.hits, cache.misses) == (5, 2)

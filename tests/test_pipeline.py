@@ -63,6 +63,16 @@ def test_step_clips_decode_the_chosen_frames(tiny_data):
     assert within < across
 
 
+def test_cached_frames_give_the_same_batches(tiny_data):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.load_size=64", "data.videos=3"]).data
+    table = training_videos(read_index([tiny_data]), cfg, str(tiny_data))
+    cached = StepClips(table, cfg, seed=0)
+    plain = StepClips(table, apply_overrides(preset("VIVI-Ex(4)"), ["data.load_size=64", "data.videos=3", "data.cache_mb=0"]).data, seed=0)
+    for step in range(6):
+        assert torch.equal(cached[step], plain[step])
+    assert cached.cache.hits > 0 and plain.cache.hits == 0 and len(plain.cache) == 0
+
+
 def test_a_shard_damaged_after_ingest_is_named(tiny_data, tmp_path):
     """The loader reads a video's tar members itself: a shard cut short or overwritten after the
     index was made must stop with the shard and sample named, not a traceback or garbage."""

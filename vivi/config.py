@@ -41,6 +41,7 @@ class DataConfig:
     max_gap: int = 2  # mode "pairs": the displacement is uniform in 0..max_gap samples (~seconds at 1 Hz)
     load_size: int = 96  # frames are resized (short side) and centre-cropped to this square on load
     workers: int = 1  # loader processes (each builds whole batches; any count gives the same data)
+    cache_mb: int = 512  # decoded frames kept per loader process (0: none); see vivi.data.frames.FrameCache
     labelled: str = ""  # co-training: "imagefolder:DIR" of labelled images (DIR/<class>/*), "" for none
     labelled_fraction: float = 1.0  # class-balanced fraction of the labelled images used (Co(10%): 0.1)
     labelled_batch: int = 0  # labelled images per step; > 0 makes a co-trained run (paper 3.1)
@@ -286,6 +287,7 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
         cfg.data.labelled_batch = labelled_batch
         cfg.data.load_size, cfg.augment.image_size = 256, 224
         cfg.data.workers = 8
+        cfg.data.cache_mb = 0  # 224-px frames of a large corpus: few hits, and 8 workers' memory
         cfg.optim.lr, cfg.optim.steps = paper_lr, p["schedule"][0]
         cfg.ckpt_every, cfg.log_every = 2000, 50
         cfg.optim.ema_momentum = 0.996
@@ -367,6 +369,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("data.mode=pairs takes data.shots=1 and data.frames=2 (the two views)")
     if d.max_gap < 0:
         raise UserError(f"data.max_gap={d.max_gap}: expected >= 0 samples")
+    if d.workers < 0 or d.cache_mb < 0:
+        raise UserError(f"data.workers={d.workers}, data.cache_mb={d.cache_mb}: expected >= 0")
     if cfg.model.pooling not in ("mean", "attention"):
         raise UserError(f"model.pooling={cfg.model.pooling!r}: expected 'mean' or 'attention'")
     if not 0 <= cfg.optim.ema_momentum <= 1:

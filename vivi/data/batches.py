@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vivi.config import DataConfig
-from vivi.data.frames import load_frame, tar_members
+from vivi.data.frames import FrameCache, load_frame, tar_members
 from vivi.errors import UserError
 
 
@@ -184,9 +184,11 @@ class StepClips(Dataset):
         self.table, self.cfg, self.seed = table, cfg, seed
         self.slots = rank_slice(cfg.videos, rank, world, "data.videos")
         self._files: OrderedDict[int, BinaryIO] = OrderedDict()
+        self.cache = FrameCache(cfg.cache_mb << 20)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": OrderedDict()}  # open files stay in the process that opened them
+        # open files stay in the process that opened them; each loader process fills its own cache
+        return {**self.__dict__, "_files": OrderedDict(), "cache": FrameCache(self.cache.max_bytes)}
 
     def __getitem__(self, step: int) -> torch.Tensor:
         videos = step_positions(step, self.cfg.videos, len(self.table), self.seed)
@@ -197,21 +199,33 @@ class StepClips(Dataset):
         record = self.table.records[video]
         clip = choose_clip(record, self.cfg, random.Random(f"{self.seed}/{step}/{slot}"), self.seed)
         assert clip is not None, "VideoTable holds only videos that can supply a clip"
-        shard = self.table.shards[int(self.table.spans[video, 0])]
-        try:
-            members = self._members(video)
-        except (OSError, ValueError, tarfile.TarError) as e:
-            raise UserError(f"{shard}: sample {record['key']}: unreadable ({e}); re-run `vivi ingest` on its folder") from None
         size = self.cfg.load_size
         out = torch.empty((len(clip.frames), len(clip.frames[0]), 3, size, size), dtype=torch.uint8)
+        members: dict[str, bytes] | None = None  # read from the shard at the first frame not cached
         for k, shot in enumerate(clip.frames):
             for f, sf in enumerate(shot):
-                name = frame_name(*sf)
-                try:
-                    out[k, f] = load_frame(members[name], size)
-                except (KeyError, OSError, ValueError, SyntaxError) as e:
-                    raise UserError(f"{shard}: sample {record['key']}: frame {name} missing or unreadable ({e})") from None
+                frame = self.cache.get((video, sf))
+                if frame is None:
+                    members = members if members is not None else self._read_members(video)
+                    frame = self._decode(video, members, frame_name(*sf))
+                    self.cache.put((video, sf), frame)
+                out[k, f] = frame
         return out
+
+    def _read_members(self, video: int) -> dict[str, bytes]:
+        try:
+            return self._members(video)
+        except (OSError, ValueError, tarfile.TarError) as e:
+            raise UserError(f"{self._where(video)}: unreadable ({e}); re-run `vivi ingest` on its folder") from None
+
+    def _decode(self, video: int, members: dict[str, bytes], name: str) -> torch.Tensor:
+        try:
+            return load_frame(members[name], self.cfg.load_size)
+        except (KeyError, OSError, ValueError, SyntaxError) as e:
+            raise UserError(f"{self._where(video)}: frame {name} missing or unreadable ({e})") from None
+
+    def _where(self, video: int) -> str:
+        return f"{self.table.shards[int(self.table.spans[video, 0])]}: sample {self.table.records[video]['key']}"
 
     def _members(self, video: int) -> dict[str, bytes]:
         """The video's tar members by suffix (``s000.f003.jpg`` ...), read with one seek."""

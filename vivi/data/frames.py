@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections import OrderedDict
+from collections.abc import Hashable
 
 import numpy as np
 import torch
@@ -116,3 +118,40 @@ def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+class FrameCache:
+    """Decoded frames kept in memory, least recently used dropped first, at most ``max_bytes``.
+
+    On a small machine the loader's decoding takes CPU from the training step; a laptop run
+    revisits the same few thousand frames every pass, so keeping them decoded makes the
+    loader nearly free after the first pass. Values are what decoding gives, so batches are
+    unchanged (exact resume holds). Each loader process has its own cache.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = self.hits = self.misses = 0
+        self._frames: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        frame = self._frames.get(key)
+        if frame is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._frames.move_to_end(key)
+        return frame
+
+    def put(self, key: Hashable, frame: torch.Tensor) -> None:
+        size = frame.numel() * frame.element_size()
+        if size > self.max_bytes or key in self._frames:
+            return
+        self._frames[key] = frame.clone()  # its own storage: a view would keep the whole decoded image alive
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._frames.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def __len__(self) -> int:
+        return len(self._frames)
