@@ -56,11 +56,19 @@ def autocast_context(cfg: RunConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# How batches are built, not what they hold (tested: any worker count and cache size give the
+# same data): a run may resume with other values, e.g. on a machine with more cores.
+RUNTIME_ONLY = (("data", "workers"), ("data", "cache_mb"))
+
+
 def _check_resume_config(run: Path, cfg: RunConfig) -> None:
     saved = run / "config.json"
     if saved.is_file():
-        old = from_dict(json.loads(saved.read_text()))
-        if old.to_dict() != cfg.to_dict():
+        old, new = from_dict(json.loads(saved.read_text())).to_dict(), cfg.to_dict()
+        for section, key in RUNTIME_ONLY:
+            old[section].pop(key, None)
+            new[section].pop(key, None)
+        if old != new:
             raise UserError(
                 f"{run}: holds a run with a different config (see {saved}); use a new --out folder to start afresh"
             )
