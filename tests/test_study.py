@@ -49,3 +49,14 @@ def test_report_is_marked_partial_until_every_run_is_done(tmp_path):
     assert "PARTIAL: 3 of 33 runs done" in text and "| Ex-YT-F | 41.0 |" in text
     text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0, runs_done=(33, 33)).read_text()
     assert "PARTIAL" not in text and (tmp_path / "study_summary.json").is_file()
+
+
+def test_report_sums_the_wall_time_of_every_timed_run(tmp_path):
+    from vivi.study import SIZES, _log_time, write_study_report
+
+    _log_time(tmp_path, "Ex-YT-F", 0, 100.0)
+    _log_time(tmp_path, "Ex-YT-F", 0, 3.0)  # nothing left to do: not a run's time
+    _log_time(tmp_path, "Ex-YT-F", 1, 1700.0)  # stopped half-way ...
+    _log_time(tmp_path, "Ex-YT-F", 1, 1800.0)  # ... and resumed: both parts count
+    text = write_study_report(tmp_path, SIZES["default"], {}, {}, 60.0).read_text()
+    assert "Wall time: 1.00 h for the 2 runs timed" in text

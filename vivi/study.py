@@ -142,13 +142,29 @@ def run_study(out: Path, size: StudySize) -> Path:
                     results[protocol].setdefault(name, []).append(res)
             if name in robust_models:
                 rob.setdefault(name, []).append(robustness(run, name, seed, size.robustness, out))
-            print(f"      done in {time.perf_counter() - t:.0f}s", flush=True)
+            seconds = time.perf_counter() - t
+            print(f"      done in {seconds:.0f}s", flush=True)
+            _log_time(out, name, seed, seconds)
         # A report after every model, so a study stopped early still shows complete rows.
         done = (i + 1) * size.seeds
         report = write_study_report(out, size, _in_table_order(results, size.models), rob,
                                     time.perf_counter() - begin, runs_done=(done, total))
     print(f"\nwrote {report}")
     return report
+
+
+def _log_time(out: Path, name: str, seed: int, seconds: float) -> None:
+    """Wall time of each run that did work, kept across invocations: the study's real cost."""
+    if seconds >= 5:  # less: everything was done already
+        with (out / "timings.jsonl").open("a") as f:
+            f.write(json.dumps({"model": name, "seed": seed, "seconds": round(seconds, 1)}) + "\n")
+
+
+def _timed_runs(out: Path) -> tuple[int, float]:
+    path = out / "timings.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    last = {(r["model"], r["seed"]): r["seconds"] for r in rows}  # a run resumed after a stop: its last part
+    return len(last), sum(r["seconds"] for r in rows)
 
 
 def run_order(models: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
@@ -218,8 +234,12 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
         "# vivi study" + (f" (PARTIAL: {runs_done[0]} of {runs_done[1]} runs done)" if partial else ""), "",
         f"{len(size.models)} models x {size.seeds} seeds on the built-in world ({size.videos} videos), "
         f"{size.steps} pretraining steps each at `--scale tiny`; evaluated on `{size.tasks}`. "
-        f"{seconds / 60:.0f} min in this invocation. Medians over seeds; the spread is max - min of the seeds' means.", "",
+        f"Medians over seeds; the spread is max - min of the seeds' means.", "",
     ]
+    timed, total = _timed_runs(out)
+    if timed:
+        lines += [f"Wall time: {total / 3600:.2f} h for the {timed} runs timed in `timings.jsonl` "
+                  f"(pretraining + evaluation, across invocations; {seconds / 60:.0f} min in the last).", ""]
     if partial:
         lines += ["The study is still running or was stopped: rows below are the models finished so far; "
                   "run the same command again to go on.", ""]
