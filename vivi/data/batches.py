@@ -199,18 +199,17 @@ class StepClips(Dataset):
         record = self.table.records[video]
         clip = choose_clip(record, self.cfg, random.Random(f"{self.seed}/{step}/{slot}"), self.seed)
         assert clip is not None, "VideoTable holds only videos that can supply a clip"
-        size = self.cfg.load_size
-        out = torch.empty((len(clip.frames), len(clip.frames[0]), 3, size, size), dtype=torch.uint8)
+        frames = []
         members: dict[str, bytes] | None = None  # read from the shard at the first frame not cached
-        for k, shot in enumerate(clip.frames):
-            for f, sf in enumerate(shot):
-                frame = self.cache.get((video, sf))
-                if frame is None:
-                    members = members if members is not None else self._read_members(video)
-                    frame = self._decode(video, members, frame_name(*sf))
-                    self.cache.put((video, sf), frame)
-                out[k, f] = frame
-        return out
+        for sf in (sf for shot in clip.frames for sf in shot):
+            frame = self.cache.get((video, sf))
+            if frame is None:
+                members = members if members is not None else self._read_members(video)
+                frame = self._decode(video, members, frame_name(*sf))
+                self.cache.put((video, sf), frame)
+            frames.append(frame)
+        size = self.cfg.load_size
+        return torch.stack(frames).view(len(clip.frames), len(clip.frames[0]), 3, size, size)
 
     def _read_members(self, video: int) -> dict[str, bytes]:
         try:

@@ -147,7 +147,9 @@ class FrameCache:
         size = frame.numel() * frame.element_size()
         if size > self.max_bytes or key in self._frames:
             return
-        self._frames[key] = frame.clone()  # its own storage: a view would keep the whole decoded image alive
+        # its own contiguous storage: a view would keep the whole decoded image alive, and stacking
+        # decode_jpeg's permuted HWC layout is a slow strided copy
+        self._frames[key] = frame.clone(memory_format=torch.contiguous_format)
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self._frames.popitem(last=False)
