@@ -52,6 +52,14 @@ def test_tar_members_match_tarfile(fmt):
         assert tar_members(_tar_bytes(long, fmt)) == {"s000.f000.jpg": b"q" * 7, "json": b"{}"}
 
 
+def test_tar_members_refuses_a_damaged_header():
+    buf = bytearray(_tar_bytes({"vid.s000.f000.jpg": b"x" * 20, "vid.s000.f001.jpg": b"y" * 20}, tarfile.PAX_FORMAT))
+    second = 1024  # header, one data block, then the second header
+    buf[second + 10] ^= 0x01  # one bit of the second member's name
+    with pytest.raises(ValueError, match="damaged tar header at byte 1024"):
+        tar_members(bytes(buf))
+
+
 def test_tar_members_refuses_a_truncated_member():
     buf = _tar_bytes({"vid.s000.f000.jpg": b"x" * 2000}, tarfile.PAX_FORMAT)
     with pytest.raises(ValueError, match="truncated"):

@@ -40,6 +40,8 @@ def tar_members(buf: bytes) -> dict[str, bytes]:
         header = buf[pos : pos + BLOCK]
         if header.count(0) == BLOCK:  # end-of-archive blocks
             break
+        if not _checksum_ok(header):  # tarfile would take a damaged header for the archive's end
+            raise ValueError(f"damaged tar header at byte {pos} of the sample")
         kind = header[156:157]
         if kind not in (b"0", b"\0") or header[257:262] != b"ustar" or header[345] != 0:
             return _tarfile_members(buf)  # long names (pax/GNU) or a prefix field: let tarfile read it
@@ -52,6 +54,15 @@ def tar_members(buf: bytes) -> dict[str, bytes]:
             out[name.split(".", 1)[1]] = buf[start : start + size]
         pos = start + -(-size // BLOCK) * BLOCK
     return out
+
+
+def _checksum_ok(header: bytes) -> bool:
+    """The ustar header checksum: the byte sum with the checksum field read as spaces."""
+    try:
+        stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == sum(header) - sum(header[148:156]) + 8 * 32
 
 
 def _tarfile_members(buf: bytes) -> dict[str, bytes]:
