@@ -205,8 +205,7 @@ class StepClips(Dataset):
             frame = self.cache.get((video, sf))
             if frame is None:
                 members = members if members is not None else self._read_members(video)
-                frame = self._decode(video, members, frame_name(*sf))
-                self.cache.put((video, sf), frame)
+                frame = self.cache.put((video, sf), self._decode(video, members, frame_name(*sf)))
             frames.append(frame)
         size = self.cfg.load_size
         return torch.stack(frames).view(len(clip.frames), len(clip.frames[0]), 3, size, size)

@@ -108,13 +108,18 @@ def centre_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[3, h, w]`` -> short side resized to ``size`` (antialiased bilinear), centre crop:
     the geometry and filter of the PIL path, which it matches to within 1 grey level."""
     _, h, w = image.shape
-    scale = size / min(h, w)
-    if scale != 1:
-        h, w = max(size, round(h * scale)), max(size, round(w * scale))
+    if min(h, w) != size:
+        w, h = _short_side_to(size, w, h)
         resized = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
         image = resized[0].round_().clamp_(0, 255).to(torch.uint8)
     top, left = (h - size) // 2, (w - size) // 2
     return image[:, top : top + size, left : left + size]  # a view; torch.stack or a copy_ follows
+
+
+def _short_side_to(size: int, w: int, h: int) -> tuple[int, int]:
+    """``(w, h)`` scaled so the short side is ``size``: the one geometry both decode paths use."""
+    scale = size / min(w, h)
+    return max(size, round(w * scale)), max(size, round(h * scale))
 
 
 def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
@@ -122,10 +127,9 @@ def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
         img.draft("RGB", (size, size))
         img = img.convert("RGB")
         w, h = img.size
-        scale = size / min(w, h)
-        if scale != 1:
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR, reducing_gap=None)
-            w, h = img.size
+        if min(w, h) != size:
+            w, h = _short_side_to(size, w, h)
+            img = img.resize((w, h), Image.BILINEAR, reducing_gap=None)
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
@@ -154,17 +158,19 @@ class FrameCache:
         self._frames.move_to_end(key)
         return frame
 
-    def put(self, key: Hashable, frame: torch.Tensor) -> None:
+    def put(self, key: Hashable, frame: torch.Tensor) -> torch.Tensor:
+        """Keep ``frame``; returns the kept copy (contiguous), or ``frame`` itself if not kept."""
         size = frame.numel() * frame.element_size()
         if size > self.max_bytes or key in self._frames:
-            return
+            return frame
         # its own contiguous storage: a view would keep the whole decoded image alive, and stacking
         # decode_jpeg's permuted HWC layout is a slow strided copy
-        self._frames[key] = frame.clone(memory_format=torch.contiguous_format)
+        kept = self._frames[key] = frame.clone(memory_format=torch.contiguous_format)
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self._frames.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
+        return kept
 
     def __len__(self) -> int:
         return len(self._frames)
