@@ -8,17 +8,22 @@ commands, each timed as a whole (interpreter start-up included, as a user would 
 - ``pyav``: bare PyAV decoding of every frame, nothing else, with the threading ``vivi ingest
   --workers 1`` uses (``thread_type="AUTO"``, FFmpeg's thread count): this script's
   ``--decode`` mode; ``pyav x2``: the same in 2 spawned processes, one file at a time each,
-  each with FFmpeg's thread count as ``--workers 2`` runs them: the limit for ``--workers 2``;
-  ``pyav x2 (1 thread each)`` shows why the cores are not shared out between workers;
+  each with FFmpeg's thread count; ``pyav x2 (1 thread each)``: the cores shared out, as
+  ``--workers 2`` decodes on 2 cores. The faster of the two is the limit for ``--workers 2``;
 - ``scenedetect detect-content``: ``scenedetect -i FILE detect-content`` for each file (its
   CLI takes one input): ContentDetector, default settings, its default decoder (OpenCV) and
   downscaling, no output files; ``scenedetect API (pyav backend)``: SceneManager +
   ContentDetector on its PyAV backend, in one process;
 - ``vivi ingest --workers 1|2``: the command line, end to end (start-up, decode, shot
-  detection, ~1 Hz samples, JPEG, shards, index) into a fresh folder.
+  detection, ~1 Hz samples, JPEG, shards, index) into a fresh folder; ``vivi --workers 2,
+  FFmpeg's threads``: the same code with FFmpeg's thread count in each worker (vivi's choice
+  before session 4), started through ``python -c`` (its workers skip re-running the ``vivi`` script).
 
 Each is run ``--repeats`` times, interleaved; the best run counts (the machine is shared, so
-the best is the least disturbed). Frames/s = frames in all files / wall seconds.
+the best is the least disturbed). Frames/s = frames in all files / wall seconds. Also printed:
+CPU milliseconds per frame (all processes of the command, least of the repeats), which other
+jobs on the machine disturb far less than wall time; ``--workers 2`` is compared with the faster
+of the two bare 2-process runs (the best bare configuration), and with ``pyav x2`` as before.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,6 +48,10 @@ import av  # noqa: E402  (the --decode mode imports nothing else: its start-up i
 
 VIVI = str(Path(sys.executable).with_name("vivi"))
 SCENEDETECT = str(Path(sys.executable).with_name("scenedetect"))
+# `vivi ingest` with FFmpeg's thread count in every worker instead of vivi's choice (1 per worker
+# once the workers fill the cores), to show what that choice is worth on this machine.
+VIVI_FFMPEG_THREADS = (sys.executable, "-c", "import sys, vivi.data.ingest as i; i._decode_threads = lambda w: 0; "
+                       "from vivi.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def decode_count(path: str, threads: int = 0) -> int:
@@ -86,13 +96,19 @@ def run_scenedetect_api(files: list[str], backend: str) -> int:
     return frames
 
 
-def run_vivi(src: Path, out: Path, workers: int) -> int:
+def run_vivi(src: Path, out: Path, workers: int, command: tuple[str, ...] = (VIVI,)) -> int:
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run([VIVI, "ingest", str(src), str(out), "--workers", str(workers)], check=True,
+    subprocess.run([*command, "ingest", str(src), str(out), "--workers", str(workers)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert all(r["status"] == "ok" for r in records), [r["error"] for r in records]
     return sum(r["num_frames"] for r in records)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the commands run here)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def load() -> str:
@@ -122,36 +138,42 @@ def main() -> None:
     files = sorted(str(p) for p in src.glob("*.mp4"))
     runs = {
         "pyav": lambda: pyav_command(files, 1, 0),
-        "pyav x2": lambda: pyav_command(files, 2, 0),  # as --workers 2 decodes
+        "pyav x2": lambda: pyav_command(files, 2, 0),
         "pyav x2 (1 thread each)": lambda: pyav_command(files, 2, 1),
         "scenedetect detect-content": lambda: scenedetect_cli(files),
         "scenedetect API (pyav backend)": lambda: run_scenedetect_api(files, "pyav"),
         "vivi ingest --workers 1": lambda: run_vivi(src, a.work / "tp-out", 1),
         "vivi ingest --workers 2": lambda: run_vivi(src, a.work / "tp-out", 2),
+        "vivi --workers 2, FFmpeg's threads": lambda: run_vivi(src, a.work / "tp-out", 2, VIVI_FFMPEG_THREADS),
     }
     rates: dict[str, list[float]] = {k: [] for k in runs}
+    cpu_ms: dict[str, list[float]] = {k: [] for k in runs}  # per frame
     frames: dict[str, int] = {}
     print(f"{len(files)} files, {a.size}; load before: {load()}", flush=True)
     for r in range(a.repeats):
         for name, run in runs.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), cpu_seconds()
             frames[name] = run()
             seconds = time.perf_counter() - started
             rates[name].append(frames[name] / seconds)
-            print(f"  run {r}: {name:<28} {frames[name]} frames in {seconds:6.1f} s = {rates[name][-1]:6.1f} frames/s"
-                  f"  (load {load()})", flush=True)
+            cpu_ms[name].append((cpu_seconds() - cpu_started) / frames[name] * 1e3)
+            print(f"  run {r}: {name:<34} {frames[name]} frames in {seconds:6.1f} s = {rates[name][-1]:6.1f} frames/s"
+                  f", {cpu_ms[name][-1]:.3f} ms CPU/frame  (load {load()})", flush=True)
     if len(set(frames.values())) != 1:
         print(f"note: frame counts differ between decoders: {frames}")
     best = {k: max(v) for k, v in rates.items()}
     print(f"\n{frames['pyav']} frames in {len(files)} files of {a.size}; best of {a.repeats} (median in brackets)\n")
-    print("| run | frames/s |\n|---|---|")
+    print("| run | frames/s | CPU ms/frame |\n|---|---|---|")
     for k, v in rates.items():
-        print(f"| {k} | {best[k]:.1f} ({statistics.median(v):.1f}) |")
+        print(f"| {k} | {best[k]:.1f} ({statistics.median(v):.1f}) | {min(cpu_ms[k]):.3f} |")
+    best_bare_x2 = max(best["pyav x2"], best["pyav x2 (1 thread each)"])
     ratios = {
         "vivi w1 / scenedetect detect-content": best["vivi ingest --workers 1"] / best["scenedetect detect-content"],
         "vivi w2 / scenedetect detect-content": best["vivi ingest --workers 2"] / best["scenedetect detect-content"],
         "vivi w1 / pyav": best["vivi ingest --workers 1"] / best["pyav"],
         "vivi w2 / pyav x2": best["vivi ingest --workers 2"] / best["pyav x2"],
+        "vivi w2 / best bare x2": best["vivi ingest --workers 2"] / best_bare_x2,
+        "vivi w2 (FFmpeg's threads) / best bare x2": best["vivi --workers 2, FFmpeg's threads"] / best_bare_x2,
         "vivi w2 / pyav": best["vivi ingest --workers 2"] / best["pyav"],
     }
     print("\n| ratio | value | target |\n|---|---|---|")
@@ -161,7 +183,8 @@ def main() -> None:
         print(f"| {k} | {v:.2f}x | {target} |")
     print(f"\nload after: {load()}; cpus: {os.cpu_count()}")
     if a.json:
-        a.json.write_text(json.dumps({"frames": frames["pyav"], "rates": rates, "best": best, "ratios": ratios}, indent=1))
+        results = {"frames": frames["pyav"], "rates": rates, "best": best, "ratios": ratios, "cpu_ms_per_frame": cpu_ms}
+        a.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

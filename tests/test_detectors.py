@@ -86,3 +86,17 @@ def test_histogram_is_still_the_default(tmp_path):
     run_ingest(tmp_path / "c.mp4", Path(tmp_path / "out"), fps=FPS)
     [record] = check_shards_agree(tmp_path / "out")
     assert len(record["shots"]) == len(truth)  # the dissolve is excluded, so four shots
+
+
+def test_histogram_frames_batch_their_thumbnails_without_changing_the_shots():
+    """Thumbnails are collected into batches for the features: shots as frame by frame, for a
+    length that is no multiple of the batch and a video whose size changes midway."""
+    from vivi.data.shots import detect_shots, frame_features
+
+    frames, _ = clip(1)
+    frames = frames[:45] + [f[::2, ::2] for f in frames[45:]]
+    d = make_frame_detector("histogram", FPS)
+    for f in frames:
+        d.push(f)
+    assert len(frames) % d.BATCH and d.shots() == detect_shots([frame_features(f) for f in frames], FPS)
+    assert len(d.shots()) >= 3

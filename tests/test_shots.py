@@ -149,3 +149,85 @@ def test_frame_features_match_the_per_pixel_computation():
         assert features.shape == (HIST_SIZE + 1,) and abs(features[:HIST_SIZE].sum() - 1) < 1e-5
         assert 0.5 * np.abs(features[:HIST_SIZE] - reference).sum() < 0.02
         assert abs(features[-1] - black.mean()) < 0.02
+
+
+def table_reference(rgb: np.ndarray) -> np.ndarray:
+    """:func:`frame_features` the slow way: every pixel's bucket centre through the per-pixel
+    computation, rounded to 1/255 as the table stores it; no table, no batch."""
+    from vivi.data.shots import HIST_SIZE, LUT_BITS, _pixel_bins
+
+    step = 256 >> LUT_BITS
+    centres = ((rgb.reshape(-1, 3) >> (8 - LUT_BITS)) * step + step // 2).astype(np.uint8)
+    codes, weights, black = _pixel_bins(centres)
+    hist = np.bincount(codes.ravel(), np.round(weights * 255).ravel(), HIST_SIZE)
+    return np.append(hist / hist.sum(), black.mean()).astype(np.float32)
+
+
+def test_a_batch_gets_exactly_each_frames_features():
+    """Batched features (the decode loop's path) equal, to the last bit, the per-pixel reference
+    of each image alone: a slip in a table row, a pixel's index or an image's place shows."""
+    from vivi.data.shots import batch_features
+
+    rng = np.random.default_rng(4)
+    frames, _ = clip(2)
+    noise = [rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8) for _ in range(3)]
+    dark = [np.zeros((SIZE, SIZE, 3), np.uint8), np.full((SIZE, SIZE, 3), 12, np.uint8)]  # black, near-black
+    images = np.stack(frames[:11] + noise + dark)
+    reference = np.stack([table_reference(image) for image in images])
+    assert np.array_equal(batch_features(images), reference)
+    assert np.array_equal(frame_features(images[4]), reference[4])
+    assert reference[-2, -1] == 1.0 and reference[-1, -1] == 1.0 and reference[0, -1] == 0.0
+
+
+def test_distances_of_rows_are_the_pairs_distances():
+    from vivi.data.shots import HIST_SIZE, distances
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random((2, 30, HIST_SIZE + 1)).astype(np.float32)
+    assert distances(a, b) == [0.5 * float(np.abs(x[:HIST_SIZE] - y[:HIST_SIZE]).sum()) for x, y in zip(a, b)]
+
+
+def mixtures(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Features of frames mixing two bins, so consecutive distances are the mixture's steps:
+    quiet stretches with noise, cuts, single jolts, and ramps of steps just above the low
+    threshold's floor (gradual transitions), with black frames among them."""
+    from vivi.data.shots import HIST_SIZE
+
+    steps: list[float] = []
+    while len(steps) < n:
+        steps += list(rng.uniform(0, 0.04, int(rng.integers(8, 30))))  # a quiet stretch
+        kind = rng.integers(3)
+        steps += [0.6] if kind == 0 else [float(rng.uniform(0.1, 0.25))] if kind == 1 else [0.075] * 6
+    share = np.abs((np.cumsum(np.array(steps[:n]) * rng.choice([-1, 1])) + 1) % 2 - 1)  # folded into [0, 1]
+    features = np.zeros((n, HIST_SIZE + 1), np.float32)
+    features[:, 0], features[:, 1] = 1 - share, share
+    features[rng.random(n) < 0.05, HIST_SIZE] = 1.0
+    return features
+
+
+def test_pushing_in_batches_finds_what_pushing_frame_by_frame_finds():
+    rng = np.random.default_rng(6)
+    features = mixtures(rng, 400)
+    one = make_detector("histogram", 10.0)
+    for f in features:
+        one.push(f)
+    many = make_detector("histogram", 10.0)
+    start = 0
+    while start < len(features):
+        size = int(rng.integers(1, 20))
+        many.push_many(features[start : start + size])
+        start += size
+    assert len(one.shots()) > 5 and many.shots() == one.shots()
+
+
+def test_quiet_frames_need_no_thresholds():
+    """A change below ``_quiet`` is below every threshold the detector can compute: skipping
+    them changes nothing (against a detector that computes them for every frame)."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        features = mixtures(rng, 300)
+        fast, slow = make_detector("histogram", 10.0), make_detector("histogram", 10.0)
+        slow._quiet = -1.0
+        fast.push_many(features)
+        slow.push_many(features)
+        assert fast.shots() == slow.shots()

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vivi.data.shots import THUMBNAIL_WIDTH, DetectorParams, Shot, ShotDetector, frame_features
+from vivi.data.shots import THUMBNAIL_WIDTH, DetectorParams, Shot, ShotDetector, batch_features
 from vivi.errors import UserError
 
 DETECTOR_NAMES = ("histogram", "content", "adaptive")
@@ -46,21 +46,38 @@ class FrameDetector(Protocol):
 
 
 class HistogramFrames:
-    """Our histogram detector (:class:`vivi.data.shots.ShotDetector`) on 64-px RGB thumbnails."""
+    """Our histogram detector (:class:`vivi.data.shots.ShotDetector`) on 64-px RGB thumbnails,
+    which it collects into batches of ``BATCH`` for :func:`~vivi.data.shots.batch_features`
+    (the same features, at about half the CPU time per frame of one call per frame)."""
 
     pixel_format = "rgb24"
+    BATCH = 16  # thumbnails (7 KB each); larger batches outgrow the CPU caches and gain nothing
 
     def __init__(self, fps: float, params: DetectorParams | None = None) -> None:
         self._detector = ShotDetector(fps, params)
+        self._batch = np.empty((0, 0, 0, 3), np.uint8)
+        self._count = 0  # thumbnails in the batch
 
     def width(self, frame_width: int, frame_height: int) -> int:
         return THUMBNAIL_WIDTH
 
     def push(self, image: np.ndarray) -> None:
-        self._detector.push(frame_features(image))
+        if image.shape != self._batch.shape[1:]:  # the first frame, or the video changed size
+            self._flush()
+            self._batch = np.empty((self.BATCH, *image.shape), np.uint8)
+        self._batch[self._count] = image
+        self._count += 1
+        if self._count == self.BATCH:
+            self._flush()
 
     def shots(self) -> list[Shot]:
+        self._flush()
         return self._detector.shots()
+
+    def _flush(self) -> None:
+        if self._count:
+            self._detector.push_many(batch_features(self._batch[: self._count]))
+        self._count = 0
 
 
 class SceneDetectFrames:

@@ -70,33 +70,48 @@ def frame_features(rgb: np.ndarray) -> np.ndarray:
     This runs on every decoded frame, so each pixel's bins and weights are looked up in a table
     of colours quantised to ``LUT_BITS`` per channel (:func:`_colour_table`) instead of computed.
     """
-    table, black = _colour_table()
-    q = rgb.reshape(-1, 3) >> (8 - LUT_BITS)
-    index = (q[:, 0].astype(np.intp) << (2 * LUT_BITS)) | (q[:, 1].astype(np.intp) << LUT_BITS) | q[:, 2]
-    entries = table.take(index, axis=0).T  # [16, N]: 8 bin codes, then their 8 weights in 1/255
-    hist = np.bincount(entries[:8].ravel(), entries[8:].ravel(), HIST_SIZE)
-    hist /= max(float(hist.sum()), 1e-9)
-    return np.append(hist, np.count_nonzero(black[index]) / len(index)).astype(np.float32)
+    return batch_features(rgb[None])[0]
+
+
+def batch_features(rgb: np.ndarray) -> np.ndarray:
+    """:func:`frame_features` of each image of a batch [B, H, W, 3], as rows [B, HIST_SIZE + 1].
+
+    The decode loop hands its thumbnails over in batches: one image per call paid each numpy
+    call's fixed cost, with caches the decoder had just flushed, for only a few thousand pixels.
+    The bins' sums are whole numbers (weights in 1/255), exact in any order: a batch gives each
+    image exactly the features it gets alone.
+    """
+    codes, weights, black = _colour_table()
+    n = len(rgb)
+    q = rgb.reshape(n, -1, 3) >> (8 - LUT_BITS)
+    index = (q[..., 0].astype(np.intp) << (2 * LUT_BITS)) | (q[..., 1].astype(np.intp) << LUT_BITS) | q[..., 2]
+    bins, bin_weights = codes.take(index, axis=0), weights.take(index, axis=0)  # [n, pixels, 8] each
+    hist = np.empty((n, HIST_SIZE))
+    for i in range(n):  # cheaper than offsetting each image's bins to count all in one bincount
+        hist[i] = np.bincount(bins[i].ravel(), bin_weights[i].ravel(), HIST_SIZE)
+    features = np.empty((n, HIST_SIZE + 1), np.float32)
+    features[:, :HIST_SIZE] = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1e-9)
+    features[:, HIST_SIZE] = np.count_nonzero(black.take(index), axis=1) / index.shape[1]
+    return features
 
 
 @cache
-def _colour_table() -> tuple[np.ndarray, np.ndarray]:
+def _colour_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per quantised colour (2**(3 * LUT_BITS) of them, each represented by its bucket's
-    centre): one uint8 row [M, 16] of its 8 soft-bin codes and their weights in 1/255 (one
-    16-byte gather per pixel: the lookup is bound by cache misses, and float weights in a
-    second table cost twice as many; the rounding moves a frame's histogram by < 0.001 in
-    total variation, against cut thresholds of 0.06-0.3), and whether it is black [M].
-    Built once per process (~4 MB, ~0.1 s)."""
+    centre): its 8 soft-bin codes [M, 8] and their weights in 1/255 [M, 8] (uint8: the lookup is
+    bound by cache misses, and float weights would be 4-8 times larger; the rounding moves a
+    frame's histogram by < 0.001 in total variation, against cut thresholds of 0.06-0.3), and
+    whether it is black [M]. Built once per process (~4 MB, ~35 ms)."""
     step = 256 >> LUT_BITS
     levels = np.arange(0, 256, step) + step // 2
     colours = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3).astype(np.uint8)
     codes, weights, black = _pixel_bins(colours)
-    table = np.concatenate([codes.T.astype(np.uint8), np.round(weights.T * 255).astype(np.uint8)], axis=1)
-    return np.ascontiguousarray(table), black.astype(np.uint8)
+    weights = np.round(weights.T * 255).astype(np.uint8)
+    return np.ascontiguousarray(codes.T), np.ascontiguousarray(weights), black.astype(np.uint8)
 
 
 def _pixel_bins(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For [N, 3] uint8 pixels: the histogram codes [8, N] of their 8 (lower/upper bin per
+    """For [N, 3] uint8 pixels: the histogram codes [8, N] (uint8) of their 8 (lower/upper bin per
     channel) corners, the corners' weights [8, N], and which pixels are black [N]."""
     h, s, v = _hsv(rgb)
     s = s * np.minimum(v / DARK_VALUE, 1.0)  # the saturation of near-black pixels is noise
@@ -107,20 +122,25 @@ def _pixel_bins(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _soft_bins(x: np.ndarray, bins: int, wrap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The lower and upper neighbouring bin of each value in [0, 1] (stacked: [2, N]), with
-    linear weights (also [2, N])."""
+    """The lower and upper neighbouring bin of each value in [0, 1] (stacked: [2, N], uint8 so
+    that the codes of the colour table's 2**18 colours stay small), with linear weights (also [2, N])."""
     position = x * bins - 0.5
     low = np.floor(position)
     upper_weight = (position - low).astype(np.float32)
     low = low.astype(np.intp)
     pair = np.stack([low, low + 1])
     pair = pair % bins if wrap else np.clip(pair, 0, bins - 1)
-    return pair, np.stack([1.0 - upper_weight, upper_weight])
+    return pair.astype(np.uint8), np.stack([1.0 - upper_weight, upper_weight])
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
     """Total variation between two frames' histograms: the share of pixels that changed bin."""
-    return 0.5 * float(np.abs(a[:HIST_SIZE] - b[:HIST_SIZE]).sum())
+    return distances(a[None], b[None])[0]
+
+
+def distances(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """:func:`distance` between corresponding rows of ``a`` and ``b`` [n, HIST_SIZE + 1]."""
+    return [0.5 * total for total in np.abs(a[:, :HIST_SIZE] - b[:, :HIST_SIZE]).sum(axis=1).tolist()]
 
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,17 +182,33 @@ class ShotDetector:
         self._segment_start = 0
         self._segments: list[Shot] = []
         self._black: list[int] = []  # indices of black frames (fades, intros): in no shot
+        # No threshold is ever below this (see _thresholds): a smaller change is a quiet frame
+        # without computing them, which most frames are.
+        self._quiet = min(self.params.low_min, self.params.cut_min / 2)
 
     def push(self, features: np.ndarray) -> None:
         """Account for the next frame in decode order."""
-        index, prev = self._count, self._prev
-        self._count, self._prev = index + 1, features
-        if features[HIST_SIZE] >= self.params.black_share:
-            self._black.append(index)
-        if prev is None:
+        self.push_many(features[None])
+
+    def push_many(self, features: np.ndarray) -> None:
+        """Account for the next frames in decode order (rows [n, HIST_SIZE + 1], as from
+        :func:`batch_features`): their distances and black shares in one pass, then frame by frame."""
+        if not len(features):
             return
-        d = distance(prev, features)
+        first, prev = self._count, self._prev
+        self._count, self._prev = first + len(features), features[-1]
+        self._black += (first + np.flatnonzero(features[:, HIST_SIZE] >= self.params.black_share)).tolist()
+        rows = features if prev is None else np.concatenate([prev[None], features])
+        index = self._count - len(rows) + 1  # of rows[1]: the first frame with a predecessor
+        for i, d in enumerate(distances(rows[:-1], rows[1:])):
+            self._step(index + i, d, rows[i], rows[i + 1])
+
+    def _step(self, index: int, d: float, prev: np.ndarray, features: np.ndarray) -> None:
+        """Frame ``index`` changed by ``d`` from its predecessor ``prev``."""
         if self._run is None:
+            if d <= self._quiet:
+                self._recent.append(d)
+                return
             cut, low = self._thresholds()
             if d > cut:
                 self._boundary(index, index)

@@ -34,7 +34,8 @@ class Frame:
 class Video:
     """An open video file; use as a context manager and iterate :meth:`frames` once."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, threads: int = 0) -> None:
+        """``threads``: decoding threads; 0 lets FFmpeg choose (one per core, plus one)."""
         if "://" not in location and os.path.isfile(location) and os.path.getsize(location) == 0:
             raise VideoError("empty file (0 bytes)")
         try:
@@ -44,11 +45,14 @@ class Video:
         if not self._container.streams.video:
             self._container.close()
             raise VideoError("no video stream")
-        self._stream = self._container.streams.video[0]
-        # Frame + slice threading with FFmpeg's thread count (one per core), also when several
-        # workers share the cores: measured on 2 shared cores, 2 processes x all-core threads
-        # decoded faster than 2 x 1 thread (benchmarks/results/ingest/README.md).
+        # FFmpeg's choice (av_find_best_stream), not the first: a cover picture or thumbnail
+        # (web downloads embed one) may come first and is a single frame
+        self._stream = self._container.streams.best("video") or self._container.streams.video[0]
+        # Frame + slice threading. Ingest asks for 1 thread per worker once workers fill the cores:
+        # frame threading costs ~10% more CPU per frame, which a busy machine cannot spare
+        # (benchmarks/results/ingest/README.md).
         self._stream.thread_type = "AUTO"
+        self._stream.thread_count = threads
         self.fps = _nominal_fps(self._stream)
         self.decode_errors = 0  # packets the decoder rejected (see :meth:`frames`)
         self.last_error: str | None = None
@@ -72,11 +76,14 @@ class Video:
         first_pts: int | None = None
         index = 0
         for raw in self._decoded():
-            if raw.pts is None or raw.time_base is None:
+            pts, time_base = raw.pts, raw.time_base
+            if pts is None or time_base is None:
                 t = index / self.fps
             else:
-                first_pts = raw.pts if first_pts is None else first_pts
-                t = float((raw.pts - first_pts) * raw.time_base)
+                first_pts = pts if first_pts is None else first_pts
+                # = float((pts - first_pts) * time_base): integer true division rounds correctly
+                # too, without making a Fraction per frame
+                t = (pts - first_pts) * time_base.numerator / time_base.denominator
             yield Frame(index, t, raw)
             index += 1
 
