@@ -7,6 +7,10 @@ complete; the index records of a shard's videos are appended (one write, fsynced
 the rename. A killed run therefore leaves at worst a ``.tar.tmp`` (deleted on resume) or a
 renamed shard whose records did not all reach the index; :func:`recover` copies those
 records back from the shard's own ``.json`` members, so every video ends up exactly once.
+Each index record carries ``"shard_span": [start, end]``, the tar byte range of its sample (headers
+included), so a loader can read a video with one range request without scanning the shard first;
+the ``.json`` copy inside the shard lacks it (it is written before its own size is known), and
+:func:`recover` computes it from the shard's headers.
 Workers spool a video's JPEGs to ``OUT/spool/<key>.jpgs`` while decoding it; the writer
 copies them into the shard and deletes the file, and :func:`recover` deletes leftovers.
 """
@@ -24,6 +28,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Union
 
+from vivi.data.remote import is_url, join, open_file, read_bytes, read_failed, reason
 from vivi.errors import UserError
 
 INDEX_NAME = "index.jsonl"
@@ -106,8 +111,8 @@ class ShardWriter:
         self._records: list[dict] = []
 
     def add(self, record: dict, images: Images) -> list[dict]:
-        """Write one video's sample; sets ``record["shard"]``. Returns the records of a shard
-        this completed (when the video did not fit into the open one)."""
+        """Write one video's sample; sets ``record["shard"]`` and ``record["shard_span"]``. Returns
+        the records of a shard this completed (when the video did not fit into the open one)."""
         record["shard"] = self._shard_path()
         sizes = images.sizes() if isinstance(images, SpooledImages) else [len(d) for _, d in images]
         size = _member_size(len(json.dumps(record))) + sum(_member_size(n) for n in sizes)
@@ -117,9 +122,11 @@ class ShardWriter:
             record["shard"] = self._shard_path()
         if self._tar is None:
             self._open()
+        start = self._tar.offset
         for name, data in chain([(f"{record['key']}.json", json.dumps(record).encode())], images):
             _add_member(self._tar, name, data)
             self._size += _member_size(len(data))
+        record["shard_span"] = [start, self._tar.offset]  # what sample_spans reads from the headers
         self._records.append(record)
         return done
 
@@ -166,8 +173,13 @@ def read_records(index: Path) -> list[dict]:
     """Records of one index.jsonl; a torn last line (a write cut short) is ignored."""
     if not index.exists():
         return []
+    return parse_records(index.read_bytes(), str(index))
+
+
+def parse_records(data: bytes, index: str) -> list[dict]:
+    """The records in the bytes of index.jsonl ``index``; a torn last line is ignored."""
     records = []
-    lines = index.read_bytes().split(b"\n")
+    lines = data.split(b"\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -179,18 +191,37 @@ def read_records(index: Path) -> list[dict]:
     return records
 
 
-def read_index(outs: Iterable[Path]) -> list[dict]:
-    """All records of one or several ingest outputs, with ``shard`` made an absolute path."""
+def read_index(outs: Iterable[str | Path]) -> list[dict]:
+    """All records of one or several ingest outputs (local folders or URLs), with ``shard`` made
+    an absolute path or a URL."""
     records = []
     for out in outs:
-        index = Path(out) / INDEX_NAME
-        if not index.is_file():
-            raise UserError(f"{out}: no {INDEX_NAME} (run `vivi ingest` into it first)")
-        for record in read_records(index):
+        index = join(out, INDEX_NAME)
+        data = read_bytes(index)
+        if data is None:
+            hint = "; upload the whole ingest folder as is" if is_url(out) else ""
+            raise UserError(f"{out}: no {INDEX_NAME} (run `vivi ingest` into it first{hint})")
+        for record in parse_records(data, index):
             if record.get("shard"):
-                record["shard"] = str((Path(out) / record["shard"]).resolve())
+                record["shard"] = join(out, record["shard"])
             records.append(record)
     return records
+
+
+def sample_spans(shard: str) -> dict[str, tuple[int, int]]:
+    """Byte range of each sample (all members sharing a key) in a tar shard, from its headers only."""
+    spans: dict[str, tuple[int, int]] = {}
+    try:
+        with open_file(shard) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                key = member.name.split(".", 1)[0]
+                end = member.offset_data + -(-member.size // _BLOCK) * _BLOCK
+                spans[key] = (spans[key][0] if key in spans else member.offset, end)
+    except Exception as e:
+        if isinstance(e, UserError) or not read_failed(shard, e):
+            raise
+        raise UserError(f"{shard}: unreadable shard ({reason(e)}); re-run `vivi ingest` on its folder") from None
+    return spans
 
 
 def shard_records(shard: Path) -> Iterator[dict]:
@@ -219,10 +250,16 @@ def recover(out: Path) -> tuple[list[dict], int]:
     if referenced:  # the last shard whose records were being appended when the run died
         suspects.append(out / referenced[-1])
     keys = {r["key"] for r in records}
-    missing = [r for s in suspects if s.exists() for r in shard_records(s) if r["key"] not in keys]
+    missing = [r for s in suspects if s.exists() for r in _with_spans(s) if r["key"] not in keys]
     append_records(index, missing)
     numbers = [int(m.group(1)) for s in shards if (m := _SHARD_NAME.fullmatch(s.name))]
     return records + missing, max(numbers, default=-1) + 1
+
+
+def _with_spans(shard: Path) -> list[dict]:
+    """A shard's own records with the ``shard_span`` their ``.json`` copies could not hold."""
+    spans = sample_spans(str(shard))
+    return [{**r, "shard_span": list(spans[r["key"]])} for r in shard_records(shard)]
 
 
 def _rewrite_if_torn(index: Path, records: list[dict]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vivi.data.ingest import IngestSummary
+from vivi.data.remote import is_url
 from vivi.data.shards import INDEX_NAME, read_index
 from vivi.errors import UserError
 
@@ -34,15 +35,16 @@ class DatasetStats:
 
 
 def load_records(outs: Sequence[str | Path]) -> list[dict]:
-    """The index records of the ingest folders OUTS, checked to exist first (one-line errors)."""
+    """The index records of the ingest folders OUTS (local or URLs), checked to exist first
+    (one-line errors; ``read_index`` names a URL without an index)."""
     if not outs:
         raise UserError("no ingest folder given")
-    for out in map(Path, outs):
+    for out in (Path(o) for o in outs if not is_url(o)):
         if not out.is_dir():
             raise UserError(f"{out}: no such folder")
         if not (out / INDEX_NAME).is_file():
             raise UserError(f"{out}: no {INDEX_NAME} (not an ingest output; run `vivi ingest` into it first)")
-    return read_index(Path(o) for o in outs)
+    return read_index(outs)
 
 
 def compute_stats(records: Iterable[dict], folders: int = 1) -> DatasetStats:
@@ -121,5 +123,7 @@ def write_histograms(stats: DatasetStats, out_dir: Path) -> list[Path]:
 
 def ingest_stats(outs: Sequence[str | Path], out_dir: Path | None = None) -> tuple[DatasetStats, list[Path]]:
     """Read OUTS as one dataset; write the histograms to OUT_DIR (default: the first OUT)."""
+    if out_dir is None and outs and is_url(outs[0]):
+        raise UserError(f"{outs[0]} is a URL: give -o DIR for the histograms")
     stats = compute_stats(load_records(outs), folders=len(outs))
     return stats, write_histograms(stats, Path(out_dir) if out_dir is not None else Path(outs[0]))

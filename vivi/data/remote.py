@@ -1,0 +1,93 @@
+"""Ingested folders in object stores: paths that are URLs (``s3://``, ``gs://``, ``https://``, any
+fsspec URL) are read through fsspec, local paths with plain ``open``.
+
+Training reads one byte span per video (see :mod:`vivi.data.batches`): :func:`read_range` asks for
+exactly those bytes, one ranged GET (s3fs, gcsfs and http implement ``cat_file`` so), with no
+open file to hold, no size lookup per shard and no read-ahead block. URLs are kept as strings and
+joined as strings (``pathlib`` would fold ``s3://`` into ``s3:/``).
+Backends raise their own exception types (botocore, aiohttp, google-auth), so every failure of a
+remote read becomes one :class:`UserError` line naming the URL and the reason.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from vivi.errors import UserError
+
+LOCAL_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, tarfile.TarError)
+
+
+def is_url(path: str | Path) -> bool:
+    """A URL for fsspec (``scheme://...``); anything else is a local path."""
+    return "://" in str(path)
+
+
+def join(base: str | Path, relative: str) -> str:
+    """``base/relative``; a URL stays a URL, a local path becomes absolute."""
+    if is_url(base):
+        return f"{str(base).rstrip('/')}/{relative}"
+    return str((Path(base) / relative).resolve())
+
+
+def read_failed(path: str, error: Exception) -> bool:
+    """Whether ``error`` means "could not read ``path``": for a URL anything its backend raises
+    (botocore, aiohttp and google-auth each have their own types) except what only a bug raises;
+    for a local file the OS and format errors."""
+    if is_url(path):
+        return not isinstance(error, (TypeError, AttributeError, NameError, AssertionError))
+    return isinstance(error, LOCAL_ERRORS)
+
+
+def reason(error: BaseException) -> str:
+    """One line about an exception: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """fsspec's file system and path for ``url``; a missing backend names the package to install."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        missing = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "the fsspec backend"
+        scheme = url.split("://", 1)[0]
+        raise UserError(f"{url}: reading {scheme}:// needs `pip install {missing}` ({e})") from None
+    except Exception as e:  # "Protocol not known: xyz", or a backend refusing its settings
+        if not read_failed(url, e):
+            raise
+        raise UserError(f"{url}: {reason(e)}") from None
+
+
+def open_file(path: str) -> BinaryIO:
+    """``path`` opened for a sequential binary read (a URL with fsspec's read-ahead)."""
+    if not is_url(path):
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    fs, inner = _filesystem(path)
+    return fs.open(inner, "rb")
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes ``start:end`` of the file at ``url``: one ranged request of just those bytes. fsspec
+    keeps one file system instance per process (a forked loader worker makes its own)."""
+    fs, inner = _filesystem(url)
+    return fs.cat_file(inner, start=start, end=end)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The whole file, or None when it does not exist; other failures are one-line errors."""
+    if not is_url(path):
+        return Path(path).read_bytes() if Path(path).is_file() else None
+    fs, inner = _filesystem(path)
+    try:
+        return fs.cat_file(inner)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # no credentials, no such bucket, the network: every backend its own types
+        if not read_failed(path, e):
+            raise
+        raise UserError(f"{path}: cannot read ({reason(e)})") from None
