@@ -38,6 +38,7 @@ from vivi.data.batches import make_loader, training_videos
 from vivi.data.shards import read_index
 from vivi.models.backbone import build_backbone
 from vivi.models.vivi import VIVIModel, param_groups
+from vivi.train.loop import autocast_context
 from vivi.train.objective import VIVIObjective
 
 
@@ -52,12 +53,20 @@ def _timed(step, n: int, warmup: int = 3) -> list[float]:
     return times
 
 
+def _layout(cfg, x):
+    """The memory layout ``vivi pretrain`` gives the model and its input (``channels_last``)."""
+    return x.to(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
 def bare_step(cfg, frames: torch.Tensor):
-    net = build_backbone(cfg.model.backbone)
+    """The backbone in the same layout and precision as the full step: the baseline is its best self."""
+    net = _layout(cfg, build_backbone(cfg.model.backbone))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    frames = _layout(cfg, frames)
 
     def step() -> None:
-        loss = net(frames).square().mean()
+        with autocast_context(cfg, frames.device):
+            loss = net(frames).float().square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -67,15 +76,17 @@ def bare_step(cfg, frames: torch.Tensor):
 
 def full_step(cfg, batches):
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
-    model = VIVIModel(cfg)
+    model = _layout(cfg, VIVIModel(cfg))
     opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
     objective = VIVIObjective(cfg.loss)
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
         clips = next(batches)
-        frames = augment(clips.flatten(0, 2), cfg.augment, gen)
-        terms = objective(model(frames.view(v, k, f, *frames.shape[1:]), generator=gen), v, k, f)
+        frames = _layout(cfg, augment(clips.flatten(0, 2), cfg.augment, gen))
+        with autocast_context(cfg, frames.device):
+            output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen)
+        terms = objective(output, v, k, f)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -108,7 +119,8 @@ def main() -> None:
         v, k, f, s = cfg.data.videos, cfg.data.shots, cfg.data.frames, cfg.augment.image_size
         frames_per_step = v * k * f
         print(f"{a.preset} tiny: {v}x{k}x{f} = {frames_per_step} frames of {s}px per step; "
-              f"torch threads {torch.get_num_threads()}, loader workers {cfg.data.workers}, cores {os.cpu_count()}")
+              f"torch threads {torch.get_num_threads()}, loader workers {cfg.data.workers}, cores {os.cpu_count()}, "
+              f"channels_last {cfg.channels_last}, amp {cfg.amp}")
 
         torch.manual_seed(0)
         bare_fn = bare_step(cfg, torch.randn(frames_per_step, 3, s, s))

@@ -89,3 +89,13 @@ def test_augment_folds_scaling_colour_and_normalisation_into_one_matmul():
     flip = torch.rand(16, generator=g2) < 0.5
     sequential = normalize(color_distort(crop_resize(frames.float() / 255, boxes, 24, flip), cfg, g2))
     torch.testing.assert_close(fused, sequential, atol=1e-5, rtol=0)
+
+
+def test_network_input_normalises_and_is_channels_last():
+    from vivi.data.augment import MEAN, STD, network_input
+
+    images = torch.randint(0, 256, (3, 3, 5, 7), dtype=torch.uint8)
+    x = network_input(images)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (images.float() / 255.0 - mean) / std)
+    assert x.is_contiguous(memory_format=torch.channels_last)

@@ -134,7 +134,7 @@ def test_non_finite_loss_stops_with_step_terms_and_checkpoint(tiny_data, tmp_pat
     assert message.endswith(f"last good checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'}")
 
 
-def test_resume_accepts_other_loader_settings_but_not_another_run(tmp_path):
+def test_resume_accepts_other_runtime_settings_but_not_another_run(tmp_path):
     from vivi.config import apply_overrides, preset
     from vivi.errors import UserError
     from vivi.train.loop import _check_resume_config
@@ -142,5 +142,7 @@ def test_resume_accepts_other_loader_settings_but_not_another_run(tmp_path):
     cfg = preset("VIVI-Ex(4)")
     (tmp_path / "config.json").write_text(cfg.to_json() + "\n")
     _check_resume_config(tmp_path, apply_overrides(cfg, ["data.workers=4", "data.cache_mb=0"]))
-    with pytest.raises(UserError, match="different config"):
-        _check_resume_config(tmp_path, apply_overrides(cfg, ["optim.lr=0.5"]))
+    _check_resume_config(tmp_path, apply_overrides(cfg, ["channels_last=false", "compile=true"]))
+    for other in ("optim.lr=0.5", "amp=bf16", "data.frames=4"):
+        with pytest.raises(UserError, match="different config"):
+            _check_resume_config(tmp_path, apply_overrides(cfg, [other]))
