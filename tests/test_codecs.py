@@ -85,3 +85,57 @@ def test_variable_frame_rate_is_sampled_by_timestamp(tmp_path):
     assert kept == [(0, 0.0), (25, 1.0), (50, 2.0), (55, 3.0), (60, 4.0), (70, 5.0)]
     starts = [s["start_s"] for s in record["shots"]]
     assert starts == [0.0, 1.2]  # frame 30 at 30 * 40 ms
+
+
+def test_a_one_picture_stream_before_the_video_is_not_taken_for_it(tmp_path):
+    """A cover picture or thumbnail stream (web downloads embed one) may come first; the video
+    stream is FFmpeg's best, not simply the first."""
+    path = tmp_path / "with-cover.mkv"
+    with av.open(str(path), "w") as container:
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 16, 16, "yuvj420p"
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        container.mux(cover.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")))
+        container.mux(cover.encode())
+        for i in range(2 * CUT):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")))
+        container.mux(stream.encode())
+    run_ingest(path, tmp_path / "out", fps=1.0)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert (record["status"], record["width"], record["num_frames"], len(record["shots"])) == ("ok", W, 2 * CUT, 2)
+
+
+def test_frame_times_are_the_exact_fractions_of_the_time_base(tmp_path):
+    """NTSC's 30000/1001 fps in 1/30000 s ticks: each time is (pts - first pts) * time base,
+    rounded once (a float time base, rounded first, is off in the last bit for many frames)."""
+    from vivi.data.video import Video
+
+    path = tmp_path / "ntsc.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(90):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        raw = [(f.pts, f.time_base) for f in container.decode(video=0)]
+    expected = [float((pts - raw[0][0]) * time_base) for pts, time_base in raw]
+    with Video(str(path)) as video:
+        times = [frame.t for frame in video.frames()]
+    assert times == expected and len(set(times)) == 90
+    assert any(t != (pts - raw[0][0]) * float(tb) for t, (pts, tb) in zip(times, raw)), "the test can tell"
+
+
+def test_decoding_threads_are_set_as_asked(tmp_path):
+    from vivi.data.video import Video
+
+    path = tmp_path / "v.mp4"
+    write(path, "libx264", frames=12)
+    decoded = {}
+    for threads in (0, 1):
+        with Video(str(path), threads) as video:
+            decoded[threads] = [(f.t, video.thumbnail(f, 16).tobytes()) for f in video.frames()]
+            if threads:
+                assert video._stream.codec_context.thread_count == threads
+    assert decoded[0] == decoded[1] and len(decoded[1]) == 12

@@ -62,3 +62,22 @@ def test_lr_schedule_warmup_and_steps():
     opt.steps, opt.warmup_steps, opt.decay_steps, opt.lr = 10, 2, [6, 8], 1.0
     lr = lr_schedule(opt)
     assert lr.tolist() == pytest.approx([0.5, 1, 1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ("optim.steps=0", "optim.steps=0: expected >= 1"),  # would export an untrained backbone
+        ("ckpt_every=0", "ckpt_every=0: expected >= 1"),  # a ZeroDivisionError after the first step
+        ("log_every=0", "log_every=0: expected >= 1"),
+        ("optim.lr=-1", "optim.lr=-1.0: expected >= 0"),  # torch's ValueError traceback
+        ("loss.video_weight=nan", "loss.video_weight=nan: expected a finite number"),
+        ("augment.crop_scale=0.08,nan", "augment.crop_scale=nan: expected a finite number"),
+        ("amp=fp8", "amp='fp8': expected 'auto', 'bf16', 'fp16' or 'off'"),  # a KeyError after the model was built
+        ("model.backbone.width_factor=0", "model.backbone.width_factor=0: expected >= 1"),
+    ],
+)
+def test_values_that_cannot_train_are_refused_before_any_work(bad, needle):
+    with pytest.raises(UserError) as info:
+        apply_overrides(preset("VIVI-Ex(4)"), [bad])
+    assert str(info.value) == needle

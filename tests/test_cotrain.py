@@ -199,3 +199,18 @@ def test_supervised_baseline_learns_the_folder_labels_from_the_cli(tmp_path, one
     # 2 of 4 images per class are kept: 6 images, one batch of 6 per step
     assert main([*argv[:-6], "--out", str(tmp_path / "r2"), "--steps", "1", "--set", "data.videos=7",
                  *sum((["--set", x] for x in TINY), [])]) == 2
+
+
+def test_a_broken_training_image_is_replaced_by_the_next_one_with_a_warning(tmp_path, capsys):
+    """A run must not stop (again at every resume) on one broken file; the stand-in is a pure
+    function of the step, so resuming stays exact, and it brings its own label."""
+    from vivi.data.images import StepImages
+
+    write_folder(tmp_path, classes=2, per_class=2, size=(8, 8))
+    (tmp_path / "c0" / "1.png").write_bytes(b"truncated")
+    folder = scan_images(tmp_path, labelled=True)
+    images, labels = StepImages(folder, batch=4, size=8, seed=0)[0]  # one pass: every image once
+    assert sorted(labels.tolist()) == [0, 1, 1, 1]  # c0/1.png -> c1/0.png, the next in the folder
+    assert torch.equal(StepImages(folder, batch=4, size=8, seed=0)[0][0], images)
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'c0' / '1.png'}: unreadable image" in err and "replaced by the next image" in err

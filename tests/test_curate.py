@@ -83,3 +83,22 @@ def test_cli_curates_with_a_probe_classifier(tiny_data, tmp_path, capsys):
     assert report["classes"] == ["blue", "red"] and len(report["videos"]) == 3
     assert len(out.read_text().splitlines()) == sum(report["after"])
     assert main(["curate", str(tiny_data), "--classifier", str(tmp_path), "-o", str(out)]) == 2  # not a run
+
+
+def test_the_curated_list_can_be_ingested_from_anywhere(tmp_path, monkeypatch):
+    """Sources were given relative to the folder ingest ran in; the list must not depend on that
+    (a list's relative lines are read relative to the list's own folder)."""
+    from test_ingest import write_video
+
+    from vivi.data.ingest import ingest
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "videos").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        write_video(tmp_path / "videos" / name, [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)] * 20)
+    monkeypatch.chdir(tmp_path)
+    ingest("videos", Path("data"), fps=2.0, progress=False)
+    result = curate([Path("data")], lambda images: np.ones((len(images), 1)), ["all"], size=16, progress=False)
+    listing, _ = write_curation(result, tmp_path / "elsewhere" / "list.txt")
+    assert sorted(Path(p).name for p in listing.read_text().splitlines()) == ["a.mp4", "b.mp4"]
+    assert ingest(listing, tmp_path / "again", fps=2.0, progress=False).videos_ok == 2

@@ -119,3 +119,16 @@ def test_frame_cache_is_a_bounded_lru_that_owns_its_frames():
     cache.put("huge", torch.zeros(200, dtype=torch.uint8))  # larger than the cache: not kept
     assert cache.get("huge") is None and len(cache) == 2
     assert (cache.hits, cache.misses) == (5, 2)
+
+
+@pytest.mark.parametrize("w, h", [(40, 20), (400, 200)])  # the torchvision path and PIL's draft path
+def test_exif_orientation_is_applied_on_both_decode_paths(w, h):
+    """Phone photos are stored sideways with an EXIF orientation; they must stand upright."""
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, : w // 2] = 255  # left half white
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the white half goes to the top
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95, exif=exif)
+    out = load_frame(buf.getvalue(), 16).float().mean(0)
+    assert out[:4].mean() > 200 and out[-4:].mean() < 50

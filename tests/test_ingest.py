@@ -397,5 +397,89 @@ def test_a_listed_file_that_is_gone_is_an_error_record(videos, tmp_path):
     summary = run_ingest(listing, tmp_path / "out", fps=1.0)
     records = {Path(r["source"]).name: r for r in read_records(tmp_path / "out" / INDEX_NAME)}
     assert (summary.videos_ok, summary.videos_error) == (1, 1)
-    assert records["gone.mp4"]["error"] == "cannot open: No such file or directory"
+    assert records["gone.mp4"]["error"] == f"no such file: {tmp_path / 'gone.mp4'}"  # where it was looked for
 
+
+
+def test_ctrl_c_keeps_the_videos_finished_so_far(videos, tmp_path, monkeypatch):
+    """Finished videos wait in the open shard; an interrupt closes it instead of throwing it away."""
+    import vivi.data.ingest as ingest_module
+
+    root, _ = videos
+    real = ingest_module._process
+
+    def interrupted_on_the_third(source, options):
+        if source.location.endswith("clip2.mp4"):
+            raise KeyboardInterrupt
+        return real(source, options)
+
+    monkeypatch.setattr(ingest_module, "_process", interrupted_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(root, tmp_path, fps=1.0)
+    assert [Path(r["source"]).name for r in read_records(tmp_path / INDEX_NAME)] == ["clip0.mp4", "clip1.mp4"]
+    monkeypatch.setattr(ingest_module, "_process", real)
+    assert run_ingest(root, tmp_path, fps=1.0).videos_ok == 1
+    assert_exactly_once(tmp_path, 3)
+
+
+def test_sigterm_interrupts_like_ctrl_c_but_never_inside_a_write():
+    from vivi.data.ingest import _Interrupts
+
+    with _Interrupts() as stop:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        finished = False
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                finished = True  # the block ran to its end before the interrupt was raised
+        assert finished
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_out_that_is_a_file_and_changed_options_are_one_line_errors(videos, tmp_path):
+    root, _ = videos
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="file: exists and is not a folder"):
+        run_ingest(root, tmp_path / "file")
+    run_ingest(root / "clip0.mp4", tmp_path / "out", fps=1.0)
+    with pytest.raises(UserError, match=r"out: was ingested with fps=1.0 \(now 2.0\); re-run with the same options"):
+        run_ingest(root, tmp_path / "out", fps=2.0)  # would mix 1 Hz and 2 Hz videos in one dataset
+    assert run_ingest(root, tmp_path / "out", fps=1.0).videos_ok == 2
+
+
+def test_folders_follow_links_skip_hidden_files_and_note_other_files(videos, tmp_path, capsys):
+    """A linked folder's videos are not silently missing; a broken link is an error record."""
+    root, _ = videos
+    src = tmp_path / "src"
+    (src / "linked").parent.mkdir()
+    (src / "linked").symlink_to(root / "sub")
+    (src / "a.M4V").write_bytes((root / "clip0.mp4").read_bytes())
+    (src / "broken.mp4").symlink_to(tmp_path / "gone.mp4")
+    (src / "._a.mp4").write_bytes(b"AppleDouble")
+    (src / "notes.txt").write_text("x")
+    sources = list_sources(src)
+    assert [Path(s.given).name for s in sources] == ["a.M4V", "broken.mp4", "clip2.mp4"]
+    assert "ignored 1 file that is not a video (.txt: 1)" in capsys.readouterr().err
+    run_ingest(src, tmp_path / "out", fps=1.0)
+    records = {Path(r["source"]).name: r for r in read_records(tmp_path / "out" / INDEX_NAME)}
+    assert records["broken.mp4"]["error"] == f"no such file: {tmp_path / 'gone.mp4'}"
+    assert records["clip2.mp4"]["status"] == records["a.M4V"]["status"] == "ok"
+
+
+def test_workers_that_fill_the_cores_decode_with_one_thread_each(monkeypatch):
+    from vivi.data.ingest import _decode_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [_decode_threads(w) for w in (1, 2, 3)] == [0, 1, 1]  # 0: FFmpeg's choice for a lone worker
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [_decode_threads(w) for w in (1, 2, 8)] == [0, 4, 1]
+
+
+def test_the_ingest_module_leaves_decoding_modules_to_the_workers():
+    """The main process starts workers sooner without PyAV and Pillow; workers need no tqdm."""
+    code = "import sys, vivi.data.ingest; print(sorted({'av', 'PIL', 'tqdm'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

@@ -165,3 +165,43 @@ def test_evaluate_tasks_refuses_other_runs_file_and_unknown_protocol(tmp_path):
         suite.evaluate_tasks(TinyCNN(), [], image_size=8, out_json=out, model_name="tiny", progress=False)
     with pytest.raises(UserError, match=r"nope: unknown protocol \(available: linear, knn, finetune, corruptions, vtab1k\)"):
         suite.evaluate_tasks(TinyCNN(), [], protocol="nope")
+
+
+def _image_folder(root: Path, per_class: int = 4) -> Path:
+    from PIL import Image
+
+    for split, n in (("train", per_class), ("test", 2)):
+        for c, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
+            (root / split / str(c)).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (6, 6), colour).save(root / split / str(c) / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_unreadable_images_are_skipped_named_and_kept_in_the_results(tmp_path, capsys, protocol):
+    """One broken file must not stop an evaluation: it is left out of the probe and named."""
+    from vivi.data.tasks import load_tasks
+
+    root = _image_folder(tmp_path / "d")
+    (root / "train" / "0" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    (root / "test" / "1" / "1.png").write_bytes(b"")
+    out = tmp_path / "r.json"
+    result = suite.evaluate_tasks(TinyCNN(), load_tasks(f"imagefolder:{root}"), protocol=protocol, image_size=8,
+                                  out_json=out, model_name="tiny", progress=False)  # fmt: skip
+    (entry,) = result["tasks"]
+    assert entry["n_train"] + entry["n_val"] == 7 and entry["n_test"] == 3
+    assert entry["skipped_images"] == [f"{root / 'train/0/0.png'} (not an image format PIL can read)",
+                                       f"{root / 'test/1/1.png'} (empty file (0 bytes))"]  # fmt: skip
+    assert json.loads(out.read_text())["tasks"][0]["skipped_images"] == entry["skipped_images"]
+    assert "skipped 2 unreadable images" in capsys.readouterr().err
+
+
+def test_a_class_with_no_readable_training_image_is_an_error(tmp_path):
+    from vivi.data.tasks import load_tasks
+
+    root = _image_folder(tmp_path / "d")
+    for path in (root / "train" / "1").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"no readable training image left in class 1; skipped 4 unreadable"):
+        _run(load_tasks(f"imagefolder:{root}"), tmp_path / "r.json")

@@ -89,3 +89,17 @@ def test_vivi_model_outputs():
     assert out.exemplar.shape == (16, 1000)
     assert torch.allclose(out.exemplar.norm(dim=1), torch.ones(16), atol=1e-5)
     assert out.predictions.shape == (2, 3, 512) and out.keys.shape == (2, 4, 512)
+
+
+def test_an_unfinished_run_and_a_run_s_backbone_file_are_named_after_the_run(tmp_path):
+    from vivi.evaluate.encoders import load_encoder
+
+    run = tmp_path / "my-run"
+    save_checkpoint(run, 5, {"step": 5, "model": {"w": torch.ones(2)}})
+    with pytest.raises(UserError, match="my-run: the run has checkpoints but no backbone.safetensors yet"):
+        load_encoder(str(run))
+    spec = BackboneConfig(layers=[1, 1, 1, 1], channels=[8, 8, 8, 8], stem_chs=8)
+    save_backbone(build_backbone(spec), spec, run / "backbone.safetensors", extra={"image_size": "32"})
+    assert load_encoder(str(run / "backbone.safetensors")).name == "my-run"  # not "backbone" for every run
+    (run / "backbone.safetensors").rename(tmp_path / "exported.safetensors")
+    assert load_encoder(str(tmp_path / "exported.safetensors")).name == "exported"

@@ -170,3 +170,61 @@ def test_load_frame_resizes_short_side_and_centre_crops():
     out = load_frame(buf.getvalue(), 30)
     assert out.shape == (3, 30, 30) and out.dtype == torch.uint8
     assert out.float().mean() > 240  # the centre crop keeps only the white band
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ingest", "SRC"], ["pretrain", "--preset", "Ex-YT-F", "--data", "SRC", "--out"], ["report", "RES", "-o"],
+     ["evaluate", "random:tiny", "--task", "mini-vtab", "--out"]],
+)
+def test_cli_output_that_cannot_be_written_is_a_one_line_error_before_any_work(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = {"model": "m", "tasks": [{"task": "t", "group": "g", "accuracy": 1.0}]}
+    (tmp_path / "res.json").write_text(json.dumps(result))
+    (tmp_path / "list.txt").write_text("video.mp4\n")
+    args = [{"SRC": str(tmp_path / "list.txt"), "RES": str(tmp_path / "res.json")}.get(a, a) for a in command]
+    res = _vivi(*args, str(blocker / "out.json") if command[0] == "evaluate" else str(blocker))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(f"vivi: error: {blocker}")
+
+
+def test_cli_turns_an_os_error_on_a_named_file_into_one_line(monkeypatch, capsys):
+    """A full disk or a vanished folder mid-command is the user's to fix: one line, no traceback."""
+    from vivi import cli
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", "/data/out/shard-000001.tar.tmp")
+
+    monkeypatch.setattr(cli, "_report", full_disk)
+    assert cli.main(["report", "x.json", "-o", "out"]) == 2
+    assert capsys.readouterr().err == "vivi: error: /data/out/shard-000001.tar.tmp: No space left on device\n"
+
+
+def test_a_folder_given_twice_gives_each_video_once(tiny_data, capsys):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=2"]).data
+    once = training_videos(read_index([tiny_data]), cfg, "x")
+    twice = training_videos(read_index([tiny_data, tiny_data]), cfg, "x")
+    assert [r["key"] for r in twice.records] == [r["key"] for r in once.records]
+    assert f"x: {len(once)} videos appear more than once" in capsys.readouterr().err
+
+
+def test_fewer_videos_than_the_batch_needs_is_said(tiny_data, tmp_path, capsys, one_thread):
+    """Repeated videos in a batch make some negatives a positive's own video: the user is told."""
+    tiny = ["data.videos=8", "data.workers=0", "optim.steps=1", "model.backbone.channels=8,8,8,8"]
+    cfg = apply_overrides(preset("Ex-YT-F"), tiny)
+    pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    assert "3 usable videos for data.videos=8 per batch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--steps", "0"), ("--lr", "-1"), ("--lr", "nan"), ("--image-size", "0"), ("--k", "-1")]
+)
+def test_cli_evaluate_numbers_that_would_be_ignored_or_crash_are_refused(option, value, capsys):
+    """--steps 0 or --image-size 0 used to fall back to the default silently; --lr -1 was a traceback."""
+    from vivi.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent", option, value])
+    assert info.value.code == 2
+    assert f"argument {option}: '{value}': expected a number" in capsys.readouterr().err

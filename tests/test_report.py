@@ -46,11 +46,12 @@ def test_table_groups_columns_and_means():
     assert header == ["model", "objects", "textures", "scan", "count", "depth", "natural mean",
                       "specialized mean", "structured mean", "mean"]  # fmt: skip
     ex = [c.strip() for c in lines[4].strip("|").split("|")]
-    # natural (80 + 61) / 2 = 70.5; structured 30; mean (30 + 80 + 61 + 70) / 4 = 60.25
-    assert ex == ["Ex-YT-F", "80.0", "61.0", "70.0", "30.0", "-", "70.5", "70.0", "30.0", "60.2"]
+    # natural (80 + 61) / 2 = 70.5; structured 30; mean (30 + 80 + 61 + 70) / 4 = 60.25; a mean that
+    # misses a task of the table (depth) is marked: it is not comparable with a complete row's
+    assert ex == ["Ex-YT-F", "80.0", "61.0", "70.0", "30.0", "-", "70.5", "70.0", "30.0*", "60.2*"]
     vivi = [c.strip() for c in lines[5].strip("|").split("|")]
     # structured (45 + 50) / 2 = 47.5; mean (90 + 45 + 50) / 3 = 61.67
-    assert vivi == ["VIVI-Ex(4)", "90.0", "-", "-", "45.0", "50.0", "90.0", "-", "47.5", "61.7"]
+    assert vivi == ["VIVI-Ex(4)", "90.0", "-", "-", "45.0", "50.0", "90.0*", "-", "47.5", "61.7*"]
     assert len({len(line) for line in lines[2:]}) == 1  # fixed width
     assert "natural: objects, textures; specialized: scan; structured: count, depth" in lines[0]
 
@@ -110,3 +111,24 @@ def test_report_with_differences_and_training_curves(tmp_path):
     (run_b / "metrics.jsonl").write_text("{broken\n")
     with pytest.raises(UserError, match="metrics.jsonl: not a run's metrics.jsonl"):
         curves_plot([run_a, run_b], tmp_path / "c.png")
+
+
+def test_results_of_one_model_in_several_files_are_one_row(tmp_path):
+    """A model evaluated on mini-vtab and on an image folder separately is one row, not two
+    rows of dashes (and no difference plot of the model against itself)."""
+    paths = []
+    for name, accs in [("a", {("natural", "objects"): 80.0}), ("b", {("custom", "mine"): 60.0})]:
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(_result("Ex-YT-F", accs)))
+    (row,) = load_results(paths)
+    assert [t["task"] for t in row["tasks"]] == ["objects", "mine"] and row["mean"] == 70.0
+    md, _ = write_report(load_results(paths), tmp_path / "report")
+    assert "| Ex-YT-F | 80.0 | 60.0 |" in md.read_text().replace("  ", " ").replace("  ", " ")
+
+
+def test_default_differences_skip_models_without_a_shared_task(tmp_path):
+    results = [RESULTS[0], _result("other", {("custom", "mine"): 50.0})]
+    md, _ = write_report(results, tmp_path / "report")
+    assert "No difference plot for other: no task in common with Ex-YT-F." in md.read_text()
+    with pytest.raises(UserError, match="share no task"):  # asked for explicitly: an error
+        write_report(results, tmp_path / "report", pairs=[(0, 1)])

@@ -180,3 +180,18 @@ def test_a_co_trained_head_classifies_the_world_frames(tmp_path, tiny_data, tiny
     entry = result["tasks"][0]
     assert entry["classifier"] == "head" and "C" not in entry
     assert 0 <= entry["pmk_accuracy"] <= entry["anchor_accuracy"] <= 100
+
+
+def test_broken_frames_drop_their_sequence_and_are_listed(tmp_path, capsys):
+    """A broken test frame would be read as black and counted as a (wrong) prediction, and dropping
+    just the frame would make its neighbours look adjacent: its sequence is left out, and said so."""
+    root = _frames_dir(tmp_path / "vids")
+    _png(root / "test" / "blue" / "v3" / "f00.png", BLUE)
+    (root / "test" / "blue" / "v3" / "f01.png").write_bytes(b"")
+    (root / "train" / "red" / "0.png").write_bytes(b"not a png")
+    result = evaluate_robustness(Encoder("colour", MeanColour(), 4), f"frames:{root}", k=1, progress=False)
+    (e,) = result["tasks"]
+    assert (e["n_sequences"], e["n_anchors"], e["n_train"]) == (2, 4, 9)
+    assert e["skipped_images"] == [f"{root / 'train/red/0.png'} (not an image format PIL can read)",
+                                   f"{root / 'test/blue/v3/f01.png'} (empty file (0 bytes))"]  # fmt: skip
+    assert "left out 1 sequences with unreadable frames: blue/v3" in capsys.readouterr().err

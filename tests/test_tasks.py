@@ -198,3 +198,50 @@ def test_array_split_subset():
     sub = split.subset([3, 1])
     assert len(sub) == 2 and sub.labels.tolist() == [1, 1]
     assert torch.equal(sub.images([0]), split.images([3]))
+
+
+def test_high_bit_depth_greys_keep_their_brightness(tmp_path):
+    """PIL's convert("RGB") clips 16-bit greys to white; they must come out as their 8-bit level."""
+    from vivi.data.tasks import read_image
+
+    Image.fromarray(np.full((4, 6), 128 * 257, np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray(np.full((4, 6), 0.5, np.float32)).save(tmp_path / "float.tif")
+    for name in ("sixteen.png", "float.tif"):
+        assert read_image(tmp_path / name)[:, 0, 0].tolist() == [128, 128, 128], name
+
+
+def test_unreadable_images_become_black_and_are_recorded_only_with_a_size(tmp_path):
+    root = _folder(tmp_path / "d", {"train": {"x": 2, "y": 2}, "test": {"x": 2, "y": 1}})
+    (root / "test" / "x" / "1.png").write_bytes(b"")
+    (root / "test" / "y" / "link.png").symlink_to(tmp_path / "gone.png")
+    (task,) = load_tasks(f"imagefolder:{root}")
+    assert len(task.test) == 4  # a broken link to an image is listed, so that it is reported
+    batch = task.test.images(range(4), size=5)
+    assert batch[1].sum() == 0 and batch[0].sum() > 0
+    assert task.test.readable().tolist() == [True, False, True, False]
+    assert task.test.broken == {
+        root / "test/x/1.png": "empty file (0 bytes)", root / "test/y/link.png": "broken symbolic link"
+    }
+    assert task.test.subset([1, 2]).readable().tolist() == [False, True]  # subsets know what their parent found
+
+
+def test_linked_folders_are_followed_hidden_files_skipped_and_other_files_noted(tmp_path, capsys):
+    root = _folder(tmp_path / "d", {"train": {"x": 2}, "test": {"x": 1, "y": 1}})
+    _folder(tmp_path / "elsewhere", {"y": {"deep": 2}})
+    (root / "train" / "y").symlink_to(tmp_path / "elsewhere" / "y")  # a linked class folder ...
+    (root / "train" / "x" / "more").symlink_to(tmp_path / "elsewhere" / "y" / "deep")  # ... and subfolder
+    (root / "train" / "x" / "._0.png").write_bytes(b"AppleDouble")
+    (root / "train" / "x" / "notes.txt").write_text("hi")
+    (root / "train" / "x" / "Thumbs.db").write_bytes(b"\0")
+    (task,) = load_tasks(f"imagefolder:{root}")
+    assert len(task.train) + len(task.val) == 6
+    assert "train: ignored 1 file that is not an image (.txt: 1)" in capsys.readouterr().err
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_that_still_covers_the_size(tmp_path):
+    from vivi.data.tasks import read_image
+
+    Image.new("RGB", (800, 600), (10, 120, 200)).save(tmp_path / "photo.jpg", quality=90)
+    small = read_image(tmp_path / "photo.jpg", at_least=64)
+    assert small.shape == (3, 75, 100)  # 1/8 scale: both sides still >= 64
+    assert read_image(tmp_path / "photo.jpg").shape == (3, 600, 800)

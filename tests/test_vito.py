@@ -149,3 +149,20 @@ def test_attention_images_for_a_trained_run(tiny_data, tmp_path):
     mean_run = pretrain(apply_overrides(preset("Ex-YT-S"), ["data.videos=4", "data.workers=0", "optim.steps=1", "device=cpu"]),
                         [tiny_data], tmp_path / "mean", progress=False)
     assert main(["attention", str(mean_run), str(frames), "-o", str(tmp_path / "x")]) == 2
+
+
+def test_attention_frames_skip_hidden_files_and_broken_images(tmp_path, capsys):
+    """A folder of frames copied from a Mac holds ._name files; one broken frame must not stop it."""
+    from PIL import Image
+
+    from vivi.data.images import load_readable
+    from vivi.evaluate.attention import frame_files
+
+    Image.new("RGB", (12, 10), (200, 30, 30)).save(tmp_path / "f0.jpg")
+    (tmp_path / "._f0.jpg").write_bytes(b"AppleDouble")
+    (tmp_path / "broken.png").write_bytes(b"")
+    files = frame_files([tmp_path], limit=16)
+    assert [f.name for f in files] == ["broken.png", "f0.jpg"]
+    pixels, kept = load_readable(files, 8, "vivi attention")
+    assert pixels.shape == (1, 3, 8, 8) and kept == [1]
+    assert f"skipped 1 unreadable image: {tmp_path / 'broken.png'} (empty file (0 bytes))" in capsys.readouterr().err

@@ -172,3 +172,27 @@ def test_finetune_protocol_uses_the_given_setting(monkeypatch, one_thread):
                                    scale="test", setting=FinetuneSetting(0.05, 4))  # fmt: skip
     (entry,) = results["tasks"]
     assert (entry["lr"], entry["steps"], entry["n_train"], results["lr"]) == (0.05, 4, 24, 0.05)
+
+
+def test_finetune_protocol_uses_a_small_image_folder_whole_and_skips_broken_files(tmp_path, capsys, one_thread):
+    """A user's folder smaller than VTAB-1k's 800 + 200 is fine-tuned on whole (vtab1k, which compares
+    a sweep across tasks, still refuses it); broken files are left out and named."""
+    from PIL import Image
+
+    from vivi.data.tasks import load_tasks
+    from vivi.evaluate.suite import evaluate_tasks
+
+    root = tmp_path / "d"
+    for split, n in (("train", 5), ("test", 2)):
+        for c, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
+            (root / split / str(c)).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (6, 6), colour).save(root / split / str(c) / f"{i}.png")
+    (root / "train" / "1" / "0.png").write_bytes(b"")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    result = evaluate_tasks(model, load_tasks(f"imagefolder:{root}"), protocol="finetune", image_size=8,
+                            setting=FinetuneSetting(0.01, 2), progress=False)  # fmt: skip
+    (entry,) = result["tasks"]
+    assert (entry["n_train"], entry["n_test"]) == (9, 4)
+    assert entry["skipped_images"] == [f"{root / 'train/1/0.png'} (empty file (0 bytes))"]
+    assert "fine-tuning on all 8 train + 2 val images" in capsys.readouterr().err

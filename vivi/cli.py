@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from vivi.data.files import output_dir
 from vivi.errors import UserError
 
 
@@ -38,7 +41,8 @@ def _ingest_stats(a: argparse.Namespace) -> None:
 def _attention(a: argparse.Namespace) -> None:
     from vivi.evaluate.attention import write_attention
 
-    written = write_attention(Path(a.run), [Path(f) for f in a.frames], Path(a.o), limit=a.max)
+    out = output_dir(Path(a.o), create=False)
+    written = write_attention(Path(a.run), [Path(f) for f in a.frames], out, limit=a.max)
     print(f"wrote {written[0]} and {len(written) - 1} per-frame images to {a.o}")
 
 
@@ -46,6 +50,7 @@ def _curate(a: argparse.Namespace) -> None:
     from vivi.data.curate import curate, format_histograms, write_curation
     from vivi.evaluate.classifier import head_classifier, probe_classifier
 
+    output_dir(Path(a.o).parent, create=False)  # before the scoring, not after it
     clf = probe_classifier(a.classifier, a.labelled) if a.labelled else head_classifier(Path(a.classifier))
     result = curate([Path(o) for o in a.outs], clf.probabilities, clf.classes, clf.size, a.target, a.frames)
     listing, details = write_curation(result, Path(a.o))
@@ -62,6 +67,7 @@ def _study(a: argparse.Namespace) -> None:
 
 def _pretrain(a: argparse.Namespace) -> None:
     from vivi.config import apply_overrides, preset
+    from vivi.data.remote import is_url
     from vivi.train.loop import pretrain
 
     cfg = preset(a.preset, a.scale)
@@ -85,7 +91,8 @@ def _pretrain(a: argparse.Namespace) -> None:
                 f"preset {a.preset} trains on ingested videos: pass --data DIR (--images is for Ex-/Rot-ImageNet)"
             )
         sources = a.data
-    run = pretrain(cfg, [Path(d) for d in sources], Path(a.out))
+    out = output_dir(Path(a.out), create=False)  # a file there is found now, not after the data is read
+    run = pretrain(cfg, [d if is_url(d) else Path(d) for d in sources], out)  # a URL stays a string
     print(f"backbone: {run / 'backbone.safetensors'}  (load with vivi.load_backbone({str(run)!r}))")
 
 
@@ -131,6 +138,8 @@ def _evaluate(a: argparse.Namespace) -> None:
     if a.protocol not in protocols:
         raise UserError(f"--protocol {a.protocol}: unknown protocol (available: {', '.join(protocols)})")
     scale = vtab1k_scale(a.scale)
+    if a.out:
+        output_dir(Path(a.out).parent, create=False)  # an unusable --out is found now, not after the first task
     enc = load_encoder(a.model, device=a.device, seed=a.seed, image_size=a.image_size)
     cache, out, name = Path(a.cache) if a.cache else None, Path(a.out) if a.out else None, a.name or enc.name
     if a.protocol == "robustness":
@@ -162,6 +171,7 @@ def _report(a: argparse.Namespace) -> None:
     from vivi.evaluate.report import find_pair, load_results, results_table, write_report
 
     results = load_results([Path(p) for p in a.results])
+    output_dir(Path(a.o), create=False)
     pairs = [find_pair(results, a.diff)] if a.diff else None
     md, png = write_report(results, Path(a.o), pairs=pairs, runs=[Path(r) for r in a.runs or []])
     print(results_table(results))
@@ -172,6 +182,24 @@ def _demo(a: argparse.Namespace) -> None:
     from vivi.demo import run_demo
 
     run_demo(Path(a.out), seeds=a.seeds, videos=a.videos, steps=a.steps)
+
+
+def _positive(kind: type, minimum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number of ``kind``, above 0 (or at least ``minimum``), so that 0
+    is not silently read as "the default" and a negative rate is not a traceback."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number of type {kind.__name__}") from None
+        ok = math.isfinite(value) and (value > 0 if minimum is None else value >= minimum)
+        if not ok:
+            bound = "> 0" if minimum is None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {bound}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,13 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_ingest)
 
     s = sub.add_parser("ingest-stats", help="summarise one or several ingest folders as one dataset, with histograms")
-    s.add_argument("outs", nargs="+", metavar="OUT", help="ingest output folders (e.g. the parts of an array job)")
-    s.add_argument("-o", metavar="DIR", help="where the PNG histograms go (default: the first OUT)")
+    s.add_argument(
+        "outs", nargs="+", metavar="OUT", help="ingest output folders or their URLs (e.g. the parts of an array job)"
+    )
+    s.add_argument("-o", metavar="DIR", help="where the PNG histograms go (default: the first OUT; needed for a URL)")
     s.set_defaults(func=_ingest_stats)
 
     s = sub.add_parser("pretrain", help="self-supervised pretraining with a paper preset")
     s.add_argument("--preset", required=True, help="a model name of the paper, e.g. VIVI-Ex(4); see `vivi presets`")
-    s.add_argument("--data", action="append", help="an ingested folder (repeat for several)")
+    s.add_argument(
+        "--data", action="append", help="an ingested folder or its URL, e.g. s3://bucket/part-0 (repeat for several)"
+    )
     s.add_argument("--images", help="an image folder (DIR/* or DIR/<class>/*): the data of Ex-/Rot-ImageNet")
     s.add_argument("--labelled", help="co-training's labelled images: imagefolder:DIR (DIR/<class>/*)")
     s.add_argument(
@@ -280,15 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--protocol", default="linear", help="linear | knn | finetune | vtab1k | robustness | corruptions")
     s.add_argument("--scale", default="tiny", help="fine-tune sizes: tiny (CPU) | paper (VTAB's sweep, batch 512)")
-    s.add_argument("--lr", type=float, help="finetune: learning rate (default: the scale's first)")
-    s.add_argument("--steps", type=int, help="finetune: steps (default: the scale's first)")
-    s.add_argument("--k", type=int, default=4, help="robustness: neighbours within k frames must be right too")
+    s.add_argument("--lr", type=_positive(float), help="finetune: learning rate (default: the scale's first)")
+    s.add_argument("--steps", type=_positive(int), help="finetune: steps (default: the scale's first)")
+    s.add_argument(
+        "--k", type=_positive(int, minimum=0), default=4, help="robustness: neighbours within k frames must be right too"
+    )
     s.add_argument(
         "--head", action="store_true",
         help="robustness: classify with a co-trained run's own head (classes matched by name) instead of a probe",
     )
     s.add_argument("--vtab-root", help="folder holding the VTAB data (default: $VIVI_VTAB_ROOT)")
-    s.add_argument("--image-size", type=int, help="input resolution (default: the model's own; timm: 224)")
+    s.add_argument("--image-size", type=_positive(int), help="input resolution (default: the model's own; timm: 224)")
     s.add_argument("--out", help="results JSON (resumable task by task)")
     s.add_argument("--name", help="model name shown in tables")
     s.add_argument("--cache", help="where the built-in suite is rendered (default: $VIVI_CACHE or ~/.cache/vivi)")
@@ -328,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, keep the traceback
+            raise
+        # a full disk, a read-only or vanished folder, a permission: the user's to fix, not a bug
+        print(f"vivi: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 

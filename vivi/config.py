@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +134,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
-    channels_last: bool = False
+    channels_last: bool = True  # model and frames in channels-last layout: same maths, faster on CPU and GPU
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA only, as torch's SyncBatchNorm)
     compile: bool = False  # torch.compile the model
     log_every: int = 10
@@ -292,7 +293,6 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
         cfg.ckpt_every, cfg.log_every = 2000, 50
         cfg.optim.ema_momentum = 0.996
         cfg.model.attention_hidden, cfg.model.projector_hidden, cfg.model.projector_dim = 512, 4096, 256
-        cfg.channels_last = True
     else:  # lr and image batch scaled as the shot batch (2048 -> 32); at least 8 images for a useful CE
         cfg.optim.lr, cfg.optim.steps = paper_lr / 8, 400
         cfg.data.labelled_batch = max(8, labelled_batch * shots_per_batch // 2048) if labelled_batch else 0
@@ -353,8 +353,42 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every numeric setting as ``(dotted name, value)``, list items included."""
+    found = []
+    for f in dataclasses.fields(node):
+        value, name = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            found += _numbers(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append((name, value))
+        elif isinstance(value, list):
+            found += [(name, v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return found
+
+
+# Settings that count something per run: 0 or less would train nothing or divide by zero mid-run.
+AT_LEAST_ONE = ("optim.steps", "log_every", "ckpt_every", "keep_checkpoints", "data.load_size", "augment.image_size",
+                "model.backbone.width_factor", "model.backbone.stem_chs")  # fmt: skip
+NOT_NEGATIVE = ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.grad_clip", "loss.video_weight",
+                "loss.sup_weight", "loss.margin")  # fmt: skip
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject combinations that cannot train, with the reason."""
+    numbers = _numbers(cfg)
+    for name, value in numbers:
+        if not math.isfinite(value):
+            raise UserError(f"{name}={value}: expected a finite number")
+    values = dict(numbers)
+    for name in AT_LEAST_ONE:
+        if values[name] < 1:
+            raise UserError(f"{name}={values[name]}: expected >= 1")
+    for name in NOT_NEGATIVE:
+        if values[name] < 0:
+            raise UserError(f"{name}={values[name]}: expected >= 0")
+    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
+        raise UserError(f"amp={cfg.amp!r}: expected 'auto', 'bf16', 'fp16' or 'off'")
     d = cfg.data
     if min(d.videos, d.shots, d.frames) < 1:
         raise UserError("data.videos, data.shots and data.frames must be >= 1")

@@ -8,3 +8,18 @@ is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input from the user: the message names the file or value and the reason."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr for input that was skipped or repaired, so nothing is dropped silently."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(f"vivi: warning: {message}", file=sys.stderr)  # stays clear of progress bars
+
+
+def listed(items: list[str], limit: int = 3) -> str:
+    """``a, b, c and 4 more``: the first few of a long list, for one-line messages."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

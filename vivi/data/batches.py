@@ -8,12 +8,15 @@ from a generator seeded by ``(seed, step, slot)``. A batch is therefore a pure f
 any number of loader workers, and ``N`` ranks each taking their slice of the global batch see
 the same videos as one process taking all of it. Shards are read by offset (one seek per
 video, only its bytes), so no shuffle buffer is needed and every video is used once per pass.
+The offsets come from the index (``shard_span``, recorded at ingest), or for an index without
+them from a scan of the shard headers; shards may be local files or URLs (one range request
+per video, see :mod:`vivi.data.remote`).
 """
 
 from __future__ import annotations
 
+import os
 import random
-import tarfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -27,8 +30,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vivi.config import DataConfig
-from vivi.data.frames import FrameCache, load_frame, tar_members
-from vivi.errors import UserError
+from vivi.data.frames import FrameCache, first_member_name, load_frame, tar_members
+from vivi.data.remote import LOCAL_ERRORS, is_url, read_failed, read_range, reason
+from vivi.data.shards import sample_spans
+from vivi.errors import UserError, warn
 
 
 @dataclass(frozen=True)
@@ -135,18 +140,22 @@ class VideoTable:
         return len(self.records)
 
 
-def sample_spans(shard: str) -> dict[str, tuple[int, int]]:
-    """Byte range of each sample (all members sharing a key) in a tar shard, from its headers only."""
-    spans: dict[str, tuple[int, int]] = {}
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                key = member.name.split(".", 1)[0]
-                end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                spans[key] = (spans[key][0] if key in spans else member.offset, end)
-    except (OSError, tarfile.TarError) as e:
-        raise UserError(f"{shard}: unreadable shard ({e}); re-run `vivi ingest` on its folder") from None
-    return spans
+def _shard_path(record: dict[str, Any]) -> str:
+    """The record's shard as one canonical string (a URL is kept as it is)."""
+    return record["shard"] if is_url(record["shard"]) else str(Path(record["shard"]))
+
+
+def recorded_span(record: dict[str, Any]) -> tuple[int, int] | None:
+    """The sample's byte range that ingest stored in the record; None for an older index."""
+    span = record.get("shard_span")
+    if span is None:
+        return None
+    if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span) and 0 <= span[0] < span[1]):
+        raise UserError(
+            f"{record['shard']}: sample {record['key']} has a malformed shard_span {span!r} in the index; "
+            "re-run `vivi ingest` into a new folder"
+        )
+    return span[0], span[1]
 
 
 def training_videos(records: Sequence[dict[str, Any]], cfg: DataConfig, where: str) -> VideoTable:
@@ -154,7 +163,11 @@ def training_videos(records: Sequence[dict[str, Any]], cfg: DataConfig, where: s
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
-    usable = eligible(ok, cfg)
+    unique = list({r["key"]: r for r in reversed(ok)}.values())[::-1]  # the first copy of each video
+    if len(unique) < len(ok):
+        warn(f"{where}: {len(ok) - len(unique)} videos appear more than once (a folder given twice, or parts "
+             "that overlap); each is used once")  # fmt: skip
+    usable = eligible(unique, cfg)
     if not usable:
         need = {
             "frame": "a sampled frame",
@@ -165,15 +178,17 @@ def training_videos(records: Sequence[dict[str, Any]], cfg: DataConfig, where: s
             f"{where}: none of the {len(ok)} videos has {need} (most shots in a video: {most}); "
             "lower data.shots/data.frames with --set or ingest longer videos"
         )
-    shards = sorted({str(Path(r["shard"])) for r in usable})
+    shards = sorted({_shard_path(r) for r in usable})
     number = {s: i for i, s in enumerate(shards)}
-    located = {s: sample_spans(s) for s in shards}
+    # an index written before spans were recorded: scan the headers of just the shards it needs
+    located = {s: sample_spans(s) for s in sorted({_shard_path(r) for r in usable if recorded_span(r) is None})}
     spans = []
     for r in usable:
-        shard = str(Path(r["shard"]))
-        if r["key"] not in located[shard]:
+        shard = _shard_path(r)
+        span = recorded_span(r) or located[shard].get(r["key"])
+        if span is None:
             raise UserError(f"{shard}: holds no sample {r['key']!r} although the index says so; re-run `vivi ingest`")
-        spans.append((number[shard], *located[shard][r["key"]]))
+        spans.append((number[shard], *span))
     return VideoTable(usable, shards, np.asarray(spans, dtype=np.int64).reshape(-1, 3))
 
 
@@ -184,6 +199,7 @@ class StepClips(Dataset):
         self.table, self.cfg, self.seed = table, cfg, seed
         self.slots = rank_slice(cfg.videos, rank, world, "data.videos")
         self._files: OrderedDict[int, BinaryIO] = OrderedDict()
+        self._pid = os.getpid()
         self.cache = FrameCache(cfg.cache_mb << 20)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -211,10 +227,35 @@ class StepClips(Dataset):
         return torch.stack(frames).view(len(clip.frames), len(clip.frames[0]), 3, size, size)
 
     def _read_members(self, video: int) -> dict[str, bytes]:
+        """The video's tar members by suffix (``s000.f003.jpg`` ...), from one seek + read of its span."""
+        shard, start, end = (int(x) for x in self.table.spans[video])
+        path = self.table.shards[shard]
         try:
-            return self._members(video)
-        except (OSError, ValueError, tarfile.TarError) as e:
+            data = self._read(shard, start, end)
+        except Exception as e:
+            if isinstance(e, UserError) or not read_failed(path, e):
+                raise
+            retry = "check the connection and credentials, then re-run the same command to resume"
+            then = retry if is_url(path) else "re-run `vivi ingest` on its folder"
+            raise UserError(f"{self._where(video)}: unreadable ({reason(e)}); {then}") from None
+        self._check_span(video, data, start, end)
+        try:
+            return tar_members(data)
+        except LOCAL_ERRORS as e:
             raise UserError(f"{self._where(video)}: unreadable ({e}); re-run `vivi ingest` on its folder") from None
+
+    def _check_span(self, video: int, data: bytes, start: int, end: int) -> None:
+        """The span must start with a header of the video's own sample: an index that does not
+        match its shards (a shard replaced, or a wrong span) is named instead of read as garbage."""
+        key = self.table.records[video]["key"]
+        first = first_member_name(data)
+        short = len(data) != end - start
+        if short or (first is not None and first.split(".", 1)[0] != key):
+            found = f"{len(data)} bytes" if short else (f"member {first!r}" if first else "no tar header")
+            raise UserError(
+                f"{self._where(video)}: the index places it at bytes {start}-{end} of the shard, which gave "
+                f"{found}; the index does not match its shards: re-run `vivi ingest` into a new folder"
+            )
 
     def _decode(self, video: int, members: dict[str, bytes], name: str) -> torch.Tensor:
         try:
@@ -225,14 +266,19 @@ class StepClips(Dataset):
     def _where(self, video: int) -> str:
         return f"{self.table.shards[int(self.table.spans[video, 0])]}: sample {self.table.records[video]['key']}"
 
-    def _members(self, video: int) -> dict[str, bytes]:
-        """The video's tar members by suffix (``s000.f003.jpg`` ...), read with one seek."""
-        shard, start, end = (int(x) for x in self.table.spans[video])
+    def _read(self, shard: int, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of a shard: one ranged request for a URL, one seek + read of a local file."""
+        path = self.table.shards[shard]
+        if is_url(path):
+            return read_range(path, start, end)
         f = self._file(shard)
         f.seek(start)
-        return tar_members(f.read(end - start))
+        return f.read(end - start)
 
     def _file(self, shard: int, keep: int = 32) -> BinaryIO:
+        """The local shard opened in this process (a forked loader worker opens its own), kept across steps."""
+        if self._pid != os.getpid():
+            self._files, self._pid = OrderedDict(), os.getpid()
         if shard in self._files:
             self._files.move_to_end(shard)
             return self._files[shard]

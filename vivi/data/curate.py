@@ -15,7 +15,7 @@ import io
 import json
 import tarfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class Curation:
     selected: np.ndarray  # indices into sources
     weights: np.ndarray  # [n] target share / observed share of each video's class (0 where the target is 0)
     target: np.ndarray  # [C] the distribution aimed at
+    locations: list[str] = field(default_factory=list)  # absolute paths (or URLs) of ``sources``, for the list
 
     def histogram(self, indices: np.ndarray | None = None) -> np.ndarray:
         labels = self.labels if indices is None else self.labels[indices]
@@ -62,13 +63,19 @@ def parse_target(spec: str, classes: Sequence[str]) -> np.ndarray:
     return target / target.sum()
 
 
-def match_distribution(labels: np.ndarray, confidence: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def match_distribution(
+    labels: np.ndarray, confidence: np.ndarray, target: np.ndarray, classes: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(selected indices, per-video weights): the largest selection whose histogram is ``target``."""
     counts = np.bincount(labels, minlength=len(target))
     wanted = target > 0
     if not (counts[wanted] > 0).all():
         missing = np.flatnonzero(wanted & (counts == 0))
-        raise UserError(f"no video is classified as class(es) {missing.tolist()}, which the target asks for")
+        named = ", ".join(classes[c] for c in missing) if classes is not None else str(missing.tolist())
+        raise UserError(
+            f"no video is classified as class(es) {named}, which the target asks for "
+            "(give --target a JSON of class weights without them)"
+        )
     total = min(counts[c] / target[c] for c in np.flatnonzero(wanted))
     selected = []
     for c in np.flatnonzero(wanted):
@@ -107,27 +114,37 @@ def curate(
     by_shard: dict[str, list[dict]] = {}
     for r in records:
         by_shard.setdefault(r["shard"], []).append(r)
-    sources, probs = [], []
+    sources, locations, probs = [], [], []
     with tqdm(total=len(records), desc="curate", unit="video", disable=not progress) as bar:
         for shard, recs in sorted(by_shard.items()):
             frames = video_frames(Path(shard), {r["key"] for r in recs}, per_video, size)
             for r in recs:
                 if r["key"] in frames:
                     sources.append(r["source"])
+                    locations.append(r.get("location") or _located(r["source"]))
                     probs.append(classify(frames[r["key"]]).mean(axis=0))
                 bar.update(1)
     p = np.stack(probs)
     labels, confidence = p.argmax(1), p.max(1)
     goal = parse_target(target, classes)
-    selected, weights = match_distribution(labels, confidence, goal)
-    return Curation(classes, sources, labels, confidence, selected, weights, goal)
+    selected, weights = match_distribution(labels, confidence, goal, classes)
+    return Curation(classes, sources, labels, confidence, selected, weights, goal, locations)
+
+
+def _located(source: str) -> str:
+    """For an index written before records kept ``location``: a relative source made absolute
+    when it exists from here (curation run where ingest ran), else as it was given."""
+    if "://" in source or Path(source).is_absolute() or not Path(source).exists():
+        return source
+    return str(Path(source).resolve())
 
 
 def write_curation(result: Curation, out: Path) -> tuple[Path, Path]:
     """``out``: the selected sources, one per line (an input of ``vivi ingest``); ``out.json``: the
     histograms before and after, and every video's label, confidence and weight."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(result.sources[i] + "\n" for i in result.selected))
+    listed = result.locations or result.sources  # absolute: the list works wherever it is read from
+    out.write_text("".join(listed[i] + "\n" for i in result.selected))
     chosen = set(result.selected.tolist())
     report = {
         "classes": result.classes,

@@ -20,7 +20,7 @@ from collections.abc import Hashable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 try:  # deprecated in torchvision 0.29 (pinned) in favour of torchcodec; PIL alone once it is gone
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -54,6 +54,17 @@ def tar_members(buf: bytes) -> dict[str, bytes]:
             out[name.split(".", 1)[1]] = buf[start : start + size]
         pos = start + -(-size // BLOCK) * BLOCK
     return out
+
+
+def first_member_name(buf: bytes) -> str | None:
+    """The member name in the first tar header of ``buf``; ``""`` when that block is no valid ustar
+    header; None for a header that keeps its name elsewhere (pax/GNU long names, a prefix field)."""
+    header = buf[:BLOCK]
+    if len(header) < BLOCK or header[257:262] != b"ustar" or not _checksum_ok(header):
+        return ""
+    if header[156:157] not in (b"0", b"\0") or header[345] != 0:
+        return None
+    return header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -98,7 +109,9 @@ def load_frame(data: bytes, size: int) -> torch.Tensor:
     if wh is None or min(wh) >= 2 * size or decode_jpeg is None:
         return _load_with_pil(data, size)
     try:
-        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        image = decode_jpeg(  # EXIF orientation: phone photos stand upright (shard frames carry none)
+            torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True
+        )
     except RuntimeError:  # a JPEG flavour libjpeg-turbo's binding refuses: PIL decodes it or says why not
         return _load_with_pil(data, size)
     return centre_square(image, size)
@@ -122,10 +135,25 @@ def _short_side_to(size: int, w: int, h: int) -> tuple[int, int]:
     return max(size, round(w * scale)), max(size, round(h * scale))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB of any PIL image: EXIF orientation applied (phone photos), and 16-bit or
+    float greys scaled to 8 bits first (PIL's ``convert("RGB")`` clips them: a 16-bit PNG turns white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        values = np.asarray(img, dtype=np.float64)
+        top = values.max(initial=0.0)
+        if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+            values = values / 257.0  # 16-bit range
+        elif img.mode == "F" and top <= 1.0:
+            values = values * 255.0  # float images in [0, 1]
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (size, size))
-        img = img.convert("RGB")
+        img = to_rgb(img)
         w, h = img.size
         if min(w, h) != size:
             w, h = _short_side_to(size, w, h)

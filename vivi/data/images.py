@@ -8,19 +8,19 @@ centre-cropped to ``data.load_size`` exactly as video frames are, then augmented
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from vivi.data.batches import rank_slice, step_loader, step_positions
+from vivi.data.files import ignored_note
 from vivi.data.frames import load_frame
-from vivi.data.tasks import IMAGE_EXTENSIONS, _scan_classes
-from vivi.errors import UserError
+from vivi.data.tasks import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, UnreadableImage, _scan_classes, image_error
+from vivi.errors import UserError, listed, warn
 
 LABELLED_HELP = "use imagefolder:DIR with DIR/<class>/<image> or DIR/train/<class>/<image>"
 
@@ -61,9 +61,13 @@ def scan_images(root: Path, labelled: bool) -> ImageFolder:
         paths = [p for c in classes for p in by_class[c]]
         labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
         return ImageFolder(top, classes, paths, labels)
-    paths = sorted(p for p in top.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    listed_files = [p for p in top.iterdir() if not p.is_dir() and not p.name.startswith(".")]  # broken links too
+    paths = sorted(p for p in listed_files if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise UserError(f"{top}: no images (extensions: {' '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+    note = ignored_note([p for p in listed_files if p.suffix.lower() not in IMAGE_EXTENSIONS], "image")
+    if note:
+        warn(f"{top}: {note}")
     return ImageFolder(top, [""], paths, np.zeros(len(paths), dtype=np.int64))
 
 
@@ -91,11 +95,29 @@ def open_labelled(spec: str, fraction: float, seed: int) -> ImageFolder:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """An image file -> uint8 ``[3, size, size]``, short side resized and centre-cropped like a frame."""
+    """An image file -> uint8 ``[3, size, size]``, short side resized and centre-cropped like a frame
+    (upright by its EXIF orientation); :class:`UnreadableImage` names the file and the reason."""
     try:
         return load_frame(path.read_bytes(), size)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: unreadable image ({e})") from e
+    except IMAGE_READ_ERRORS as e:
+        raise image_error(path, e) from e
+
+
+def load_readable(paths: Sequence[Path], size: int, where: str) -> tuple[torch.Tensor, list[int]]:
+    """The images of ``paths`` that decode, stacked, and their positions in ``paths``; the others
+    are named in one warning (one broken file should not stop the command)."""
+    images, kept, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path, size))
+            kept.append(i)
+        except UnreadableImage as e:
+            skipped.append(f"{e.path} ({e.reason})")
+    if skipped:
+        warn(f"{where}: skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}: {listed(skipped)}")
+    if not images:
+        raise UserError(f"{where}: no readable image ({len(paths)} tried)")
+    return torch.stack(images), kept
 
 
 class StepImages(Dataset):
@@ -108,11 +130,27 @@ class StepImages(Dataset):
     def __init__(self, folder: ImageFolder, batch: int, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.folder, self.batch, self.size, self.seed = folder, batch, size, seed
         self.slots = rank_slice(batch, rank, world, "image batch")
+        self._warned: set[int] = set()
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = step_positions(step, self.batch, len(self.folder.paths), self.seed)[self.slots]
-        images = torch.stack([load_image(self.folder.paths[i], self.size) for i in chosen])
-        return images, torch.from_numpy(self.folder.labels[chosen])
+        loaded = [self._load(int(i)) for i in chosen]
+        used = np.array([k for _, k in loaded], dtype=np.int64)
+        return torch.stack([image for image, _ in loaded]), torch.from_numpy(self.folder.labels[used])
+
+    def _load(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image ``i`` and ``i``; for a file that does not decode, the next one in the folder that
+        does (a pure function of ``i``, so resuming stays exact), with a warning per broken file.
+        A broken file must not stop a pretraining run again at every resume."""
+        paths = self.folder.paths
+        for k in (j % len(paths) for j in range(i, i + len(paths))):
+            try:
+                return load_image(paths[k], self.size), k
+            except UnreadableImage as e:
+                if k not in self._warned:
+                    self._warned.add(k)
+                    warn(f"{e} (replaced by the next image in the folder)")
+        raise UserError(f"{self.folder.root}: none of the {len(paths)} images is readable")
 
 
 def image_batches(

@@ -59,7 +59,10 @@ class _Worker(Generic[T]):
 
 def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
     """Worker loop: items in, results (or a Failure for an unexpected exception) out, until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C, and SIGTERM sent to the whole job (SLURM, docker stop), are the parent's to handle: it
+    # keeps what is finished and kills the workers; a worker dying first would mark its video failed
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         try:
             item = conn.recv()

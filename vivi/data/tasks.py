@@ -16,14 +16,16 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from vivi.errors import UserError
+from vivi.data.files import ignored_note, walk_files
+from vivi.data.frames import to_rgb
+from vivi.errors import UserError, listed, warn
 
 MINI_VTAB = "mini-vtab"
 VTAB_1K = "vtab-1k"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.2  # held out of train/ when an image folder has no val/
 VAL_SEED = 0
@@ -35,9 +37,16 @@ class ImageSplit(ABC):
 
     def __init__(self, labels: np.ndarray) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
+        # file -> reason, for files that failed to decode when a batch was read (shared with
+        # subsets); they were handed out as black images, and every consumer drops them
+        self.broken: dict[Path, str] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def readable(self) -> np.ndarray:
+        """Boolean mask of the images that decoded (all of them unless a read met a broken file)."""
+        return np.ones(len(self), dtype=bool)
 
     @abstractmethod
     def images(self, indices: Sequence[int] | np.ndarray, size: int | None = None) -> torch.Tensor:
@@ -71,22 +80,37 @@ class ArraySplit(ImageSplit):
 class FileSplit(ImageSplit):
     """A split of image files, decoded with PIL only when a batch is requested."""
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray) -> None:
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray, broken: dict[Path, str] | None = None) -> None:
         super().__init__(labels)
         if len(paths) != len(self.labels):
             raise ValueError(f"{len(paths)} paths but {len(self.labels)} labels")
         self.paths = list(paths)
+        self.broken = self.broken if broken is None else broken
+
+    def readable(self) -> np.ndarray:
+        return np.array([p not in self.broken for p in self.paths], dtype=bool)
 
     def images(self, indices: Sequence[int] | np.ndarray, size: int | None = None) -> torch.Tensor:
-        batch = [resize(read_image(self.paths[i]), size) for i in np.asarray(indices, dtype=np.int64)]
+        """Decoded images; a broken file becomes a black image recorded in :attr:`broken`
+        (with ``size`` only: an hour of evaluation is not lost to one bad file)."""
+        batch = [self._image(int(i), size) for i in np.asarray(indices, dtype=np.int64)]
         shapes = {tuple(x.shape) for x in batch}
         if len(shapes) > 1:
             raise ValueError(f"images differ in size {sorted(shapes)}; pass size= to resize them")
         return torch.stack(batch)
 
+    def _image(self, i: int, size: int | None) -> torch.Tensor:
+        try:
+            return resize(read_image(self.paths[i], size), size)
+        except UnreadableImage as e:
+            if size is None:
+                raise
+            self.broken[self.paths[i]] = e.reason
+            return torch.zeros(3, size, size, dtype=torch.uint8)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> FileSplit:
         idx = np.asarray(indices, dtype=np.int64)
-        return FileSplit([self.paths[i] for i in idx], self.labels[idx])
+        return FileSplit([self.paths[i] for i in idx], self.labels[idx], self.broken)
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,29 @@ class ImageTask:
     source: str = ""  # where the task was read from, for error messages
 
 
+def check_readable(task: ImageTask, train_y: np.ndarray, test_y: np.ndarray) -> None:
+    """After dropping unreadable images every class must still have training images and the
+    test split some image: a class silently lost would change what is measured."""
+    lost = sorted(set(range(len(task.classes))) - set(np.unique(train_y).tolist()))
+    if lost:
+        names = ", ".join(task.classes[c] for c in lost)
+        where = task.source or task.name
+        raise UserError(f"{where}: no readable training image left in class {names}; {skipped_text(task)}")
+    if len(test_y) == 0:
+        raise UserError(f"{task.source or task.name}: no readable test image; {skipped_text(task)}")
+
+
+def skipped_images(task: ImageTask) -> list[str]:
+    """``path (reason)`` of every image of ``task`` that was found unreadable so far."""
+    broken = {p: r for name in ("train", "val", "test") for p, r in getattr(task, name).broken.items()}
+    return [f"{p} ({r})" for p, r in broken.items()]
+
+
+def skipped_text(task: ImageTask) -> str:
+    skipped = skipped_images(task)
+    return f"skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}: {listed(skipped)}"
+
+
 def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """Antialiased bilinear resize to size x size, no crop or augmentation (as VTAB does)."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
@@ -109,13 +156,41 @@ def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     return TF.resize(images, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """Decode one file to uint8 ``[3, H, W]`` RGB, upright according to its EXIF orientation."""
+class UnreadableImage(UserError):
+    """An image file that does not decode; ``reason`` is short and names no temporary object."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: unreadable image ({reason})")
+        self.path, self.reason = path, reason
+
+
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def image_error(path: Path, error: BaseException) -> UnreadableImage:
+    """The user-facing error for ``path`` failing to decode with ``error``."""
+    if path.is_symlink() and not path.exists():
+        reason = "broken symbolic link"
+    elif path.is_file() and path.stat().st_size == 0:
+        reason = "empty file (0 bytes)"
+    elif isinstance(error, UnidentifiedImageError):
+        reason = "not an image format PIL can read"
+    else:
+        reason = " ".join(str(error).split()) or type(error).__name__
+    return UnreadableImage(path, reason)
+
+
+def read_image(path: Path, at_least: int | None = None) -> torch.Tensor:
+    """Decode one file to uint8 ``[3, H, W]`` RGB, upright according to its EXIF orientation.
+    With ``at_least``, a JPEG may be decoded at 1/2 .. 1/8 scale when both sides stay at least
+    that large (a 12-megapixel phone photo decodes ~4x faster for a 64 px model)."""
     try:
         with Image.open(path) as img:
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: unreadable image ({e})") from e
+            if at_least:
+                img.draft("RGB", (at_least, at_least))
+            rgb = to_rgb(img)
+    except IMAGE_READ_ERRORS as e:
+        raise image_error(path, e) from e
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
@@ -218,19 +293,24 @@ def _load_image_folder(root: Path) -> ImageTask:
 
 
 def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
-    """Class folder name -> its image files (any depth, hidden entries skipped), sorted."""
-    found = {}
+    """Class folder name -> its image files (any depth, linked folders followed, hidden entries
+    skipped), sorted. Other files are left out with a note counting them by extension; broken
+    links to images are kept, so reading them reports them."""
+    found, others = {}, []
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-        )
-        if not files:
+        files = walk_files(class_dir)
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        others += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        if not images:
             raise UserError(f"{class_dir}: no images (extensions: {' '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
-        found[class_dir.name] = files
+        found[class_dir.name] = images
+    note = ignored_note(others, "image")
+    if note:
+        warn(f"{split_dir}: {note}")
+    loose = [p for p in split_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")]
+    if found and loose:
+        warn(f"{split_dir}: ignored {len(loose)} files outside the class folders (<class>/<image>), "
+             f"e.g. {loose[0].name}")
     return found
 
 

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vivi.data.augment import network_input
-from vivi.data.images import load_image
+from vivi.data.files import walk_files
+from vivi.data.images import load_readable
 from vivi.data.tasks import IMAGE_EXTENSIONS
 from vivi.errors import UserError
 from vivi.models.pooling import MultiScaleAttentionPool
@@ -43,8 +44,8 @@ def frame_files(spec: Sequence[Path], limit: int) -> list[Path]:
     """Image files given directly or found (sorted, recursively) in folders; at most ``limit``."""
     files: list[Path] = []
     for p in spec:
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if p.is_dir():  # hidden files (e.g. macOS ._name.png) and other files left out, as in image folders
+            files += [f for f in walk_files(p) if f.suffix.lower() in IMAGE_EXTENSIONS]
         elif p.is_file():
             files.append(p)
         else:
@@ -64,7 +65,8 @@ def write_attention(run: Path, frames: Sequence[Path], out: Path, limit: int = 1
     model, cfg = load_run_model(run)
     files = frame_files(frames, limit)
     size = cfg.augment.image_size
-    pixels = torch.stack([load_image(f, size) for f in files])  # uint8 [N, 3, s, s]
+    pixels, kept = load_readable(files, size, "vivi attention")  # uint8 [N, 3, s, s]
+    files = [files[i] for i in kept]
     weights = attention_maps(model, network_input(pixels))
     up = [F.interpolate(w[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] for w in weights]
     panels = [*up, torch.stack(up).mean(0)]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vivi.data.augment import network_input
-from vivi.data.images import load_image, parse_labelled, scan_images
+from vivi.data.images import load_readable, parse_labelled, scan_images
 from vivi.errors import UserError
 from vivi.data.tasks import stratified_holdout
 from vivi.evaluate.encoders import load_encoder
@@ -59,11 +59,15 @@ def probe_classifier(model: str, labelled: str, batch: int = 128) -> ImageClassi
     def features(images: torch.Tensor) -> np.ndarray:
         return np.concatenate([enc.model(network_input(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
 
-    x = features(torch.stack([load_image(p, enc.image_size) for p in folder.paths]))
-    fit_idx, val_idx = stratified_holdout(folder.labels, 0.2, seed=0)
+    images, kept = load_readable(folder.paths, enc.image_size, str(folder.root))
+    x, labels = features(images), folder.labels[kept]
+    lost = sorted(set(range(len(folder.classes))) - set(labels.tolist()))
+    if lost:
+        raise UserError(f"{folder.root}: no readable image left in class {', '.join(folder.classes[c] for c in lost)}")
+    fit_idx, val_idx = stratified_holdout(labels, 0.2, seed=0)
     if len(val_idx) == 0:
         raise UserError(f"{folder.root}: too few images to fit and validate a classifier (need 2+ per class)")
-    clf, _ = fit_linear_classifier(x[fit_idx], folder.labels[fit_idx], x[val_idx], folder.labels[val_idx])
+    clf, _ = fit_linear_classifier(x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx])
 
     def probabilities(images: torch.Tensor) -> np.ndarray:
         full = np.zeros((len(images), len(folder.classes)))

@@ -67,6 +67,10 @@ class CorruptedSplit(ImageSplit):
     def __init__(self, base: ImageSplit, name: str, severity: int) -> None:
         super().__init__(base.labels)
         self.base, self.name, self.severity = base, name, severity
+        self.broken = base.broken  # broken files are the base's, and dropped with it
+
+    def readable(self) -> np.ndarray:
+        return self.base.readable()
 
     def images(self, indices, size: int | None = None) -> torch.Tensor:
         indices = np.asarray(indices, dtype=np.int64)

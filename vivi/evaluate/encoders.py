@@ -43,7 +43,8 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
     if not path.exists():
         raise UserError(f"{spec}: no such run folder or backbone file (or use timm:NAME or random[:tiny|paper])")
     model, meta = load_backbone_and_metadata(path, device=device)
-    name = path.name if path.is_dir() else path.stem
+    # every run exports "backbone.safetensors": name such a file after its run folder
+    name = path.name if path.is_dir() else path.resolve().parent.name if path.stem == "backbone" else path.stem
     return Encoder(name, model, image_size or int(meta.get("image_size", 224)))
 
 

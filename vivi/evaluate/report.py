@@ -33,7 +33,27 @@ def load_results(paths: Sequence[Path]) -> list[dict]:
             raise UserError(f"{path}: not a vivi results file (tasks need task, group and accuracy)")
         data.setdefault("model", path.stem)
         results.append(data)
-    return results
+    return merge_results(results)
+
+
+def merge_results(results: Sequence[dict]) -> list[dict]:
+    """One row per evaluation: results of the same model, protocol and image size written to
+    several files (e.g. mini-vtab and an image folder, evaluated separately) are joined when
+    their tasks do not overlap; overlapping ones (repeats) stay separate rows."""
+    merged: list[dict] = []
+    for result in results:
+        key = [result.get(k) for k in ("model", "protocol", "image_size", "model_source")]
+        names = {t["task"] for t in result["tasks"]}
+        for row in merged:
+            if [row.get(k) for k in ("model", "protocol", "image_size", "model_source")] == key and not (
+                names & {t["task"] for t in row["tasks"]}
+            ):
+                row["tasks"] = row["tasks"] + result["tasks"]
+                row["groups"], row["mean"] = summarize(row["tasks"])
+                break
+        else:
+            merged.append(dict(result))
+    return merged
 
 
 def _columns(results: Sequence[dict]) -> list[tuple[str, list[str]]]:
@@ -75,10 +95,7 @@ def results_table(results: Sequence[dict]) -> str:
     """
     columns = _columns(results)
     header = ["model", *_header(columns)]
-    rows = [
-        [label, *(MISSING if math.isnan(v) else f"{v:.1f}" for v in _row_values(r, columns))]
-        for label, r in zip(_labels(results), results)
-    ]
+    rows = [[label, *_cells(r, columns)] for label, r in zip(_labels(results), results)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -88,7 +105,27 @@ def results_table(results: Sequence[dict]) -> str:
     rule = "|" + "|".join([":" + "-" * (widths[0] + 1), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|"
     protocols = ", ".join(sorted({str(r.get("protocol")) for r in results}))
     caption = f"Accuracy (%), protocol {protocols}. " + "; ".join(f"{g}: {', '.join(n)}" for g, n in columns) + "."
+    if any(cell.endswith(PARTIAL) for row in rows for cell in row[1:]):
+        caption += f" {PARTIAL} a mean over only the tasks that row has ({MISSING}: not evaluated), not comparable."
     return "\n".join([caption, "", line(header), rule, *(line(row) for row in rows)]) + "\n"
+
+
+PARTIAL = "*"
+
+
+def _cells(result: dict, columns: list[tuple[str, list[str]]]) -> list[str]:
+    """A row's table cells; a group mean or the mean over fewer tasks than the columns is marked
+    (a partial evaluation's mean would otherwise read as comparable with the others)."""
+    values = _row_values(result, columns)
+    n_tasks = sum(len(names) for _, names in columns)
+    missing = [math.isnan(v) for v in values[:n_tasks]]
+    partial, start = [], 0
+    for _, names in columns:
+        partial.append(any(missing[start : start + len(names)]))
+        start += len(names)
+    partial.append(any(missing))
+    marks = [False] * n_tasks + partial
+    return [MISSING if math.isnan(v) else f"{v:.1f}{PARTIAL if m else ''}" for v, m in zip(values, marks)]
 
 
 def bar_plot(results: Sequence[dict], path: Path) -> Path:
@@ -138,6 +175,10 @@ def task_differences(results: Sequence[dict], base: int, other: int) -> list[tup
     rows = [(n, g, b[n] - a[n]) for g, names in columns for n in names]
     rows += [(f"{g} mean", g, float(np.mean([b[n] - a[n] for n in names]))) for g, names in columns]
     return rows + [("mean", "", float(np.mean([d for _, _, d in rows[: -len(columns)]])))]
+
+
+def _shared_tasks(a: dict, b: dict) -> set[str]:
+    return {t["task"] for t in a["tasks"]} & {t["task"] for t in b["tasks"]}
 
 
 def difference_plot(results: Sequence[dict], base: int, other: int, path: Path) -> Path:
@@ -267,8 +308,13 @@ def write_report(
     png = bar_plot(results, out_dir / "accuracy.png")
     labels = _labels(results)
     parts = ["# vivi evaluation report", "", results_table(results), f"![accuracy per task]({png.name})", ""]
-    if pairs is None:
+    if pairs is None:  # every model against the first, where they share a task
         pairs = [(0, i) for i in range(1, len(results))]
+        alone = [i for _, i in pairs if not _shared_tasks(results[0], results[i])]
+        if alone:
+            parts += [f"No difference plot for {', '.join(labels[i] for i in alone)}: no task in common with "
+                      f"{labels[0]}.", ""]  # fmt: skip
+        pairs = [(b, o) for b, o in pairs if o not in alone]
     for base, other in pairs:
         name = f"diff-{_slug(labels[other])}-vs-{_slug(labels[base])}.png"
         diff = difference_plot(results, base, other, out_dir / name)

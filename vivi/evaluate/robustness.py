@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -42,7 +42,7 @@ from vivi.data.tasks import (
     default_cache_dir,
     stratified_holdout,
 )
-from vivi.errors import UserError
+from vivi.errors import UserError, listed, warn
 from vivi.evaluate.encoders import Encoder
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.linear import fit_linear_classifier
@@ -244,19 +244,50 @@ def evaluate_robustness(
         return _write(_head_result(task, head, k, progress), enc, model_name, out_json, k, "head")
     feats = extract_features(enc.model, task.train, enc.image_size, device=device, progress=progress,
                              desc=f"{task.name}/train")  # fmt: skip
-    fit_idx, val_idx = stratified_holdout(task.train.labels, 0.2, seed=0)
-    if len(val_idx) == 0 or len(np.unique(task.train.labels[fit_idx])) < 2:
+    keep = task.train.readable()  # a broken file was read as a black image: not a training example
+    feats, labels = feats[keep], task.train.labels[keep]
+    fit_idx, val_idx = stratified_holdout(labels, 0.2, seed=0)
+    if len(val_idx) == 0 or len(np.unique(labels[fit_idx])) < 2:
         raise UserError(f"{task.source}: too few labelled train frames to fit and validate a probe")
-    predict, c = fit_linear_classifier(feats[fit_idx], task.train.labels[fit_idx], feats[val_idx],
-                                       task.train.labels[val_idx])  # fmt: skip
-    outcomes = []
-    for seq in tqdm(task.sequences, desc=f"{task.name}/sequences", disable=not progress):
-        x = extract_features(enc.model, seq.frames, enc.image_size, device=device, progress=False)
-        outcomes.append((predict(x), seq.label))
+    predict, c = fit_linear_classifier(feats[fit_idx], labels[fit_idx], feats[val_idx], labels[val_idx])
+
+    def classify(seq: FrameSequence) -> np.ndarray:
+        return predict(extract_features(enc.model, seq.frames, enc.image_size, device=device, progress=False))
+
+    outcomes = _sequence_outcomes(task, classify, progress)
     metrics = robustness_metrics(outcomes, k)
     entry = {"task": task.name, "group": "robustness", "protocol": "robustness", "accuracy": metrics["pmk_accuracy"],
-             **metrics, "C": c, "n_train": len(task.train), "num_classes": len(task.classes), "source": task.source}
+             **metrics, "C": c, "n_train": len(labels), "num_classes": len(task.classes), "source": task.source,
+             **_skipped(task)}  # fmt: skip
     return _write(entry, enc, model_name, out_json, k, "linear probe")
+
+
+def _sequence_outcomes(
+    task: RobustnessTask, classify: Callable[[FrameSequence], np.ndarray], progress: bool
+) -> list[tuple[np.ndarray, int]]:
+    """``(predictions, label)`` per sequence; a sequence with a frame that does not decode is left
+    out whole (dropping the frame would make its neighbours look adjacent), with a warning."""
+    outcomes, dropped = [], []
+    for seq in tqdm(task.sequences, desc=f"{task.name}/sequences", disable=not progress):
+        predicted = classify(seq)
+        if seq.frames.readable().all():
+            outcomes.append((predicted, seq.label))
+        else:
+            dropped.append(seq.name)
+    if dropped:
+        warn(f"{task.source}: left out {len(dropped)} sequences with unreadable frames: {listed(dropped)}")
+    if not outcomes:
+        raise UserError(f"{task.source}: no test sequence whose frames all decode")
+    return outcomes
+
+
+def _skipped(task: RobustnessTask) -> dict:
+    """``{"skipped_images": [...]}`` naming the files that did not decode, or ``{}``."""
+    broken = {p: r for split in [task.train, *(s.frames for s in task.sequences)] for p, r in split.broken.items()}
+    named = [f"{p} ({r})" for p, r in broken.items()]
+    if named:
+        warn(f"{task.source}: skipped {len(named)} unreadable images: {listed(named)}")
+    return {"skipped_images": named} if named else {}
 
 
 def _head_result(task: RobustnessTask, head: ImageClassifier, k: int, progress: bool) -> dict:
@@ -266,13 +297,14 @@ def _head_result(task: RobustnessTask, head: ImageClassifier, k: int, progress: 
         raise UserError(f"{task.source}: classes the model's head does not know: {', '.join(missing[:5])} "
                         f"(head classes: {', '.join(head.classes[:10])})")  # fmt: skip
     to_task = np.array([task.classes.index(c) if c in task.classes else -1 for c in head.classes])
-    outcomes = []
-    for seq in tqdm(task.sequences, desc=f"{task.name}/sequences", disable=not progress):
+
+    def classify(seq: FrameSequence) -> np.ndarray:
         images = seq.frames.images(np.arange(len(seq.frames)), head.size)
-        outcomes.append((to_task[head.probabilities(images).argmax(1)], seq.label))
-    metrics = robustness_metrics(outcomes, k)
+        return to_task[head.probabilities(images).argmax(1)]
+
+    metrics = robustness_metrics(_sequence_outcomes(task, classify, progress), k)
     return {"task": task.name, "group": "robustness", "protocol": "robustness", "accuracy": metrics["pmk_accuracy"],
-            **metrics, "num_classes": len(task.classes), "source": task.source}
+            **metrics, "num_classes": len(task.classes), "source": task.source, **_skipped(task)}
 
 
 def _write(entry: dict, enc: Encoder, model_name: str | None, out_json: Path | None, k: int, classifier: str) -> dict:

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from vivi.data.tasks import ImageTask
-from vivi.errors import UserError
+from vivi.data.tasks import ImageTask, check_readable, skipped_images, skipped_text
+from vivi.errors import UserError, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.knn import knn_probe
@@ -46,49 +46,53 @@ class EvalSettings:
 
 
 def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> list:
-    """Frozen features of the train, val and test splits, in that order (shared by the probes)."""
-    return [
-        extract_features(
+    """``[train x, train y, val x, val y, test x, test y]``: frozen features and labels of each
+    split (shared by the probes), without the images that turned out unreadable."""
+    arrays = []
+    for name in ("train", "val", "test"):
+        split = getattr(task, name)
+        feats = extract_features(
             model,
-            getattr(task, name),
+            split,
             settings.image_size,
             batch_size=settings.batch_size,
             device=settings.device,
             progress=settings.progress,
             desc=f"{task.name}/{name}",
         )
-        for name in ("train", "val", "test")
-    ]
+        keep = split.readable()
+        arrays += [feats[keep], split.labels[keep]]
+    check_readable(task, arrays[1], arrays[5])
+    return arrays
 
 
 def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """Frozen features of each split, then the logistic-regression probe."""
-    train, val, test = _split_features(model, task, settings)
-    return linear_probe(train, task.train.labels, val, task.val.labels, test, task.test.labels)
+    return linear_probe(*_split_features(model, task, settings))
 
 
 def _knn(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """Frozen features of each split, then weighted kNN on L2-normalised features."""
-    train, val, test = _split_features(model, task, settings)
-    return knn_probe(train, task.train.labels, val, task.val.labels, test, task.test.labels)
+    return knn_probe(*_split_features(model, task, settings))
 
 
 def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """One fine-tune with a fixed setting on the VTAB-1k train800 + val200, scored on test (seed 0)."""
     scale = vtab1k_scale(settings.scale)
     setting = settings.setting or scale.settings()[0]
-    trials = FinetuneTrials(model, settings.image_size, scale, settings.device, settings.progress)
+    trials = FinetuneTrials(model, settings.image_size, scale, settings.device, settings.progress, strict=False)
     acc = trials(Trial(task, setting, "final", seed=0))
-    return {"accuracy": acc, "lr": setting.lr, "steps": setting.steps, "n_train": scale.n_train + scale.n_val,
-            "n_test": len(task.test)}
+    _, train_y, _, val_y, _, test_y = trials.data(task)  # what was used: a small folder is used whole
+    return {"accuracy": acc, "lr": setting.lr, "steps": setting.steps, "n_train": len(train_y) + len(val_y),
+            "n_test": len(test_y)}
 
 
 def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """The linear probe fitted on clean train/val features, tested on the clean test split and on
     each corruption at severities 1-5 (VITO's Figure 2); ``accuracy`` is the clean one."""
-    train, val, test = _split_features(model, task, settings)
-    predict, c = fit_linear_classifier(train, task.train.labels, val, task.val.labels)
-    y = task.test.labels
+    train, train_y, val, val_y, test, y = _split_features(model, task, settings)
+    predict, c = fit_linear_classifier(train, train_y, val, val_y)
+    keep = task.test.readable()
     corrupted = {}
     for name in CORRUPTIONS:
         corrupted[name] = []
@@ -97,7 +101,7 @@ def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings
                 model, CorruptedSplit(task.test, name, severity), settings.image_size,
                 batch_size=settings.batch_size, device=settings.device, progress=False,
             )
-            corrupted[name].append(round(100.0 * float((predict(feats) == y).mean()), 4))
+            corrupted[name].append(round(100.0 * float((predict(feats[keep]) == y).mean()), 4))
     by_severity = [round(sum(v[i] for v in corrupted.values()) / len(corrupted), 4) for i in range(len(SEVERITIES))]
     return {"accuracy": 100.0 * float((predict(test) == y).mean()), "C": c, "corrupted": corrupted,
             "severity_mean": by_severity, "n_test": len(y)}
@@ -156,6 +160,10 @@ def evaluate_tasks(
             continue
         start = time.perf_counter()
         metrics = run(model, task, settings)
+        skipped = skipped_images(task)
+        if skipped:
+            metrics["skipped_images"] = skipped
+            warn(f"{task.source or task.name}: {skipped_text(task)} (listed in the results file)")
         entries.append(
             {
                 "task": task.name,

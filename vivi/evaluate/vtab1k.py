@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vivi.data.tasks import ImageTask
-from vivi.errors import UserError
+from vivi.data.tasks import ImageTask, check_readable
+from vivi.errors import UserError, warn
 from vivi.evaluate.finetune import FinetuneSetting, accuracy, finetune, predict, preload
 
 
@@ -80,10 +80,16 @@ def check_sizes(task: ImageTask, scale: Vtab1kScale) -> None:
         )
 
 
-def vtab1k_splits(task: ImageTask, scale: Vtab1kScale):
-    """(train800, val200, test): the first n_train of train and the first n_val of val."""
-    check_sizes(task, scale)
-    return task.train.subset(np.arange(scale.n_train)), task.val.subset(np.arange(scale.n_val)), task.test
+def vtab1k_splits(task: ImageTask, scale: Vtab1kScale, strict: bool = True):
+    """(train800, val200, test): the first n_train of train and the first n_val of val. Not
+    ``strict`` (one fine-tune, no sweep to compare across tasks): all of a smaller task, with a note."""
+    if strict:
+        check_sizes(task, scale)
+    elif len(task.train) < scale.n_train or len(task.val) < scale.n_val:
+        warn(f"{task.source or task.name}: fine-tuning on all {len(task.train)} train + {len(task.val)} val images, "
+             f"fewer than VTAB-1k's {scale.n_train} + {scale.n_val}")  # fmt: skip
+    n_train, n_val = min(scale.n_train, len(task.train)), min(scale.n_val, len(task.val))
+    return task.train.subset(np.arange(n_train)), task.val.subset(np.arange(n_val)), task.test
 
 
 def select_setting(sweep: dict[str, dict[str, float]], settings: Sequence[FinetuneSetting]) -> FinetuneSetting:
@@ -173,16 +179,20 @@ class FinetuneTrials:
     scale: Vtab1kScale
     device: str | torch.device = "cpu"
     progress: bool = False
+    strict: bool = True  # refuse tasks smaller than VTAB-1k's 800 + 200 (see vtab1k_splits)
     _cache: tuple[str, tuple] | None = field(default=None, repr=False)
 
     def data(self, task: ImageTask) -> tuple:
         """(train x, train y, val x, val y, test x, test y) of the VTAB-1k splits, for the last task asked."""
         if self._cache is None or self._cache[0] != task.name:
             self._cache = None  # free the previous task's images first
-            splits = vtab1k_splits(task, self.scale)
+            splits = vtab1k_splits(task, self.scale, self.strict)
             arrays = []
             for split in splits:
-                arrays += [preload(split, self.image_size), split.labels]
+                images = preload(split, self.image_size)
+                keep = split.readable()  # unreadable files were preloaded as black images: drop them
+                arrays += [images[torch.from_numpy(keep)], split.labels[keep]]
+            check_readable(task, arrays[1], arrays[5])
             self._cache = (task.name, tuple(arrays))
         return self._cache[1]
 

@@ -67,6 +67,9 @@ def save_backbone(model: nn.Module, spec: BackboneConfig, path: Path, extra: dic
 def _resolve(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
+        if not (p / "backbone.safetensors").is_file() and list(p.glob("checkpoints/*")):
+            raise UserError(f"{p}: the run has checkpoints but no backbone.safetensors yet: it has not finished "
+                            "(run its `vivi pretrain` command again to continue it)")  # fmt: skip
         p = p / "backbone.safetensors"
     if not p.is_file():
         raise UserError(f"{p}: no such backbone file (expected a run folder or a .safetensors file)")

@@ -33,7 +33,7 @@ from vivi.data.augment import augment, hsv_jitter
 from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import read_index
-from vivi.errors import UserError
+from vivi.errors import UserError, warn
 from vivi.models.backbone import save_backbone
 from vivi.models import build_model
 from vivi.models.ema import momentum_schedule
@@ -48,7 +48,8 @@ from vivi.train.schedule import lr_schedule
 
 
 def autocast_context(cfg: RunConfig, device: torch.device):
-    """bf16 autocast on CUDA by default; full precision on CPU (bf16 there is slower, not faster)."""
+    """bf16 autocast on CUDA by default; full precision on CPU, where bf16 is faster only on CPUs with
+    bf16 matrix units (e.g. AMX: ~1.6x for the tiny model) and slower on the others: ask for it with amp=bf16."""
     mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     if mode == "off":
         return nullcontext()
@@ -56,25 +57,33 @@ def autocast_context(cfg: RunConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# How batches are built, not what they hold (tested: any worker count and cache size give the
-# same data): a run may resume with other values, e.g. on a machine with more cores.
-RUNTIME_ONLY = (("data", "workers"), ("data", "cache_mb"))
+# How the run is executed, not what it computes (tested: any worker count and cache size give
+# the same batches; memory layout and compilation leave the maths as it is): a run may resume
+# with other values, e.g. on a machine with more cores.
+RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile")
+
+
+def _without_runtime(config: dict) -> dict:
+    for dotted in RUNTIME_ONLY:
+        *sections, key = dotted.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node.pop(key, None)
+    return config
 
 
 def _check_resume_config(run: Path, cfg: RunConfig) -> None:
     saved = run / "config.json"
     if saved.is_file():
-        old, new = from_dict(json.loads(saved.read_text())).to_dict(), cfg.to_dict()
-        for section, key in RUNTIME_ONLY:
-            old[section].pop(key, None)
-            new[section].pop(key, None)
-        if old != new:
+        old = _without_runtime(from_dict(json.loads(saved.read_text())).to_dict())
+        if old != _without_runtime(cfg.to_dict()):
             raise UserError(
                 f"{run}: holds a run with a different config (see {saved}); use a new --out folder to start afresh"
             )
 
 
-def _frame_source(cfg: RunConfig, data: list[Path]) -> VideoTable | ImageFolder:
+def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageFolder:
     """The shards of the ingested folders ``data``, or the image folder of the image baselines."""
     if cfg.data.mode == "images":
         if len(data) != 1:
@@ -201,8 +210,8 @@ def _wrap(model: torch.nn.Module, cfg: RunConfig, ctx: DistContext, device: torc
     return net
 
 
-def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True) -> Path:
-    """Train ``cfg`` on the ingested folders ``data`` (an image folder for ``data.mode=images``);
+def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool = True) -> Path:
+    """Train ``cfg`` on the ingested folders ``data`` (paths or URLs; an image folder for ``data.mode=images``);
     resumes exactly from the newest checkpoint in ``out``. Under torchrun each process trains its
     share of the global batch; rank 0 writes the run folder."""
     cfg = copy.deepcopy(cfg)  # the labelled folder sets model.classes
@@ -213,10 +222,13 @@ def pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool = True)
         shutdown(ctx)
 
 
-def _pretrain(cfg: RunConfig, data: list[Path], out: Path, progress: bool, ctx: DistContext) -> Path:
+def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool, ctx: DistContext) -> Path:
     device = process_device(ctx, cfg.device)
     labelled = _labelled_source(cfg)
     source = _frame_source(cfg, data)
+    if ctx.main and isinstance(source, VideoTable) and len(source) < cfg.data.videos:
+        warn(f"{', '.join(map(str, data))}: {len(source)} usable videos for data.videos={cfg.data.videos} per batch, "
+             "so batches repeat videos and some negatives are a positive's own video; add videos or lower data.videos")
     v = rank_slice(cfg.data.videos, ctx.rank, ctx.world, "data.videos")
     v = v.stop - v.start  # videos per rank
     k, f = cfg.data.shots, cfg.data.frames

@@ -1,0 +1,69 @@
+"""Listing a user's folder the same way for videos and images.
+
+Users' data often lives behind symbolic links (a dataset folder linked into a project) and
+next to operating-system clutter (``.DS_Store``, ``._name`` AppleDouble files, ``.Trashes``).
+``Path.rglob`` neither follows linked folders (their files vanish without a word) nor skips
+hidden entries, so every listing goes through :func:`walk_files`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+# Clutter that is never data: left out of the "ignored files" notes.
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every non-hidden file under ``root`` at any depth, sorted. Symlinked folders are followed,
+    each real folder once (a link loop ends); broken links are kept so callers can report them."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder) / f for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def ignored_note(files: Iterable[Path], kind: str) -> str | None:
+    """``ignored 3 files that are not <kind>s (.txt: 2, .heic: 1)``, or None when there are none."""
+    counts = Counter(p.suffix.lower() or "(no extension)" for p in files if p.name.lower() not in JUNK_NAMES)
+    if not counts:
+        return None
+    by_ext = ", ".join(f"{ext}: {n}" for ext, n in counts.most_common(6))
+    total = sum(counts.values())
+    article = "an" if kind[0] in "aeiou" else "a"
+    what = f"{total} files that are not {kind}s" if total != 1 else f"1 file that is not {article} {kind}"
+    return f"ignored {what} ({by_ext})"
+
+
+def output_dir(path: Path, create: bool = True) -> Path:
+    """``path`` created if needed (or, not ``create``, checked to be creatable: a command that
+    fails on its input later leaves no empty folder), or a one-line error saying why it cannot
+    hold output."""
+    from vivi.errors import UserError
+
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder; choose another output folder")
+    if not create:
+        existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"{path}: cannot create the output folder ({existing} is not a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{path}: cannot create the output folder ({existing} is not writable)")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: the output folder is not writable")
+    return path
