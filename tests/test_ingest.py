@@ -408,10 +408,10 @@ def test_ctrl_c_keeps_the_videos_finished_so_far(videos, tmp_path, monkeypatch):
     root, _ = videos
     real = ingest_module._process
 
-    def interrupted_on_the_third(source, options):
-        if source.location.endswith("clip2.mp4"):
+    def interrupted_on_the_third(source, location, options):
+        if location.endswith("clip2.mp4"):
             raise KeyboardInterrupt
-        return real(source, options)
+        return real(source, location, options)
 
     monkeypatch.setattr(ingest_module, "_process", interrupted_on_the_third)
     with pytest.raises(KeyboardInterrupt):
@@ -483,3 +483,27 @@ def test_the_ingest_module_leaves_decoding_modules_to_the_workers():
     code = "import sys, vivi.data.ingest; print(sorted({'av', 'PIL', 'tqdm'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pipe_commands_and_fsspec_urls_are_ingested_like_their_files(videos, tmp_path):
+    """``pipe:CMD`` (webdataset's convention) and non-FFmpeg URLs are copied to a temporary file in
+    the spool, then decoded exactly as the file itself; a failing command or an unknown protocol is
+    an error record with the reason, and no temporary copy is left behind."""
+    root, _ = videos
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f"pipe:cat '{root}/clip1.mp4'\nfile://{root}/sub/clip2.mp4\n"
+        f"pipe:cat '{tmp_path}/gone.mp4'\nnosuchproto://bucket/clip.mp4\n"
+    )
+    summary = run_ingest(listing, tmp_path / "out", fps=FPS, workers=2)
+    assert (summary.videos_ok, summary.videos_error) == (2, 2)
+    records = {r["source"]: r for r in check_shards_agree(tmp_path / "out")}
+    run_ingest(root, tmp_path / "direct", fps=FPS)
+    direct = {Path(r["source"]).name: r for r in read_records(tmp_path / "direct" / INDEX_NAME)}
+    for given, name in ((f"pipe:cat '{root}/clip1.mp4'", "clip1.mp4"), (f"file://{root}/sub/clip2.mp4", "clip2.mp4")):
+        assert records[given]["location"] == given and records[given]["key"].startswith(name.split(".")[0])
+        assert records[given]["shots"] == direct[name]["shots"] and records[given]["num_frames"] == 81
+    gone = records[f"pipe:cat '{tmp_path}/gone.mp4'"]["error"]
+    assert gone.startswith("pipe command exited with status 1: ") and "gone.mp4" in gone
+    assert records["nosuchproto://bucket/clip.mp4"]["error"] == "cannot read: ValueError: Protocol not known: nosuchproto"
+    assert not list((tmp_path / "out").rglob("*.video"))

@@ -19,8 +19,11 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from array import array
 from bisect import bisect_left, bisect_right
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -380,7 +384,7 @@ def _list_file_entries(path: Path) -> list[str]:
 
 def _source(given: str, base: Path) -> Source:
     """Resolve a path against the list's folder (URLs stay as they are) and derive its key."""
-    location = given if "://" in given else str((base / given).resolve())
+    location = given if is_remote(given) else str((base / given).resolve())
     return Source(given, location, source_key(location))
 
 
@@ -412,19 +416,70 @@ def process_video(source: Source, options: Options) -> VideoResult:
 
     _injected_fault(source)
     try:
-        _check_exists(source)
-        return _process(source, options)
+        with _openable(source, options) as location:
+            return _process(source, location, options)
     except VideoError as e:
         return VideoResult(_record(source, "error", str(e)))
 
 
-def _check_exists(source: Source) -> None:
-    """Say where a missing file was looked for (a relative line of a list is relative to the list's
-    folder; a broken link shows its target)."""
+PIPE = "pipe:"  # webdataset's convention: "pipe:CMD" is what the shell command CMD writes to stdout
+FFMPEG_SCHEMES = ("http", "https", "ftp", "rtmp", "rtsp")  # URLs FFmpeg reads itself, as a stream
+
+
+def is_remote(location: str) -> bool:
+    """A URL or a ``pipe:`` command rather than a local path."""
+    return location.startswith(PIPE) or "://" in location
+
+
+@contextlib.contextmanager
+def _openable(source: Source, options: Options) -> Iterator[str]:
+    """A location FFmpeg can open: a local path or an http(s)/ftp/rtmp/rtsp URL as it is; what a
+    ``pipe:`` command prints or another URL holds (``s3://``, ``gs://``: any fsspec URL) copied to a
+    temporary file first, because an MP4's index may sit at its end and needs a seekable file."""
     from vivi.data.video import VideoError
 
-    if "://" not in source.location and not os.path.exists(source.location):
-        raise VideoError(f"no such file: {source.location}")
+    location = source.location
+    if not is_remote(location):
+        if not os.path.exists(location):  # where it was looked for: a list's relative line, a link's target
+            raise VideoError(f"no such file: {location}")
+        yield location
+        return
+    if not location.startswith(PIPE) and location.split("://", 1)[0].lower() in FFMPEG_SCHEMES:
+        yield location
+        return
+    spool = Path(options.spool_dir) if options.spool_dir else None
+    if spool is not None:
+        spool.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{source.key}.", suffix=".video", dir=spool)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _fetch(location, out)
+        yield tmp
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _fetch(location: str, out: BinaryIO) -> None:
+    """Write the bytes of a ``pipe:`` command's output or of an fsspec URL to ``out``."""
+    from vivi.data.video import VideoError
+
+    if location.startswith(PIPE):
+        run = subprocess.run(location[len(PIPE):], shell=True, stdout=out, stderr=subprocess.PIPE, check=False)
+        if run.returncode:
+            said = run.stderr.decode(errors="replace").strip().splitlines()
+            raise VideoError(f"pipe command exited with status {run.returncode}" + (f": {said[-1]}" if said else ""))
+        return
+    from vivi.data.remote import open_file, read_failed, reason
+
+    try:
+        with open_file(location) as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+    except UserError as e:  # an unknown protocol, or a missing fsspec backend: the package to install
+        raise VideoError(f"cannot read: {str(e).removeprefix(f'{location}: ')}") from None
+    except Exception as e:
+        if not read_failed(location, e):
+            raise
+        raise VideoError(f"cannot read: {reason(e)}") from None
 
 
 def _spool_path(options: Options, source: Source) -> Path:
@@ -475,8 +530,8 @@ class _Pass:
         return self.times[-1] + 1 / self.fps
 
 
-def _process(source: Source, options: Options) -> VideoResult:
-    decoded = _decode(source, options)
+def _process(source: Source, location: str, options: Options) -> VideoResult:
+    decoded = _decode(source, location, options)
     meta = dict(
         fps=round(decoded.fps, 3), num_frames=len(decoded.times), duration_s=round(decoded.duration, 3),
         width=decoded.size[0], height=decoded.size[1], decode_errors=decoded.decode_errors,
@@ -492,7 +547,7 @@ def _process(source: Source, options: Options) -> VideoResult:
     return VideoResult(_record(source, "ok", **meta, shots=shots), images, len(decoded.times))
 
 
-def _decode(source: Source, options: Options) -> _Pass:
+def _decode(source: Source, location: str, options: Options) -> _Pass:
     """The one pass: every frame feeds the shot detector as a small image made straight from
     the decoded YUV frame; only frames on the fps grid are converted at sample size, to JPEG."""
     from vivi.data.video import Video, VideoError, display_size
@@ -503,7 +558,7 @@ def _decode(source: Source, options: Options) -> _Pass:
     size: tuple[int, int] | None = None
     spool = JpegSpool(_spool_path(options, source)) if options.spool_dir else None
     try:
-        with Video(source.location, options.decode_threads) as video:
+        with Video(location, options.decode_threads) as video:
             detector = make_frame_detector(options.detector, video.fps)
             width = 0
             for frame in video.frames():
