@@ -228,3 +228,13 @@ def test_cli_evaluate_numbers_that_would_be_ignored_or_crash_are_refused(option,
         main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent", option, value])
     assert info.value.code == 2
     assert f"argument {option}: '{value}': expected a number" in capsys.readouterr().err
+
+
+def test_warnings_are_said_once_under_torchrun(monkeypatch, capsys):
+    from vivi.errors import warn
+
+    monkeypatch.setenv("RANK", "1")
+    warn("seen by every rank")
+    monkeypatch.setenv("RANK", "0")
+    warn("said by rank 0")
+    assert capsys.readouterr().err.splitlines() == ["vivi: warning: said by rank 0"]

@@ -11,11 +11,15 @@ class UserError(Exception):
 
 
 def warn(message: str) -> None:
-    """One line on stderr for input that was skipped or repaired, so nothing is dropped silently."""
+    """One line on stderr for input that was skipped or repaired, so nothing is dropped silently.
+    Under torchrun only rank 0 says it: every rank reads the same input, N copies would be noise."""
+    import os
     import sys
 
     from tqdm import tqdm
 
+    if os.environ.get("RANK", "0") != "0":
+        return
     tqdm.write(f"vivi: warning: {message}", file=sys.stderr)  # stays clear of progress bars
 
 
