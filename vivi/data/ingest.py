@@ -203,7 +203,9 @@ def ingest(
                         append_records(index, [result.record])
                     if isinstance(result.images, SpooledImages):
                         result.images.discard()
-                bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error)
+                fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error,
+                                frames=summary.frames_decoded, frames_per_s=f"{fps:.0f}")  # fmt: skip
                 bar.update()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every finished video, then stop
             with stop.deferred():
