@@ -77,6 +77,21 @@ def test_crop_resize_matches_roi_align():
         torch.testing.assert_close(crop_resize(x, boxes, size, flip), _roi_align_crop(x, boxes, size, flip), atol=1e-4, rtol=0)
 
 
+def test_crop_resize_grid_equals_affine_grid():
+    """The per-axis grid is affine_grid's for the same scale-and-shift map (a second reference)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(64, 3, 40, 40, generator=g)
+    boxes = crop_boxes(64, (0.08, 1.0), (0.75, 4 / 3), g, torch.device("cpu"))
+    flip = torch.rand(64, generator=g) < 0.5
+    cx, cy, w, h = boxes.unbind(1)
+    theta = torch.zeros(64, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = torch.where(flip, -w, w), 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
+    grid = torch.nn.functional.affine_grid(theta, [64, 3, 24, 24], align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    torch.testing.assert_close(crop_resize(x, boxes, 24, flip), expected, atol=1e-5, rtol=0)
+
+
 def test_augment_folds_scaling_colour_and_normalisation_into_one_matmul():
     """The fused path equals the sequential one: /255, crop, colour distortion, clamp, normalise."""
     from vivi.data.augment import normalize
