@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from vivi.config import PRESET_NAMES, apply_overrides, from_dict, preset
+from vivi.config import PRESET_NAMES, apply_overrides, batch_lr_note, from_dict, preset
 from vivi.errors import UserError
 from vivi.train.schedule import lr_schedule
 
@@ -81,3 +81,13 @@ def test_values_that_cannot_train_are_refused_before_any_work(bad, needle):
     with pytest.raises(UserError) as info:
         apply_overrides(preset("VIVI-Ex(4)"), [bad])
     assert str(info.value) == needle
+
+
+def test_a_smaller_batch_with_the_presets_lr_is_warned_about():
+    cfg = apply_overrides(preset("VITO", "paper"), ["data.videos=4"])
+    note = batch_lr_note(cfg)
+    assert note and "8192 to 4 shots" in note and "optim.lr=0.8" in note
+    assert "--set optim.lr=0.018" in note  # 0.8 * sqrt(4 / 8192)
+    assert batch_lr_note(apply_overrides(preset("VITO", "paper"), ["data.videos=4", "optim.lr=0.001"])) is None
+    assert batch_lr_note(preset("VIVI-Ex(4)", "paper")) is None
+    assert batch_lr_note(apply_overrides(preset("VIVI-Ex(4)"), ["seed=3"])) is None

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vivi.config import RunConfig, from_dict
+from vivi.config import RunConfig, batch_lr_note, from_dict
 from vivi.data.augment import augment, hsv_jitter
 from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
@@ -226,6 +226,9 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     device = process_device(ctx, cfg.device)
     labelled = _labelled_source(cfg)
     source = _frame_source(cfg, data)
+    note = batch_lr_note(cfg) if ctx.main else None
+    if note:
+        warn(note)
     if ctx.main and isinstance(source, VideoTable) and len(source) < cfg.data.videos:
         warn(f"{', '.join(map(str, data))}: {len(source)} usable videos for data.videos={cfg.data.videos} per batch, "
              "so batches repeat videos and some negatives are a positive's own video; add videos or lower data.videos")
