@@ -106,6 +106,25 @@ def test_a_one_picture_stream_before_the_video_is_not_taken_for_it(tmp_path):
     assert (record["status"], record["width"], record["num_frames"], len(record["shots"])) == ("ok", W, 2 * CUT, 2)
 
 
+@pytest.mark.parametrize("codec, raw_format", [("libx264", "h264"), ("mpeg4", "m4v")])
+def test_a_raw_elementary_stream_keeps_its_own_frame_rate(tmp_path, codec, raw_format):
+    """A raw Annex B .h264 (no timestamps) or .m4v stream, named like an mp4: FFmpeg's raw demuxer
+    declares 25 fps whatever the bitstream says; the bitstream's 10 fps must win, or the frames'
+    times, the sampling grid and the shortest shot (in frames) are all wrong."""
+    need(codec)
+    path = tmp_path / "raw.mp4"
+    with av.open(str(path), "w", format=raw_format) as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(2 * CUT):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")))
+        container.mux(stream.encode())
+    run_ingest(path, tmp_path / "out", fps=1.0)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert (record["status"], record["fps"], record["duration_s"]) == ("ok", FPS, 4.0), record["error"]
+    assert [f["t"] for s in record["shots"] for f in s["frames"]] == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_frame_times_are_the_exact_fractions_of_the_time_base(tmp_path):
     """NTSC's 30000/1001 fps in 1/30000 s ticks: each time is (pts - first pts) * time base,
     rounded once (a float time base, rounded first, is off in the last bit for many frames)."""

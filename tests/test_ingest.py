@@ -201,6 +201,59 @@ def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, 
     assert [r["source"] for r in read_records(tmp_path / "out" / INDEX_NAME)] == [s.given for s in sources]
 
 
+def test_a_list_file_with_a_byte_order_mark_and_crlf_lines(videos, tmp_path):
+    """Windows editors save lists as UTF-8 with a BOM and CRLF: the mark is no part of the first path
+    (which was then "no such file") and a first-line comment stays a comment."""
+    root, _ = videos
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(f"\ufeff# clips\r\n{root}/clip0.mp4\r\n{root}/clip1.mp4\r\n".encode())
+    assert [s.given for s in list_sources(listing)] == [f"{root}/clip0.mp4", f"{root}/clip1.mp4"]
+
+
+def test_a_file_in_a_folder_named_like_a_pipe_command_is_a_file(videos, tmp_path, monkeypatch):
+    """`vivi ingest . OUT` lists ``pipe:touch MARK.mp4`` without a leading ``./``: it is a video file,
+    never a shell command to run."""
+    root, _ = videos
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "pipe:touch MARK.mp4").write_bytes((root / "clip0.mp4").read_bytes())
+    monkeypatch.chdir(folder)
+    run_ingest(Path("."), tmp_path / "out", fps=1.0)
+    run_ingest(Path("pipe:touch MARK.mp4"), tmp_path / "one", fps=1.0)
+    assert not (folder / "MARK").exists() and not (folder / "MARK.mp4").exists()
+    for out in ("out", "one"):
+        [record] = check_shards_agree(tmp_path / out)
+        assert record["status"] == "ok" and record["location"] == str(folder / "pipe:touch MARK.mp4"), record
+
+
+def test_a_video_without_shots_says_why(tmp_path):
+    """A long all-black video has no shot because of its content, not its length: its reason
+    must not read as if it were shorter than a shot."""
+    write_video(tmp_path / "black.mp4", [np.zeros((32, 32, 3), np.uint8)] * 30)
+    run_ingest(tmp_path / "black.mp4", tmp_path / "out")
+    [record] = read_records(tmp_path / "out" / INDEX_NAME)
+    assert record["status"] == "skipped" and record["duration_s"] == 3.0
+    assert "black frames" in record["error"] and "lasts 3" not in record["error"], record["error"]
+
+
+def test_a_tall_narrow_video_gets_a_small_detector_thumbnail(tmp_path):
+    """A 64-px-wide thumbnail of a 2x720 strip was 64x23040 pixels (GBs per batch of features);
+    frames up to 4 times taller than wide keep the 64-px width."""
+    from vivi.data.detectors import make_frame_detector
+    from vivi.data.video import Video
+
+    frames = [np.full((720, 2, 3), (200, 40, 30) if i < 12 else (30, 60, 210), np.uint8) for i in range(24)]
+    write_video(tmp_path / "strip.mp4", frames)
+    with Video(str(tmp_path / "strip.mp4")) as video:
+        detector, frame = make_frame_detector("histogram", video.fps), next(video.frames())
+        thumbnail = video.thumbnail(frame, detector.width(frame.raw.width, frame.raw.height))
+    assert thumbnail.shape[0] * thumbnail.shape[1] <= 64 * 256, thumbnail.shape
+    assert [detector.width(w, h) for w, h in ((1920, 1080), (1080, 1920), (64, 256))] == [64, 64, 64]
+    run_ingest(tmp_path / "strip.mp4", tmp_path / "out", fps=FPS)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert [(s["start_frame"], s["end_frame"]) for s in record["shots"]] == [(0, 11), (12, 23)]
+
+
 def test_bad_options_are_user_errors(videos, tmp_path):
     root, _ = videos
     with pytest.raises(UserError, match="workers=0"):
@@ -467,6 +520,12 @@ def test_folders_follow_links_skip_hidden_files_and_note_other_files(videos, tmp
     records = {Path(r["source"]).name: r for r in read_records(tmp_path / "out" / INDEX_NAME)}
     assert records["broken.mp4"]["error"] == f"no such file: {tmp_path / 'gone.mp4'}"
     assert records["clip2.mp4"]["status"] == records["a.M4V"]["status"] == "ok"
+
+
+def test_raw_elementary_streams_are_found_in_folders(tmp_path):
+    for name in ("cam.h264", "b.264", "c.hevc", "d.H265", "e.265", "f.yuv"):
+        (tmp_path / name).write_bytes(b"")
+    assert [Path(s.given).name for s in list_sources(tmp_path)] == ["b.264", "c.hevc", "cam.h264", "d.H265", "e.265"]
 
 
 def test_workers_that_fill_the_cores_decode_with_one_thread_each(monkeypatch):

@@ -14,6 +14,7 @@ PySceneDetect needs OpenCV; both come with ``pip install 'vivi[scenedetect]'``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -52,6 +53,7 @@ class HistogramFrames:
 
     pixel_format = "rgb24"
     BATCH = 16  # thumbnails (7 KB each); larger batches outgrow the CPU caches and gain nothing
+    MAX_PIXELS = THUMBNAIL_WIDTH * 4 * THUMBNAIL_WIDTH  # 64x256; portrait 9:16 video (64x114) stays as it is
 
     def __init__(self, fps: float, params: DetectorParams | None = None) -> None:
         self._detector = ShotDetector(fps, params)
@@ -59,7 +61,10 @@ class HistogramFrames:
         self._count = 0  # thumbnails in the batch
 
     def width(self, frame_width: int, frame_height: int) -> int:
-        return THUMBNAIL_WIDTH
+        """``THUMBNAIL_WIDTH``, narrower for frames over 4 times taller than wide, so a thumbnail
+        has at most ``MAX_PIXELS``: a 64-px-wide thumbnail of a 1x720 strip is 64x46080, and a
+        batch of those took gigabytes and seconds per frame."""
+        return max(1, min(THUMBNAIL_WIDTH, math.isqrt(self.MAX_PIXELS * frame_width // max(frame_height, 1))))
 
     def push(self, image: np.ndarray) -> None:
         if image.shape != self._batch.shape[1:]:  # the first frame, or the video changed size

@@ -48,6 +48,7 @@ from vivi.errors import UserError, warn
 VIDEO_EXTENSIONS = (
     ".mp4", ".mkv", ".webm", ".avi", ".mov",  # tested
     ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".flv", ".wmv", ".ogv",  # common elsewhere
+    ".h264", ".264", ".h265", ".265", ".hevc",  # raw elementary streams (camera and robot dumps)
 )
 MiB = 1 << 20
 MIN_SHOT_S = DetectorParams().min_shot_s  # shared by every detector
@@ -350,6 +351,7 @@ def list_sources(src: str | Path) -> list[Source]:
     if not src.exists():
         raise UserError(f"{src}: no such file or folder")
     base = Path(".")  # what relative entries are relative to
+    local = True  # a folder's files and SRC itself are files, even one named "pipe:CMD.mp4"
     if src.is_dir():  # linked folders followed; broken links kept, to become error records
         files = walk_files(src)
         paths = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
@@ -362,17 +364,19 @@ def list_sources(src: str | Path) -> list[Source]:
     elif src.suffix.lower() in VIDEO_EXTENSIONS:
         entries = [str(src)]
     else:
-        entries, base = _list_file_entries(src), src.parent
+        entries, base, local = _list_file_entries(src), src.parent, False
     sources: dict[str, Source] = {}
     for given in entries:
-        source = _source(given, base)
+        source = _source(given, base, local)
         sources.setdefault(source.key, source)
     return list(sources.values())
 
 
 def _list_file_entries(path: Path) -> list[str]:
+    """A list's lines, read as UTF-8 whatever the locale; a byte-order mark (Windows editors
+    write one) would otherwise become part of the first path, or turn a comment into a path."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         hint = "" if not isinstance(e, UnicodeDecodeError) else (
             f"; a video needs one of the extensions {' '.join(VIDEO_EXTENSIONS)}, or a line in a text list"
@@ -384,9 +388,10 @@ def _list_file_entries(path: Path) -> list[str]:
     return entries
 
 
-def _source(given: str, base: Path) -> Source:
-    """Resolve a path against the list's folder (URLs stay as they are) and derive its key."""
-    location = given if is_remote(given) else str((base / given).resolve())
+def _source(given: str, base: Path, local: bool = False) -> Source:
+    """Resolve a path against the list's folder (URLs stay as they are, unless ``local``: a file
+    found in a folder is never a URL or a shell command) and derive its key."""
+    location = given if not local and is_remote(given) else str((base / given).resolve())
     return Source(given, location, source_key(location))
 
 
@@ -544,9 +549,19 @@ def _process(source: Source, location: str, options: Options) -> VideoResult:
             images.discard()
         reason = f"{len(shots)} shots with kept frames, fewer than min_shots={options.min_shots}"
         if not shots:  # say why, e.g. for a clip shorter than any shot can be
-            reason += f" (the video lasts {decoded.duration:.2f} s; a shot lasts at least {MIN_SHOT_S:g} s)"
+            reason += f" ({_no_shot_reason(decoded, options.fps)})"
         return VideoResult(_record(source, "skipped", reason, **meta), frames_decoded=len(decoded.times))
     return VideoResult(_record(source, "ok", **meta, shots=shots), images, len(decoded.times))
+
+
+def _no_shot_reason(decoded: _Pass, fps: float) -> str:
+    """Why no shot kept a frame: "the video lasts 4.00 s" alone misleads for a long all-black
+    video or one that cuts every few frames."""
+    if decoded.duration < MIN_SHOT_S:
+        return f"the video lasts {decoded.duration:.2f} s; a shot lasts at least {MIN_SHOT_S:g} s"
+    if not decoded.shots:
+        return f"no stretch of {MIN_SHOT_S:g} s without a cut, a transition or black frames"
+    return f"no frame sampled at --fps {fps:g} falls inside its {len(decoded.shots)} shot(s)"
 
 
 def _decode(source: Source, location: str, options: Options) -> _Pass:

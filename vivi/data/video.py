@@ -16,6 +16,9 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 DEFAULT_FPS = 25.0  # assumed when a stream declares no frame rate at all
+# libavformat's AVFMT_NOTIMESTAMPS: a container without timestamps of its own (a raw .h264, .hevc
+# or .m4v elementary stream); its demuxer declares an average rate of 25 fps whatever the video says
+AVFMT_NOTIMESTAMPS = 0x0080
 
 
 class VideoError(Exception):
@@ -53,7 +56,7 @@ class Video:
         # (benchmarks/results/ingest/README.md).
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = threads
-        self.fps = _nominal_fps(self._stream)
+        self.fps = _nominal_fps(self._stream, _has_timestamps(self._container))
         self.decode_errors = 0  # packets the decoder rejected (see :meth:`frames`)
         self.last_error: str | None = None
         # One scaler per output size: PyAV caches the swscale context between calls.
@@ -149,10 +152,18 @@ def display_size(frame: Frame) -> tuple[int, int]:
     return (h, w) if rotation(frame) % 180 else (w, h)
 
 
-def _nominal_fps(stream: av.video.stream.VideoStream) -> float:
-    """The declared frame rate (average, else guessed, else DEFAULT_FPS)."""
-    rate = stream.average_rate or stream.guessed_rate
+def _nominal_fps(stream: av.video.stream.VideoStream, timestamps: bool = True) -> float:
+    """The declared frame rate (average, else guessed, else DEFAULT_FPS). Without container
+    timestamps the average is the raw demuxer's default of 25 fps, not the video's: the guessed
+    rate, which comes from the bitstream's own timing (an SPS, a VOL header), goes first then."""
+    rates = (stream.average_rate, stream.guessed_rate) if timestamps else (stream.guessed_rate, stream.average_rate)
+    rate = next((r for r in rates if r), None)
     return float(rate) if rate else DEFAULT_FPS
+
+
+def _has_timestamps(container: av.container.InputContainer) -> bool:
+    """Whether the container format stores timestamps (not a raw elementary stream)."""
+    return not int(container.format.flags) & AVFMT_NOTIMESTAMPS
 
 
 def _reason(error: av.error.FFmpegError) -> str:
