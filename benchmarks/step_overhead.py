@@ -10,10 +10,14 @@ image size):
          when nothing else wants the CPU
   loader the loader alone: frames per second delivered with the default number of workers
 
-and printed as ratios: full / bare (target <= 1.15), fixed / bare (the same without the loader's
-CPU share) and loader / full consumption (target >= 2).
+  loop   the real ``vivi pretrain`` loop (``--loop-steps N``): the seconds per step it logs itself
+         over the second half of an N-step run (logging, checkpoints and all), against the bare
+         step measured just before and after it
 
-    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3]
+and printed as ratios: full / bare (target <= 1.15), fixed / bare (the same without the loader's
+CPU share), loop / bare, and loader / full consumption (target >= 2).
+
+    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200]
 
 DIR is an ingested folder (``vivi synth W && vivi ingest W DIR``); without ``--data`` a small
 world is rendered and ingested into a temporary folder first.
@@ -94,6 +98,19 @@ def full_step(cfg, batches):
     return step
 
 
+def loop_step_seconds(cfg, data: Path, steps: int, out: Path) -> list[float]:
+    """Seconds per step of ``vivi pretrain`` itself, from the rate its metrics rows log (second half)."""
+    import json
+
+    from vivi.train.loop import pretrain
+
+    run_cfg = apply_overrides(cfg, [f"optim.steps={steps}"])
+    pretrain(run_cfg, [data], out, progress=False)
+    frames = cfg.data.videos * cfg.data.shots * cfg.data.frames
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [frames / r["frames_per_s"] for r in rows if r["step"] > steps // 2]
+
+
 def _make_data(tmp: Path) -> Path:
     world, data = tmp / "world", tmp / "data"
     for cmd in (["synth", str(world), "--videos", "24"], ["ingest", str(world), str(data)]):
@@ -108,6 +125,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15, help="timed steps per block")
     ap.add_argument("--rounds", type=int, default=3, help="blocks of bare and full steps, alternated")
     ap.add_argument("--set", action="append", default=[], help="config overrides, as for vivi pretrain")
+    ap.add_argument("--loop-steps", type=int, default=0,
+                    help="also run the real training loop for N steps and time its second half (0: skip)")
     ap.add_argument("--warm-passes", type=float, default=0.0,
                     help="passes over the videos drawn from the loader before timing (fills its frame cache, "
                          "as later in a run; 0: the start of a run)")
@@ -145,6 +164,8 @@ def main() -> None:
         loader_fps = frames_per_step / statistics.median(_timed(lambda: next(loader), a.steps))
         consumed_fps = frames_per_step / full
 
+        print("per block, ms (bare / full / fixed): "
+              + "; ".join(f"{b * 1000:.0f} / {f * 1000:.0f} / {x * 1000:.0f}" for b, f, x in zip(bares, fulls, fixeds)))
         print(f"bare backbone step  {bare * 1000:8.1f} ms   (median of {a.rounds} blocks of {a.steps} steps)")
         print(f"full VIVI step      {full * 1000:8.1f} ms   ratio full/bare = {statistics.median(ratios):.3f}  "
               f"(target <= 1.15; per block: {', '.join(f'{r:.2f}' for r in ratios)})")
@@ -152,6 +173,13 @@ def main() -> None:
               f"{statistics.median(fixed_ratios):.3f}  (no loader; per block: {', '.join(f'{r:.2f}' for r in fixed_ratios)})")
         print(f"loader alone        {loader_fps:8.0f} frames/s; the step consumes {consumed_fps:.0f} frames/s   "
               f"ratio = {loader_fps / consumed_fps:.2f}  (target >= 2)")
+        if a.loop_steps:
+            before = statistics.median(_timed(bare_fn, a.steps))
+            loop = statistics.median(loop_step_seconds(cfg, data, a.loop_steps, Path(tmp) / "run"))
+            after = statistics.median(_timed(bare_fn, a.steps))
+            print(f"vivi pretrain loop  {loop * 1000:8.1f} ms   ratio loop/bare = {loop / ((before + after) / 2):.3f}  "
+                  f"(steps {a.loop_steps // 2 + 1}-{a.loop_steps} of a {a.loop_steps}-step run; "
+                  f"bare before/after {before * 1000:.0f}/{after * 1000:.0f} ms)")
 
 
 if __name__ == "__main__":
