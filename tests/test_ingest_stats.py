@@ -158,3 +158,18 @@ def test_cli_missing_folder_exits_2_with_one_line():
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "vivi: error: /nonexistent: no such folder"
+
+
+def test_reasons_that_differ_only_in_their_numbers_are_one_kind():
+    from vivi.data.stats import reason_kind
+
+    short = "0 shots with kept frames, fewer than min_shots=1 (the video lasts {} s; a shot lasts at least 1 s)"
+    kinds = {reason_kind(short.format(d)) for d in ("0.10", "0.50", "12.00")}
+    assert kinds == {"0 shots with kept frames, fewer than min_shots=1 (the video lasts # s; a shot lasts at least 1 s)"}
+    assert reason_kind("no such file: /data/1.5/clip3.5.mp4") == "no such file: /data/1.5/clip3.5.mp4"
+    assert reason_kind("empty file (0 bytes)") == "empty file (0 bytes)"
+    assert reason_kind("cannot open: Invalid data found when processing input") == (
+        "cannot open: Invalid data found when processing input")
+    records = [{"key": f"k{i}", "status": "skipped", "error": short.format(d), "duration_s": float(d)}
+               for i, d in enumerate(("0.10", "0.50"))]
+    assert compute_stats(records).reasons["skipped"].most_common(1)[0][1] == 2

@@ -7,6 +7,7 @@ the distributions of shots per video and shot length before pretraining on them.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,15 @@ from vivi.errors import UserError
 STATUSES = ("ok", "skipped", "error")
 TOP_REASONS = 5
 PLOT_NAMES = ("shots_per_video.png", "shot_seconds.png")
+# A measured quantity standing alone ("lasts 0.50 s"): a decimal, not a count or setting
+# ("0 bytes", "min_shots=3"), nor a number inside a name or path ("clip3.5.mp4", "/data/1.5/a.mp4")
+_MEASURE = re.compile(r"(?<![\w./-])\d+\.\d+(?![\w./])")
+
+
+def reason_kind(reason: str) -> str:
+    """A reason with its measured decimals as ``#``: a million short clips are one kind of skip
+    ("the video lasts # s; ..."), not a million reasons that differ in their durations."""
+    return _MEASURE.sub("#", reason)
 
 
 @dataclass
@@ -29,7 +39,7 @@ class DatasetStats:
     folders: int = 0
     summary: IngestSummary = field(default_factory=IngestSummary)
     duplicates: int = 0  # records whose key was already seen in an earlier folder (counted once)
-    reasons: dict[str, Counter[str]] = field(default_factory=dict)  # status -> reason -> count
+    reasons: dict[str, Counter[str]] = field(default_factory=dict)  # status -> reason kind -> count
     shots_per_video: list[int] = field(default_factory=list)  # of ok videos
     shot_seconds: list[float] = field(default_factory=list)  # of the shots of ok videos
 
@@ -58,7 +68,7 @@ def compute_stats(records: Iterable[dict], folders: int = 1) -> DatasetStats:
         seen.add(record["key"])
         stats.summary.add_record(record)
         status = record["status"]
-        stats.reasons.setdefault(status, Counter())[record.get("error") or "-"] += 1
+        stats.reasons.setdefault(status, Counter())[reason_kind(record.get("error") or "-")] += 1
         if status == "ok":
             shots = record.get("shots") or []
             stats.shots_per_video.append(len(shots))
