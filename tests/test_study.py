@@ -60,3 +60,34 @@ def test_report_sums_the_wall_time_of_every_timed_run(tmp_path):
     _log_time(tmp_path, "Ex-YT-F", 1, 1800.0)  # ... and resumed: both parts count
     text = write_study_report(tmp_path, SIZES["default"], {}, {}, 60.0).read_text()
     assert "Wall time: 1.00 h for the 2 runs timed" in text
+
+
+def test_a_study_rebuilt_from_result_files_trains_only_what_they_lack(tmp_path, monkeypatch):
+    """Committed results (no backbones) resume a study: complete runs are read, not retrained; a
+    run whose evaluation stopped part-way, or with no file, trains (here: a stub that says so)."""
+    import json
+    from types import SimpleNamespace
+
+    import vivi.data.tasks
+    import vivi.study as study
+
+    size = study.StudySize(8, 5, 2, ("linear",), "tasks", 10, "world", models=("Ex-YT-F", "VIVI-Ex(4)-Co(10%)"))
+    tasks = [SimpleNamespace(name="a"), SimpleNamespace(name="b")]
+    complete = {"mean": 50.0, "groups": {"natural": 50.0}, "tasks": [{"task": "a", "accuracy": 50.0}, {"task": "b", "accuracy": 50.0}]}
+    for name, seed, res in (("Ex-YT-F", 0, complete), ("Ex-YT-F", 1, {**complete, "tasks": complete["tasks"][:1]}),
+                            ("VIVI-Ex(4)-Co(10%)", 0, complete)):
+        study.result_path(tmp_path, "linear", name, seed).parent.mkdir(parents=True, exist_ok=True)
+        study.result_path(tmp_path, "linear", name, seed).write_text(json.dumps(res))
+    rob = study.result_path(tmp_path, "robustness", "Sup-ImageNet", 0)
+    rob.parent.mkdir(parents=True)
+    rob.write_text(json.dumps({"tasks": [{"anchor_accuracy": 20.0, "pmk_accuracy": 10.0}]}))
+    trained = []
+    monkeypatch.setattr(study, "prepare_data", lambda out, size: (out, out))
+    monkeypatch.setattr(vivi.data.tasks, "load_tasks", lambda spec, cache: tasks)
+    monkeypatch.setattr(study, "train", lambda name, seed, *a: trained.append((name, seed)) or tmp_path)
+    monkeypatch.setattr(study, "evaluate_run", lambda run, name, seed, p, t, out: complete)
+    monkeypatch.setattr(study, "robustness", lambda run, name, seed, spec, out: {"tasks": [{"anchor_accuracy": 1.0, "pmk_accuracy": 0.0}]})
+    study.run_study(tmp_path, size)
+    assert trained == [("Ex-YT-F", 1), ("VIVI-Ex(4)-Co(10%)", 0), ("VIVI-Ex(4)-Co(10%)", 1), ("Sup-ImageNet", 1)]
+    # Co(10%) seed 0 had its linear results but not its robustness: it trains; Sup-ImageNet seed 0 had both
+    assert "PARTIAL" not in (tmp_path / "report.md").read_text()

@@ -90,14 +90,35 @@ def train(name: str, seed: int, size: StudySize, data: Path, labelled: Path, run
     return run
 
 
-def evaluate_run(run: Path, name: str, seed: int, protocol: str, tasks: list, results: Path) -> dict:
+def result_path(out: Path, protocol: str, name: str, seed: int) -> Path:
+    """Where a run's results of one protocol (``protocol="robustness"``: its pm-k) are kept."""
+    folder = out / "robustness" if protocol == "robustness" else out / "results" / protocol
+    return folder / f"{slug(name)}-s{seed}.json"
+
+
+def saved_results(out: Path, name: str, seed: int, protocols: Sequence[str], task_names: set[str]) -> dict | None:
+    """Every result of a run, if an earlier invocation finished them all (protocol -> result), else
+    None. A study folder rebuilt from committed result files (benchmarks/results/) resumes with
+    them, without the runs' backbones."""
+    found = {}
+    for protocol in protocols:
+        path = result_path(out, protocol, name, seed)
+        if not path.is_file():
+            return None
+        found[protocol] = json.loads(path.read_text())
+        if protocol != "robustness" and not task_names <= {e["task"] for e in found[protocol].get("tasks", [])}:
+            return None  # stopped during its evaluation: the run's backbone finishes it
+    return found
+
+
+def evaluate_run(run: Path, name: str, seed: int, protocol: str, tasks: list, out: Path) -> dict:
     from vivi.evaluate.encoders import load_encoder
     from vivi.evaluate.suite import evaluate_tasks
 
     enc = load_encoder(str(run))
     return evaluate_tasks(
         enc.model, tasks, protocol=protocol, image_size=enc.image_size,
-        out_json=results / protocol / f"{slug(name)}-s{seed}.json", model_name=name, model_source=str(run),
+        out_json=result_path(out, protocol, name, seed), model_name=name, model_source=str(run),
     )
 
 
@@ -108,7 +129,7 @@ def robustness(run: Path, name: str, seed: int, spec: str, out: Path) -> dict:
     from vivi.evaluate.encoders import load_encoder
     from vivi.evaluate.robustness import evaluate_robustness
 
-    path = out / "robustness" / f"{slug(name)}-s{seed}.json"
+    path = result_path(out, "robustness", name, seed)
     if path.is_file():
         return json.loads(path.read_text())
     return evaluate_robustness(
@@ -134,16 +155,19 @@ def run_study(out: Path, size: StudySize) -> Path:
     names = run_order(size.models, robust_models)
     total = len(names) * size.seeds
     report = write_study_report(out, size, results, rob, 0.0, runs_done=(0, total))
+    task_names = {t.name for t in tasks}
     for i, name in enumerate(names):
+        wanted = [*(size.protocols if name != SUPERVISED else ()), *(("robustness",) if name in robust_models else ())]
         for seed in range(size.seeds):
             t = _say(f"\n[{i * size.seeds + seed + 1}/{total}] {name} seed {seed}")
-            run = train(name, seed, size, data, labelled, out / "runs")
-            if name != SUPERVISED:
-                for protocol in size.protocols:
-                    res = evaluate_run(run, name, seed, protocol, tasks, out / "results")
-                    results[protocol].setdefault(name, []).append(res)
-            if name in robust_models:
-                rob.setdefault(name, []).append(robustness(run, name, seed, size.robustness, out))
+            found = saved_results(out, name, seed, wanted, task_names)
+            if found is None:
+                run = train(name, seed, size, data, labelled, out / "runs")
+                found = {p: evaluate_run(run, name, seed, p, tasks, out) for p in wanted if p != "robustness"}
+                if "robustness" in wanted:
+                    found["robustness"] = robustness(run, name, seed, size.robustness, out)
+            for protocol, res in found.items():
+                (rob if protocol == "robustness" else results[protocol]).setdefault(name, []).append(res)
             seconds = time.perf_counter() - t
             print(f"      done in {seconds:.0f}s", flush=True)
             _log_time(out, name, seed, seconds)
