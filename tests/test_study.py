@@ -23,6 +23,7 @@ def test_medians_spreads_and_claims():
     checks = {c["claim"]: c for c in check_claims(rows)}
     assert checks["Ex-YT-S > Ex-YT-F"]["holds"] is False  # +3 does not beat a spread of 4
     assert checks["VIVI-Ex(4) > Ex-YT-S"]["difference"] == 1.0 and not checks["VIVI-Ex(4) > Ex-YT-S"]["holds"]
+    assert checks["VIVI-Ex(4) > Ex-YT-S"]["per_seed"] == [1.0, 2.5, -2.5]  # seed i against seed i
     assert "VIVI-Rot(4) > Rot-YT-F" not in checks, "claims about models not in the study are left out"
     per_model["Ex-YT-F"] = [_result(m, {"a": m}, {"natural": m}) for m in (30.0, 31.0, 30.5)]
     checks = {c["claim"]: c for c in check_claims(model_rows(per_model))}
@@ -47,6 +48,9 @@ def test_report_is_marked_partial_until_every_run_is_done(tmp_path):
     results = {"linear": {"Ex-YT-F": [_result(m, {"a": m}, {"natural": m}) for m in (40.0, 42.0, 41.0)]}}
     text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0, runs_done=(3, 33)).read_text()
     assert "PARTIAL: 3 of 33 runs done" in text and "| Ex-YT-F | 41.0 |" in text
+    results["linear"]["Ex-YT-S"] = [_result(m, {"a": m}, {"natural": m}) for m in (41.5, 42.5, 40.0)]
+    text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0, runs_done=(6, 33)).read_text()
+    assert "- Ex-YT-S > Ex-YT-F: +0.5 points vs spread 2.5 -> **does NOT hold** (seed by seed: +1.5, +0.5, -1.0)" in text
     text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0, runs_done=(33, 33)).read_text()
     assert "PARTIAL" not in text and (tmp_path / "study_summary.json").is_file()
 
