@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 
 from vivi.config import apply_overrides, preset
-from vivi.data.augment import augment
+from vivi.data.augment import StepAugment, augment
 from vivi.data.batches import make_loader, training_videos
 from vivi.data.shards import read_index
 from vivi.models.backbone import build_backbone
 from vivi.models.vivi import VIVIModel, param_groups
-from vivi.train.loop import autocast_context
+from vivi.train.loop import augment_in_loader, autocast_context
 from vivi.train.objective import VIVIObjective
 
 
@@ -55,6 +55,10 @@ def _timed(step, n: int, warmup: int = 3) -> list[float]:
         step()
         times.append(time.perf_counter() - t)
     return times
+
+
+def frames_per_step(cfg) -> int:
+    return cfg.data.videos * cfg.data.shots * cfg.data.frames
 
 
 def _layout(cfg, x):
@@ -78,7 +82,8 @@ def bare_step(cfg, frames: torch.Tensor):
     return step
 
 
-def full_step(cfg, batches):
+def full_step(cfg, batches, in_loader: bool):
+    """``batches``: uint8 clips, or (``in_loader``) frames the loader already augmented."""
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
     model = _layout(cfg, VIVIModel(cfg))
     opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
@@ -87,7 +92,7 @@ def full_step(cfg, batches):
 
     def step() -> None:
         clips = next(batches)
-        frames = _layout(cfg, augment(clips.flatten(0, 2), cfg.augment, gen))
+        frames = _layout(cfg, clips if in_loader else augment(clips.flatten(0, 2), cfg.augment, gen))
         with autocast_context(cfg, frames.device):
             output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen)
         terms = objective(output, v, k, f)
@@ -106,7 +111,7 @@ def loop_step_seconds(cfg, data: Path, steps: int, out: Path) -> list[float]:
 
     run_cfg = apply_overrides(cfg, [f"optim.steps={steps}"])
     pretrain(run_cfg, [data], out, progress=False)
-    frames = cfg.data.videos * cfg.data.shots * cfg.data.frames
+    frames = frames_per_step(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [frames / r["frames_per_s"] for r in rows if r["step"] > steps // 2]
 
@@ -136,22 +141,29 @@ def main() -> None:
         data = a.data or _make_data(Path(tmp))
         table = training_videos(read_index([data]), cfg.data, str(data))
         v, k, f, s = cfg.data.videos, cfg.data.shots, cfg.data.frames, cfg.augment.image_size
-        frames_per_step = v * k * f
-        print(f"{a.preset} tiny: {v}x{k}x{f} = {frames_per_step} frames of {s}px per step; "
+        per_step = frames_per_step(cfg)
+        print(f"{a.preset} tiny: {v}x{k}x{f} = {per_step} frames of {s}px per step; "
               f"torch threads {torch.get_num_threads()}, loader workers {cfg.data.workers}, cores {os.cpu_count()}, "
               f"channels_last {cfg.channels_last}, amp {cfg.amp}")
 
+        in_loader = augment_in_loader(cfg)
+        print(f"augmentation in the {'loader' if in_loader else 'training process'} (augment.where={cfg.augment.where})")
+
+        def loader(seed: int):
+            wrap = (lambda items: StepAugment(items, cfg.augment, seed, cfg.channels_last)) if in_loader else None
+            return make_loader(table, cfg.data, seed=seed, wrap=wrap)
+
         torch.manual_seed(0)
-        bare_fn = bare_step(cfg, torch.randn(frames_per_step, 3, s, s))
-        batches = make_loader(table, cfg.data, seed=0)
+        bare_fn = bare_step(cfg, torch.randn(per_step, 3, s, s))
+        batches = loader(0)
         warm = round(a.warm_passes * len(table) / v)
         for _ in range(warm):
             next(batches)
         if warm:
             print(f"loader warmed by {warm} batches ({a.warm_passes:g} passes over {len(table)} videos)")
-        full_fn = full_step(cfg, batches)
-        fixed_batch = next(make_loader(table, cfg.data, seed=2))
-        fixed_fn = full_step(cfg, iter(lambda: fixed_batch, None))
+        full_fn = full_step(cfg, batches, in_loader)
+        fixed_batch = next(loader(2))
+        fixed_fn = full_step(cfg, iter(lambda: fixed_batch, None), in_loader)
         bares, fulls, fixeds = [], [], []
         for _ in range(a.rounds):  # alternate blocks: slow drifts of a shared machine hit all alike
             bares.append(statistics.median(_timed(bare_fn, a.steps)))
@@ -160,9 +172,9 @@ def main() -> None:
         ratios = [f / b for f, b in zip(fulls, bares)]
         fixed_ratios = [f / b for f, b in zip(fixeds, bares)]
         bare, full = statistics.median(bares), statistics.median(fulls)
-        loader = make_loader(table, cfg.data, seed=1)
-        loader_fps = frames_per_step / statistics.median(_timed(lambda: next(loader), a.steps))
-        consumed_fps = frames_per_step / full
+        alone = loader(1)
+        loader_fps = per_step / statistics.median(_timed(lambda: next(alone), a.steps))
+        consumed_fps = per_step / full
 
         print("per block, ms (bare / full / fixed): "
               + "; ".join(f"{b * 1000:.0f} / {f * 1000:.0f} / {x * 1000:.0f}" for b, f, x in zip(bares, fulls, fixeds)))

@@ -114,3 +114,20 @@ def test_network_input_normalises_and_is_channels_last():
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     torch.testing.assert_close(x, (images.float() / 255.0 - mean) / std)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_step_augment_repeats_each_image_and_draws_every_copy_anew():
+    from vivi.data.augment import StepAugment, step_generator
+
+    cfg = AugmentConfig(image_size=16)
+    images = (torch.arange(2 * 3 * 20 * 20) % 251).to(torch.uint8).view(2, 3, 20, 20)
+
+    class Steps(torch.utils.data.Dataset):
+        def __getitem__(self, step):
+            return images, torch.tensor([7, 9])
+
+    x, labels = StepAugment(Steps(), cfg, seed=1, channels_last=False, repeat=3)[4]
+    assert x.shape == (6, 3, 16, 16) and labels.tolist() == [7, 9]
+    expected = augment(images.repeat_interleave(3, 0), cfg, step_generator(1, 4))
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    assert not torch.equal(x[0], x[1]), "copies of one image get their own crop and colour"

@@ -74,6 +74,7 @@ def test_lr_schedule_warmup_and_steps():
         ("loss.video_weight=nan", "loss.video_weight=nan: expected a finite number"),
         ("augment.crop_scale=0.08,nan", "augment.crop_scale=nan: expected a finite number"),
         ("amp=fp8", "amp='fp8': expected 'auto', 'bf16', 'fp16' or 'off'"),  # a KeyError after the model was built
+        ("augment.where=gpu", "augment.where='gpu': expected 'device' or 'loader'"),  # a typo would silently augment on the device
         ("model.backbone.width_factor=0", "model.backbone.width_factor=0: expected >= 1"),
     ],
 )

@@ -3,6 +3,7 @@ parameters as an uninterrupted run; batches are a function of the step; NaN stop
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -146,3 +147,35 @@ def test_resume_accepts_other_runtime_settings_but_not_another_run(tmp_path):
     for other in ("optim.lr=0.5", "amp=bf16", "data.frames=4"):
         with pytest.raises(UserError, match="different config"):
             _check_resume_config(tmp_path, apply_overrides(cfg, [other]))
+
+
+@pytest.mark.parametrize("where", ["device", "loader"])
+def test_resuming_from_an_earlier_checkpoint_is_exact_wherever_the_augmentation_runs(tiny_data, tmp_path, where, one_thread):
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), SETTINGS + [f"augment.where={where}", "keep_checkpoints=3"])
+    run = pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    whole = _final_model(run)
+    for late in list_checkpoints(run)[1:]:  # back to step 2, as after a crash that lost steps 3-6
+        late.unlink()
+    resumed = cfg if where == "device" else apply_overrides(cfg, ["data.workers=0"])  # the loader in-process
+    _assert_same(_final_model(pretrain(resumed, [tiny_data], run, progress=False)), whole)
+
+
+def test_loader_augmentation_is_a_function_of_the_step_for_any_worker_count(tiny_data):
+    from vivi.data.augment import StepAugment, augment, step_generator
+
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=2", "data.load_size=32", "augment.image_size=24"])
+    table = training_videos(read_index([tiny_data]), cfg.data, str(tiny_data))
+
+    def wrap(items):
+        return StepAugment(items, cfg.augment, seed=5, channels_last=True)
+
+    in_process = list(make_loader(table, dataclasses.replace(cfg.data, workers=0), seed=3, start=1, steps=3, wrap=wrap))
+    workers = list(make_loader(table, dataclasses.replace(cfg.data, workers=2), seed=3, start=1, steps=3, wrap=wrap))
+    assert all(torch.equal(a, b) for a, b in zip(in_process, workers)) and len(workers) == 2
+    clips = StepClips(table, cfg.data, seed=3)[2]
+    expected = augment(clips.flatten(0, 2), cfg.augment, step_generator(5, 2))  # independent of the wrapper
+    assert workers[1].shape == (2 * 4 * 8, 3, 24, 24) and workers[1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(workers[1], expected, rtol=0, atol=0)
+    assert not torch.equal(workers[0], workers[1])
+    seeds = {step_generator(s, t).initial_seed() for s, t in ((5, 2), (6, 2), (5, 3), (2, 5))}
+    assert len(seeds) == 4, "each (seed, step) has its own stream"

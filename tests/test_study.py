@@ -95,3 +95,24 @@ def test_a_study_rebuilt_from_result_files_trains_only_what_they_lack(tmp_path, 
     assert trained == [("Ex-YT-F", 1), ("VIVI-Ex(4)-Co(10%)", 0), ("VIVI-Ex(4)-Co(10%)", 1), ("Sup-ImageNet", 1)]
     # Co(10%) seed 0 had its linear results but not its robustness: it trains; Sup-ImageNet seed 0 had both
     assert "PARTIAL" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_model_variant_changes_only_its_own_settings_and_names_a_bad_one() -> None:
+    import pytest
+
+    from vivi.config import preset
+    from vivi.errors import UserError
+    from vivi.study import model_config, study_size
+
+    cfg = model_config("VIVI-Ex(4)@loss.video_weight=0.3@data.videos=4", ["optim.steps=50"])
+    base = preset("VIVI-Ex(4)", "tiny")
+    assert (cfg.loss.video_weight, cfg.data.videos, cfg.optim.steps) == (0.3, 4, 50)
+    assert cfg.loss.frame_loss == base.loss.frame_loss and cfg.data.shots == base.data.shots
+    assert model_config("VIVI-Ex(4)").loss.video_weight == base.loss.video_weight
+    with pytest.raises(UserError, match=r"--models VIVI-Ex\(4\)@loss.nope=1: .*unknown setting"):
+        model_config("VIVI-Ex(4)@loss.nope=1")
+    with pytest.raises(UserError, match="expected PRESET@section.field=value"):
+        model_config("VIVI-Ex(4)@0.3")
+    models = study_size("quick", models="Ex-YT-S, VIVI-Ex(4)@optim.decay_steps=[10,15],VITO").models
+    assert models == ("Ex-YT-S", "VIVI-Ex(4)@optim.decay_steps=[10,15]", "VITO")
+    assert model_config(models[1]).optim.decay_steps == [10, 15]

@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="minutes: 40 videos, 20 steps, 1 seed, 3 tasks, linear only")
     s.add_argument("--seeds", type=int, help="pretraining seeds (default 3)")
     s.add_argument("--steps", type=int, help="pretraining steps per run (default 1200)")
-    s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn)")
+    s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn); "
+                   "PRESET@key=value[@key=value] is a variant with settings changed, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
     s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~15 min per run)")
     s.set_defaults(func=_study)
 

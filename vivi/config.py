@@ -67,6 +67,10 @@ class AugmentConfig:
     color_prob: float = 0.8
     gray_prob: float = 0.2
     autoaugment: bool = False
+    # where the augmentation runs: "device", batched in the training process (on its GPU, if any);
+    # "loader", in the loader workers, from a generator of (seed, step, rank) (see
+    # vivi.train.loop.augment_in_loader for when each is faster)
+    where: str = "device"
 
 
 @dataclass
@@ -404,6 +408,8 @@ def validate(cfg: RunConfig) -> None:
     for name in NOT_NEGATIVE:
         if values[name] < 0:
             raise UserError(f"{name}={values[name]}: expected >= 0")
+    if cfg.augment.where not in ("device", "loader"):
+        raise UserError(f"augment.where={cfg.augment.where!r}: expected 'device' or 'loader'")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise UserError(f"amp={cfg.amp!r}: expected 'auto', 'bf16', 'fp16' or 'off'")
     d = cfg.data

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -21,12 +22,28 @@ from pathlib import Path
 
 from vivi.config import apply_overrides, preset
 from vivi.demo import slug
+from vivi.errors import UserError
 
 STUDY_MODELS = (
     "Ex-YT-F", "Ex-YT-S", "VIVI-Ex(2)", "VIVI-Ex(4)", "VIVI-Ex(2)-Ord", "Rot-YT-F", "VIVI-Rot(4)",
     "VIVI-Ex(4)-Co(10%)", "VITO", "VIVI-Ex(4)+Attn",
 )
 SUPERVISED = "Sup-ImageNet"  # the robustness reference: the labelled images alone
+VARIANT_SEP = "@"  # "VIVI-Ex(4)@loss.video_weight=0.3": a preset with settings changed, a row of its own
+
+
+def model_config(name: str, overrides: Sequence[str] = ()):
+    """The tiny-scale config of a study model: a preset name, optionally followed by ``@key=value``
+    settings (a variant, e.g. for a sweep of one weight); the variant's settings apply last."""
+    base, *changes = name.split(VARIANT_SEP)
+    where = f"--models {name}"
+    for change in changes:
+        if "=" not in change:
+            raise UserError(f"{where}: expected PRESET@section.field=value, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
+    try:
+        return apply_overrides(preset(base.strip(), "tiny"), [*overrides, *changes])
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 # The paper's orderings (Figure 2, Table 4): (lower, higher) on the suite mean.
 CLAIMS = (("Ex-YT-F", "Ex-YT-S"), ("Ex-YT-S", "VIVI-Ex(4)"), ("Rot-YT-F", "VIVI-Rot(4)"))
 
@@ -81,12 +98,12 @@ def train(name: str, seed: int, size: StudySize, data: Path, labelled: Path, run
     run = runs / f"{slug(name)}-s{seed}"
     if (run / "backbone.safetensors").is_file():
         return run
-    cfg = preset(name, "tiny")
     overrides = [f"seed={seed}", f"optim.steps={size.steps}", "data.workers=1"]
+    cfg = model_config(name, overrides)
     if cfg.data.labelled_batch > 0:
-        overrides.append(f"data.labelled=imagefolder:{labelled}")
+        cfg = apply_overrides(cfg, [f"data.labelled=imagefolder:{labelled}"])
     sources = [labelled] if cfg.data.mode == "images" else [data]
-    pretrain(apply_overrides(cfg, overrides), sources, run)
+    pretrain(cfg, sources, run)
     return run
 
 
@@ -142,7 +159,7 @@ def run_study(out: Path, size: StudySize) -> Path:
     from vivi.data.tasks import load_tasks
 
     for name in size.models:
-        preset(name)  # an unknown name stops here, listing the valid ones
+        model_config(name)  # an unknown name or setting stops here, before any work
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(size), indent=2) + "\n")
     begin = _say(f"vivi study -> {out}: {len(size.models)} models x {size.seeds} seeds, {size.steps} steps, "
@@ -321,7 +338,8 @@ def study_size(name: str, seeds: int | None = None, steps: int | None = None, mo
     if steps:
         size = replace(size, steps=steps)
     if models:
-        size = replace(size, models=tuple(m.strip() for m in models.split(",") if m.strip()))
+        # commas inside [...] belong to a variant's list value: VIVI-Ex(4)@optim.decay_steps=[800,1000]
+        size = replace(size, models=tuple(m.strip() for m in re.split(r",(?![^\[]*\])", models) if m.strip()))
     if protocols:
         size = replace(size, protocols=tuple(p.strip() for p in protocols.split(",") if p.strip()))
     return size

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from vivi.config import AugmentConfig
@@ -186,3 +189,35 @@ def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1)
     y = torch.baddbmm((offset / 255.0 - mean) / std, matrix / (255.0 * std), x.flatten(2))
     return torch.clamp(y, (0 - mean) / std, (1 - mean) / std).view_as(x)  # the [0, 1] clamp, normalised
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator that is a pure function of ``(seed, step)``: augmentation drawn in a loader
+    worker is then the same for any worker count and after a resume, with no state to save."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class StepAugment(Dataset):
+    """Item ``step`` of a step-indexed dataset of uint8 frames (``[..., 3, S, S]``, or an
+    ``(images, labels)`` pair), augmented in the loader process: float ``[N, 3, s, s]``.
+
+    On a CPU the training process's threads are busy with the network while a loader worker
+    mostly waits for its next batch, so drawing the augmentation there moves its cost off the
+    step (``augment.where``). ``repeat`` copies each image that many times before augmenting
+    (an image folder standing in for shots of F frames: every copy gets its own draw).
+    """
+
+    def __init__(self, items: Dataset, cfg: AugmentConfig, seed: int, channels_last: bool, repeat: int = 1) -> None:
+        self.items, self.cfg, self.seed, self.channels_last, self.repeat = items, cfg, seed, channels_last, repeat
+
+    def __getitem__(self, step: int) -> Any:
+        item = self.items[step]
+        frames, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, None)
+        frames = frames.flatten(0, -4)
+        if self.repeat > 1:
+            frames = frames.repeat_interleave(self.repeat, 0)
+        x = augment(frames, self.cfg, step_generator(self.seed, step))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x if rest is None else (x, *rest)

@@ -19,7 +19,7 @@ import os
 import random
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -301,7 +301,16 @@ def step_loader(dataset: Dataset, start: int, steps: int, workers: int) -> Itera
 
 
 def make_loader(
-    table: VideoTable, cfg: DataConfig, seed: int = 0, start: int = 0, steps: int = 1 << 62, rank: int = 0, world: int = 1
-) -> Iterator[torch.Tensor]:
-    """Batches of uint8 clips ``[V / world, K, F, 3, S, S]`` for steps ``start .. steps-1``."""
-    return step_loader(StepClips(table, cfg, seed, rank, world), start, steps, cfg.workers)
+    table: VideoTable,
+    cfg: DataConfig,
+    seed: int = 0,
+    start: int = 0,
+    steps: int = 1 << 62,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Callable[[Dataset], Dataset] | None = None,
+) -> Iterator[Any]:
+    """Batches of uint8 clips ``[V / world, K, F, 3, S, S]`` for steps ``start .. steps-1``; ``wrap``
+    turns them into something else inside the loader workers (e.g. :class:`vivi.data.augment.StepAugment`)."""
+    clips = StepClips(table, cfg, seed, rank, world)
+    return step_loader(wrap(clips) if wrap else clips, start, steps, cfg.workers)

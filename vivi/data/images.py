@@ -8,7 +8,7 @@ centre-cropped to ``data.load_size`` exactly as video frames are, then augmented
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,12 +163,15 @@ def image_batches(
     steps: int = 1 << 62,
     rank: int = 0,
     world: int = 1,
+    wrap: Callable[[Dataset], Dataset] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of uint8 images ``[batch / world, 3, size, size]`` and int64 labels for steps ``start ..``."""
+    """Batches of uint8 images ``[batch / world, 3, size, size]`` and int64 labels for steps ``start ..``
+    (``wrap``: as for :func:`vivi.data.batches.make_loader`)."""
     n = len(folder.paths)
     if n < batch:
         raise UserError(
             f"{folder.root}: {n} images{folder.selection}, fewer than the {batch} per batch requested; "
             "add images or lower the batch (--set data.labelled_batch=N or data.videos=N)"
         )
-    return step_loader(StepImages(folder, batch, size, seed, rank, world), start, steps, workers)
+    images = StepImages(folder, batch, size, seed, rank, world)
+    return step_loader(wrap(images) if wrap else images, start, steps, workers)

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vivi.config import RunConfig, batch_lr_note, from_dict
-from vivi.data.augment import augment, hsv_jitter
+from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import read_index
@@ -96,18 +97,38 @@ def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageF
     return training_videos(read_index(data), cfg.data, ", ".join(str(d) for d in data))
 
 
+def augment_in_loader(cfg: RunConfig) -> bool:
+    """Whether the loader augments (``augment.where=loader``) rather than the training process.
+    The default is the device: batched on a GPU it costs next to nothing, and on a 2-core CPU the
+    loader worker (one thread, and a 4x larger float batch to hand over) took more of the cores than
+    the batched augmentation in the training process does (benchmarks/results/step-overhead,
+    session 6). ``loader`` suits a CPU with cores to spare beyond torch's threads; its draws come
+    from ``(seed, step, rank)``, so a resumed run, with any worker count, sees the same ones."""
+    return cfg.augment.where == "loader"
+
+
 def _clip_batches(
-    cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext
+    cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext, augment_seed: int | None = None
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """This rank's uint8 ``[V / world, K, F, 3, S, S]`` for steps ``start ..`` (with no labels); from an
     image folder ``[V / world, 1, F, ...]``, each image repeated F times, so Ex-/Rot-ImageNet run
     through the same model and objective as Ex-/Rot-YT-F, and the folder's labels (used by the
-    supervised baseline)."""
+    supervised baseline). With ``augment_seed`` the loader workers augment: float frames
+    ``[V / world * K * F, 3, s, s]``, each step's draws from ``(augment_seed, step)``."""
     d, steps = cfg.data, cfg.optim.steps
-    if isinstance(source, ImageFolder):
-        images = image_batches(source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world)
-        return ((x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1), y) for x, y in images)
-    return ((clips, None) for clips in make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world))
+    images = isinstance(source, ImageFolder)
+    wrap = None
+    if augment_seed is not None:
+        def wrap(items: Dataset) -> Dataset:
+            return StepAugment(items, cfg.augment, augment_seed, cfg.channels_last, repeat=d.frames if images else 1)
+    if images:
+        batches = image_batches(
+            source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world, wrap
+        )
+        if wrap:
+            return batches
+        return ((x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1), y) for x, y in batches)
+    return ((clips, None) for clips in make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world, wrap))
 
 
 def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
@@ -272,7 +293,8 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
             )
     net = _wrap(model, cfg, ctx, device)
 
-    batches = _clip_batches(cfg, source, start, ctx)
+    in_loader = augment_in_loader(cfg)
+    batches = _clip_batches(cfg, source, start, ctx, rank_seed if in_loader else None)
     sup = LabelledBatches(cfg, labelled, start, ctx) if labelled else None
     writer = SummaryWriter(str(out / "tb"), purge_step=start) if ctx.main else None
     if ctx.main:
@@ -287,9 +309,11 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
         for step in range(start, cfg.optim.steps):
             for group in opt.param_groups:
                 group["lr"] = float(schedule[step])
-            clips, labels = _next(batches)  # uint8 [V/world, K, F, 3, S, S]; labels of a labelled image folder
+            # uint8 [V/world, K, F, 3, S, S] (float [V/world*K*F, 3, s, s] augmented by the loader);
+            # labels of a labelled image folder
+            clips, labels = _next(batches)
             clips = clips.to(device, non_blocking=True)
-            frames = augment(clips.flatten(0, 2), cfg.augment, gen)
+            frames = clips if in_loader else augment(clips.flatten(0, 2), cfg.augment, gen)
             if cfg.channels_last:
                 frames = frames.contiguous(memory_format=torch.channels_last)
             images = None
@@ -316,7 +340,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
             opt.step()
             if isinstance(model, VITOModel):
                 model.update_target(float(momentum[step]))
-            seen += clips.shape[0] * k * f * ctx.world
+            seen += frames.shape[0] * ctx.world
             done = step + 1
             if ctx.main and (done % cfg.log_every == 0 or done == cfg.optim.steps):
                 now = time.perf_counter()
