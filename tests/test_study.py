@@ -116,3 +116,11 @@ def test_a_model_variant_changes_only_its_own_settings_and_names_a_bad_one() -> 
     models = study_size("quick", models="Ex-YT-S, VIVI-Ex(4)@optim.decay_steps=[10,15],VITO").models
     assert models == ("Ex-YT-S", "VIVI-Ex(4)@optim.decay_steps=[10,15]", "VITO")
     assert model_config(models[1]).optim.decay_steps == [10, 15]
+
+
+def test_the_robustness_pair_trains_only_in_a_study_that_co_trains() -> None:
+    from vivi.study import robustness_pair, study_size
+
+    assert robustness_pair(study_size("default")) == ("VIVI-Ex(4)-Co(10%)", "Sup-ImageNet")
+    assert robustness_pair(study_size("default", models="Ex-YT-S,VIVI-Ex(4)@loss.video_weight=1")) == ()
+    assert robustness_pair(study_size("default", models="VIVI-Ex(4)-Co(10%)")) == ("VIVI-Ex(4)-Co(10%)", "Sup-ImageNet")

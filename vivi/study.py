@@ -29,6 +29,7 @@ STUDY_MODELS = (
     "VIVI-Ex(4)-Co(10%)", "VITO", "VIVI-Ex(4)+Attn",
 )
 SUPERVISED = "Sup-ImageNet"  # the robustness reference: the labelled images alone
+CO_TRAINED = "VIVI-Ex(4)-Co(10%)"  # the model whose robustness the paper compares with it
 VARIANT_SEP = "@"  # "VIVI-Ex(4)@loss.video_weight=0.3": a preset with settings changed, a row of its own
 
 
@@ -168,7 +169,7 @@ def run_study(out: Path, size: StudySize) -> Path:
     tasks = load_tasks(size.tasks, out / "cache")
     results: dict[str, dict[str, list[dict]]] = {p: {} for p in size.protocols}
     rob: dict[str, list[dict]] = {}
-    robust_models = ("VIVI-Ex(4)-Co(10%)", SUPERVISED) if size.robustness else ()
+    robust_models = robustness_pair(size)
     names = run_order(size.models, robust_models)
     total = len(names) * size.seeds
     report = write_study_report(out, size, results, rob, 0.0, runs_done=(0, total))
@@ -196,6 +197,12 @@ def run_study(out: Path, size: StudySize) -> Path:
     return report
 
 
+def robustness_pair(size: StudySize) -> tuple[str, ...]:
+    """The co-trained model and the supervised reference, when the study includes co-training (a
+    study of other models, e.g. a sweep, does not train the pair just for the comparison)."""
+    return (CO_TRAINED, SUPERVISED) if size.robustness and CO_TRAINED in size.models else ()
+
+
 def _log_time(out: Path, name: str, seed: int, seconds: float) -> None:
     """Wall time of each run that did work, kept across invocations: the study's real cost."""
     if seconds >= 5:  # less: everything was done already
@@ -215,7 +222,7 @@ def run_order(models: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     study has to show: the paper's claim pairs, then the co-training and robustness pair, then
     the VITO-style rows, then the rest. A study cut short has complete rows for what matters most."""
     names = [*models, *(m for m in extra if m not in models)]
-    priority = [m for pair in CLAIMS for m in pair] + ["VIVI-Ex(4)-Co(10%)", SUPERVISED, "VITO", "VIVI-Ex(4)+Attn"]
+    priority = [m for pair in CLAIMS for m in pair] + [CO_TRAINED, SUPERVISED, "VITO", "VIVI-Ex(4)+Attn"]
     first = [m for m in dict.fromkeys(priority) if m in names]
     return [*first, *(m for m in names if m not in first)]
 
@@ -306,7 +313,7 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
                 lines.append(f"- {c['claim']}: {c['difference']:+.1f} points vs spread {c['spread']:.1f} -> **{verdict}** "
                              f"(seed by seed: {seeds})")
             lines.append("")
-        co = next((r for r in rows if r["model"] == "VIVI-Ex(4)-Co(10%)"), None)
+        co = next((r for r in rows if r["model"] == CO_TRAINED), None)
         base = next((r for r in rows if r["model"] == "VIVI-Ex(4)"), None)
         if co and base:
             gains = {g: co["groups"][g] - base["groups"][g] for g in co["groups"]}
