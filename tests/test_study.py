@@ -124,3 +124,19 @@ def test_the_robustness_pair_trains_only_in_a_study_that_co_trains() -> None:
     assert robustness_pair(study_size("default")) == ("VIVI-Ex(4)-Co(10%)", "Sup-ImageNet")
     assert robustness_pair(study_size("default", models="Ex-YT-S,VIVI-Ex(4)@loss.video_weight=1")) == ()
     assert robustness_pair(study_size("default", models="VIVI-Ex(4)-Co(10%)")) == ("VIVI-Ex(4)-Co(10%)", "Sup-ImageNet")
+
+
+def test_report_compares_each_variant_with_its_own_preset(tmp_path):
+    from vivi.study import SIZES, variant_pairs, write_study_report
+
+    names = ["VIVI-Ex(4)", "VIVI-Ex(4)@loss.video_weight=1", "VIVI-Ex(2)@loss.video_weight=1"]
+    assert variant_pairs(names) == [("VIVI-Ex(4)", "VIVI-Ex(4)@loss.video_weight=1")], "a variant without its preset: none"
+    results = {"linear": {
+        "VIVI-Ex(4)": [_result(m, {"a": m}, {"natural": m}) for m in (40.0, 41.0, 42.0)],
+        "VIVI-Ex(4)@loss.video_weight=1": [_result(m, {"a": m}, {"natural": m}) for m in (37.0, 37.5, 38.5)],
+        "VIVI-Ex(4)@loss.video_weight=0.3": [_result(m, {"a": m}, {"natural": m}) for m in (41.0, 40.0, 43.0)],
+    }}
+    text = write_study_report(tmp_path, SIZES["default"], results, {}, 60.0).read_text()
+    assert ("- VIVI-Ex(4)@loss.video_weight=1 vs VIVI-Ex(4): -3.5 points vs spread 2.0 -> **lower** "
+            "(seed by seed: -3.0, -3.5, -3.5)") in text
+    assert "- VIVI-Ex(4)@loss.video_weight=0.3 vs VIVI-Ex(4): +0.0 points vs spread 3.0 -> **within the spread**" in text

@@ -252,11 +252,16 @@ def model_rows(per_model: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def check_claims(rows: list[dict]) -> list[dict]:
+def variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(preset, variant) for each ``PRESET@key=value`` model whose preset is in the study too."""
+    return [(n.split(VARIANT_SEP)[0], n) for n in names if VARIANT_SEP in n and n.split(VARIANT_SEP)[0] in names]
+
+
+def check_claims(rows: list[dict], pairs: Sequence[tuple[str, str]] = CLAIMS) -> list[dict]:
     """Each (lower, higher) claim: the median difference against the larger of the two seed spreads."""
     by = {r["model"]: r for r in rows}
     checks = []
-    for low, high in CLAIMS:
+    for low, high in pairs:
         if low not in by or high not in by:
             continue
         diff = by[high]["median"] - by[low]["median"]
@@ -312,6 +317,16 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
                 seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
                 lines.append(f"- {c['claim']}: {c['difference']:+.1f} points vs spread {c['spread']:.1f} -> **{verdict}** "
                              f"(seed by seed: {seeds})")
+            lines.append("")
+        variants = check_claims(rows, variant_pairs([r["model"] for r in rows]))
+        if variants:
+            summary[protocol]["variants"] = variants
+            lines += ["Variants against their preset (different when the median difference exceeds the larger seed spread):", ""]
+            for c in variants:
+                verdict = ("higher" if c["difference"] > 0 else "lower") if abs(c["difference"]) > c["spread"] else "within the spread"
+                seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
+                lines.append(f"- {c['claim'].replace(' > ', ' vs ')}: {c['difference']:+.1f} points vs spread "
+                             f"{c['spread']:.1f} -> **{verdict}** (seed by seed: {seeds})")
             lines.append("")
         co = next((r for r in rows if r["model"] == CO_TRAINED), None)
         base = next((r for r in rows if r["model"] == "VIVI-Ex(4)"), None)
