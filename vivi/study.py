@@ -33,6 +33,10 @@ CO_TRAINED = "VIVI-Ex(4)-Co(10%)"  # the model whose robustness the paper compar
 VARIANT_SEP = "@"  # "VIVI-Ex(4)@loss.video_weight=0.3": a preset with settings changed, a row of its own
 
 
+# The paper's orderings (Figure 2, Table 4): (lower, higher) on the suite mean.
+CLAIMS = (("Ex-YT-F", "Ex-YT-S"), ("Ex-YT-S", "VIVI-Ex(4)"), ("Rot-YT-F", "VIVI-Rot(4)"))
+
+
 def model_config(name: str, overrides: Sequence[str] = ()):
     """The tiny-scale config of a study model: a preset name, optionally followed by ``@key=value``
     settings (a variant, e.g. for a sweep of one weight); the variant's settings apply last."""
@@ -45,8 +49,6 @@ def model_config(name: str, overrides: Sequence[str] = ()):
         return apply_overrides(preset(base.strip(), "tiny"), [*overrides, *changes])
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
-# The paper's orderings (Figure 2, Table 4): (lower, higher) on the suite mean.
-CLAIMS = (("Ex-YT-F", "Ex-YT-S"), ("Ex-YT-S", "VIVI-Ex(4)"), ("Rot-YT-F", "VIVI-Rot(4)"))
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,8 @@ def model_rows(per_model: dict[str, list[dict]]) -> list[dict]:
 
 def variant_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     """(preset, variant) for each ``PRESET@key=value`` model whose preset is in the study too."""
-    return [(n.split(VARIANT_SEP)[0], n) for n in names if VARIANT_SEP in n and n.split(VARIANT_SEP)[0] in names]
+    bases = ((n.split(VARIANT_SEP)[0], n) for n in names if VARIANT_SEP in n)
+    return [(base, n) for base, n in bases if base in names]
 
 
 def check_claims(rows: list[dict], pairs: Sequence[tuple[str, str]] = CLAIMS) -> list[dict]:
@@ -272,6 +275,11 @@ def check_claims(rows: list[dict], pairs: Sequence[tuple[str, str]] = CLAIMS) ->
         checks.append({"claim": f"{high} > {low}", "difference": diff, "spread": margin, "holds": diff > margin,
                        "per_seed": paired})
     return checks
+
+
+def _comparison_line(label: str, c: dict, verdict: str) -> str:
+    seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
+    return f"- {label}: {c['difference']:+.1f} points vs spread {c['spread']:.1f} -> **{verdict}** (seed by seed: {seeds})"
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -312,11 +320,7 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
         lines += [f"## {protocol}", "", *_table(rows), ""]
         if checks:
             lines += ["The paper's orderings (a claim holds when the median difference exceeds the larger seed spread):", ""]
-            for c in checks:
-                verdict = "holds" if c["holds"] else "does NOT hold"
-                seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
-                lines.append(f"- {c['claim']}: {c['difference']:+.1f} points vs spread {c['spread']:.1f} -> **{verdict}** "
-                             f"(seed by seed: {seeds})")
+            lines += [_comparison_line(c["claim"], c, "holds" if c["holds"] else "does NOT hold") for c in checks]
             lines.append("")
         variants = check_claims(rows, variant_pairs([r["model"] for r in rows]))
         if variants:
@@ -324,9 +328,7 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
             lines += ["Variants against their preset (different when the median difference exceeds the larger seed spread):", ""]
             for c in variants:
                 verdict = ("higher" if c["difference"] > 0 else "lower") if abs(c["difference"]) > c["spread"] else "within the spread"
-                seeds = ", ".join(f"{d:+.1f}" for d in c["per_seed"])
-                lines.append(f"- {c['claim'].replace(' > ', ' vs ')}: {c['difference']:+.1f} points vs spread "
-                             f"{c['spread']:.1f} -> **{verdict}** (seed by seed: {seeds})")
+                lines.append(_comparison_line(c["claim"].replace(" > ", " vs "), c, verdict))
             lines.append("")
         co = next((r for r in rows if r["model"] == CO_TRAINED), None)
         base = next((r for r in rows if r["model"] == "VIVI-Ex(4)"), None)

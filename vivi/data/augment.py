@@ -202,9 +202,9 @@ class StepAugment(Dataset):
     """Item ``step`` of a step-indexed dataset of uint8 frames (``[..., 3, S, S]``, or an
     ``(images, labels)`` pair), augmented in the loader process: float ``[N, 3, s, s]``.
 
-    On a CPU the training process's threads are busy with the network while a loader worker
-    mostly waits for its next batch, so drawing the augmentation there moves its cost off the
-    step (``augment.where``). ``repeat`` copies each image that many times before augmenting
+    The alternative to augmenting in the training process (``augment.where``): on a CPU with
+    cores to spare beyond torch's threads, a loader worker's idle time can take the augmentation's
+    cost off the step (on 2 cores it did not: benchmarks/results/step-overhead, session 6). ``repeat`` copies each image that many times before augmenting
     (an image folder standing in for shots of F frames: every copy gets its own draw).
     """
 
