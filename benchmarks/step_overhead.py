@@ -17,7 +17,12 @@ image size):
 and printed as ratios: full / bare (target <= 1.15), fixed / bare (the same without the loader's
 CPU share), loop / bare, and loader / full consumption (target >= 2).
 
-    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200]
+``--cpu-time`` counts work instead of wall time: one torch thread, the loader in the training
+process (``data.workers=0``) and the process's CPU time per step. On a shared VM whose wall times
+drift by more than the overhead being measured, this is the number that repeats; it is also what
+the step costs when every core is busy (a fully loaded node, or a laptop running other jobs).
+
+    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200] [--cpu-time]
 
 DIR is an ingested folder (``vivi synth W && vivi ingest W DIR``); without ``--data`` a small
 world is rendered and ingested into a temporary folder first.
@@ -46,14 +51,17 @@ from vivi.train.loop import augment_in_loader, autocast_context
 from vivi.train.objective import VIVIObjective
 
 
+CLOCK = time.perf_counter  # time.process_time under --cpu-time
+
+
 def _timed(step, n: int, warmup: int = 3) -> list[float]:
     for _ in range(warmup):
         step()
     times = []
     for _ in range(n):
-        t = time.perf_counter()
+        t = CLOCK()
         step()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return times
 
 
@@ -135,8 +143,17 @@ def main() -> None:
     ap.add_argument("--warm-passes", type=float, default=0.0,
                     help="passes over the videos drawn from the loader before timing (fills its frame cache, "
                          "as later in a run; 0: the start of a run)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="CPU time of one torch thread with the loader in-process, instead of wall time")
     a = ap.parse_args()
     cfg = apply_overrides(preset(a.preset), a.set)
+    if a.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
+        torch.set_num_threads(1)
+        cfg = apply_overrides(cfg, ["data.workers=0"])
+        if a.loop_steps:
+            ap.error("--loop-steps times the real loop by its logged wall-clock rate: not with --cpu-time")
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data or _make_data(Path(tmp))
         table = training_videos(read_index([data]), cfg.data, str(data))
@@ -144,7 +161,7 @@ def main() -> None:
         per_step = frames_per_step(cfg)
         print(f"{a.preset} tiny: {v}x{k}x{f} = {per_step} frames of {s}px per step; "
               f"torch threads {torch.get_num_threads()}, loader workers {cfg.data.workers}, cores {os.cpu_count()}, "
-              f"channels_last {cfg.channels_last}, amp {cfg.amp}")
+              f"channels_last {cfg.channels_last}, amp {cfg.amp}; clock: {'CPU time' if a.cpu_time else 'wall'}")
 
         in_loader = augment_in_loader(cfg)
         print(f"augmentation in the {'loader' if in_loader else 'training process'} (augment.where={cfg.augment.where})")

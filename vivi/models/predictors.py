@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import Tensor, nn
+
+
+@contextmanager
+def native_cpu_rnn(x: Tensor) -> Iterator[None]:
+    """Run an RNN on a CPU tensor with PyTorch's own kernels instead of oneDNN's.
+
+    For the predictor's shape (8 videos x 3 shots of 512-d, 2 layers of 256) oneDNN's LSTM
+    took 6-13 ms forward + backward against 5-6 ms native on one thread, the same values to
+    1e-7 (benchmarks/results/step-overhead, session 7). The flag is process-wide, so it is
+    switched off only for the call and restored after it; the backward runs the ops recorded.
+    """
+    if x.device.type != "cpu" or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
 
 
 class LSTMPredictor(nn.Module):
@@ -20,7 +42,8 @@ class LSTMPredictor(nn.Module):
 
     def forward(self, shots: Tensor) -> tuple[Tensor, Tensor]:
         """shots [V, K, D] -> (predictions [V, K-1, D] of shots 2..K, keys [V, K, D])."""
-        hidden, _ = self.lstm(shots[:, :-1])
+        with native_cpu_rnn(shots):
+            hidden, _ = self.lstm(shots[:, :-1])
         return self.out(hidden), shots
 
 
