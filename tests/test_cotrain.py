@@ -71,6 +71,8 @@ def test_image_source_errors_name_the_folder_and_counts(tmp_path):
         scan_images(tmp_path / "empty", labelled=True)
     with pytest.raises(UserError, match="no such directory"):
         scan_images(tmp_path / "missing", labelled=False)
+    with pytest.raises(UserError, match="c0/0.png: exists but is not a directory"):
+        scan_images(tmp_path / "few" / "c0" / "0.png", labelled=False)
     with pytest.raises(UserError, match="imagefolder:DIR"):
         open_labelled(str(tmp_path / "few"), 1.0, seed=0)
 

@@ -21,7 +21,10 @@ from PIL import Image
 from test_shots import assert_matches, clip  # the same synthetic clips, here through a real codec
 from vivi.data.ingest import FAULT_ENV, IngestSummary, ingest, list_sources
 from vivi.data.pool import Failure, isolated_map
-from vivi.data.shards import INDEX_NAME, read_index, read_records, shard_records
+from vivi.data.frames import tar_members
+from vivi.data.shards import (
+    INDEX_NAME, ShardWriter, image_name, read_index, read_records, recover, sample_spans, shard_records,
+)
 from vivi.data.shots import Shot
 from vivi.data.synth import render_corpus
 from vivi.errors import UserError
@@ -322,6 +325,147 @@ def test_resume_repairs_what_a_kill_can_leave(videos, tmp_path):
     index.write_text(lines[0][:10])
     run_ingest(root, tmp_path, fps=1.0, shard_max_bytes=1)
     assert_exactly_once(tmp_path, 3)
+
+
+def small_jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), seed * 40 % 256, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+SAMPLES = {"v0": [2, 1], "v1": [3], "v2": [1, 2]}  # key: kept frames per shot
+
+
+def sample(key: str) -> tuple[dict, list[tuple[str, bytes]]]:
+    """A video's record and JPEGs as ingest hands them to the shard writer."""
+    shots = SAMPLES[key]
+    record = {"key": key, "status": "ok", "shots": [{"frames": [{"frame": f} for f in range(n)]} for n in shots]}
+    images = [
+        (image_name(key, s, f), small_jpeg(10 * int(key[1:]) + s + f)) for s, n in enumerate(shots) for f in range(n)
+    ]
+    return record, images
+
+
+def open_shard(shards: Path, keys: list[str]) -> tuple[ShardWriter, list[dict]]:
+    """A shard-000000 being written, holding the samples of ``keys``, not closed (as a kill leaves it)."""
+    writer = ShardWriter(shards, 1 << 30, 0)
+    records = [sample(key)[0] for key in keys]
+    for record, key in zip(records, keys):
+        assert writer.add(record, sample(key)[1]) == []
+    return writer, records
+
+
+def closed_shard(shards: Path, keys: list[str]) -> bytes:
+    writer, _ = open_shard(shards, keys)
+    writer.close()
+    return (shards / "shard-000000.tar").read_bytes()
+
+
+def cut(data: bytes, members: dict[str, tarfile.TarInfo], spans: list[list[int]], how: str) -> bytes:
+    """What a kill (or a power loss) can leave of the tmp file of a shard written up to its end."""
+    last_jpeg, header = members["v2.s001.f001.jpg"], members["v2.s000.f000.jpg"].offset
+    jpeg_end = last_jpeg.offset_data + last_jpeg.size
+    return {
+        "not closed": data,
+        "mid-json": data[: spans[0][0] + 512 + 20],
+        "mid-header": data[: spans[2][0] + 100],
+        "mid-JPEG": data[: members["v1.s000.f001.jpg"].offset_data + 200],
+        "after a sample": data[: spans[1][1]],
+        "zeros at the tail": data[: spans[1][1]] + bytes(3000),
+        "JPEG tail zeroed": data[: jpeg_end - 100] + bytes(len(data) - jpeg_end + 100),
+        "damaged header": data[: header + 3] + b"X" + data[header + 4 :],  # its checksum no longer matches
+        "member past the end": data[: last_jpeg.offset_data] + data[last_jpeg.offset_data : jpeg_end - 1],
+    }[how]
+
+
+@pytest.mark.parametrize("how, kept", [
+    ("not closed", 3), ("mid-json", 0), ("mid-header", 2), ("mid-JPEG", 1), ("after a sample", 2),
+    ("zeros at the tail", 2), ("JPEG tail zeroed", 2), ("damaged header", 2), ("member past the end", 2),
+])  # fmt: skip
+def test_recover_keeps_the_whole_videos_of_a_shard_a_kill_left_open(tmp_path, capsys, how, kept):
+    """A SIGKILL leaves the open shard as .tar.tmp with the index lacking its videos: the whole samples
+    become a complete shard, indexed once and readable by span; the video cut short is left to redo."""
+    writer, written = open_shard(tmp_path / "src", list(SAMPLES))
+    data = (tmp_path / "src" / "shard-000000.tar.tmp").read_bytes()  # before any close: what a kill leaves
+    writer.close()
+    with tarfile.open(tmp_path / "src" / "shard-000000.tar") as tar:
+        members = {m.name: m for m in tar}
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "shard-000000.tar.tmp").write_bytes(cut(data, members, [r["shard_span"] for r in written], how))
+    keys = list(SAMPLES)[:kept]
+    records, next_shard = recover(out)
+    assert [r["key"] for r in records] == [r["key"] for r in read_records(out / INDEX_NAME)] == keys
+    assert next_shard == (1 if kept else 0) and not list(out.rglob("*.tmp"))
+    assert records == written[:kept]  # the records, spans included, that closing the shard would have indexed
+    err = capsys.readouterr().err
+    said = f"shard-000000.tar.tmp: kept {kept} video{'s' if kept > 1 else ''} complete in this shard cut short"
+    assert (said in err) == bool(kept) and err.count("\n") == (1 if kept else 0)
+    if not kept:
+        assert not list((out / "shards").iterdir())
+        return
+    shard = out / "shards" / "shard-000000.tar"
+    assert shard.read_bytes() == closed_shard(tmp_path / f"closed-{kept}", keys)  # ended as tarfile ends it
+    for record in read_index([out]):
+        start, end = record["shard_span"]
+        with open(record["shard"], "rb") as f:
+            f.seek(start)
+            got = tar_members(f.read(end - start))
+        assert got == {name.split(".", 1)[1]: jpeg for name, jpeg in sample(record["key"])[1]} | {"json": got["json"]}
+        assert sample_spans(record["shard"])[record["key"]] == tuple(record["shard_span"])
+    from webdataset.tariterators import group_by_keys, tar_file_expander  # what WebDataset(url) reads with
+
+    with open(shard, "rb") as f:
+        samples = list(group_by_keys(tar_file_expander([{"url": str(shard), "stream": f}])))
+    assert [s["__key__"] for s in samples] == keys
+    assert all(s[name.split(".", 1)[1]] == jpeg for s in samples for name, jpeg in sample(s["__key__"])[1])
+    assert recover(out) == (records, 1) and read_records(out / INDEX_NAME) == records  # nothing twice
+
+
+def test_recover_never_replaces_a_renamed_shard_with_a_tmp_of_its_number(tmp_path):
+    shards = tmp_path / "shards"
+    complete = closed_shard(shards, ["v0"])
+    (shards / "shard-000000.tar.tmp").write_bytes(complete[:-1024])
+    records, next_shard = recover(tmp_path)
+    assert [r["key"] for r in records] == ["v0"] and next_shard == 1
+    assert (shards / "shard-000000.tar").read_bytes() == complete and not list(shards.glob("*.tmp"))
+
+
+def test_recover_deletes_a_tmp_whose_records_name_another_shard(tmp_path):
+    """Renamed as it is, such a file would give index records that point at a shard not holding them."""
+    shards = tmp_path / "shards"
+    (shards / "shard-000001.tar.tmp").write_bytes(closed_shard(shards, ["v0", "v1"]))
+    (shards / "shard-000000.tar").unlink()
+    assert recover(tmp_path) == ([], 0) and not list(shards.iterdir())
+
+
+@pytest.mark.parametrize("cut_last", [False, True])
+def test_a_sigkilled_ingest_keeps_the_videos_of_its_open_shard(videos, tmp_path, capsys, cut_last):
+    """`vivi ingest` killed by SIGKILL (the OOM killer, a preemption) while the default-sized shard is
+    open: the resumed run decodes only the videos not finished, and every video ends up once."""
+    root, _ = videos
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"copy{i}.mp4").write_bytes((root / f"clip{i % 2}.mp4").read_bytes())
+    out = tmp_path / "out"
+    code = "import sys; from pathlib import Path; from vivi.data.ingest import ingest; " \
+        "ingest(sys.argv[1], Path(sys.argv[2]), fps=1.0, progress=False)"
+    # in-process decoding: the fault hook SIGKILLs the ingest process itself as it starts on copy3
+    env = {**os.environ, FAULT_ENV: "kill:copy3.mp4"}
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], env=env, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    tmp = out / "shards" / "shard-000000.tar.tmp"
+    assert read_records(out / INDEX_NAME) == [] and tmp.is_file(), "three videos wait in the open shard"
+    if cut_last:  # a power loss: the last video's bytes did not all reach the disk
+        os.truncate(tmp, tmp.stat().st_size - 700)
+    kept = 2 if cut_last else 3
+    summary = run_ingest(src, out, fps=1.0)
+    assert (summary.already_done, summary.videos_ok, summary.frames_decoded) == (kept, 6 - kept, (6 - kept) * 81)
+    assert f"kept {kept} videos complete in this shard" in capsys.readouterr().err
+    assert_exactly_once(out, 6)
+    run_ingest(src, tmp_path / "clean", fps=1.0)
+    assert read_records(out / INDEX_NAME)[:kept] == read_records(tmp_path / "clean" / INDEX_NAME)[:kept]
 
 
 def test_read_index_makes_shard_paths_absolute(videos, tmp_path):

@@ -125,3 +125,37 @@ def test_an_unfinished_run_and_a_run_s_backbone_file_are_named_after_the_run(tmp
     assert load_encoder(str(run / "backbone.safetensors")).name == "my-run"  # not "backbone" for every run
     (run / "backbone.safetensors").rename(tmp_path / "exported.safetensors")
     assert load_encoder(str(tmp_path / "exported.safetensors")).name == "exported"
+
+
+TINY = BackboneConfig(layers=[1, 1, 1, 1], channels=[8, 8, 8, 8], stem_chs=8)
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("backbone", "{not json", "metadata field 'backbone' is not valid JSON"),
+        ("backbone", '{"evil": 1}', "metadata field 'backbone' has unknown keys 'evil'"),
+        ("backbone", "[1, 2]", "metadata field 'backbone' is not a JSON object"),
+        ("backbone", '{"layers": "1111"}', "metadata field 'backbone' has layers='1111', expected a list of positive integers"),
+        ("backbone", '{"stem_chs": -8}', "metadata field 'backbone' has stem_chs=-8, expected a positive integer"),
+        ("backbone", '{"norm": "layernorm"}', "metadata field 'backbone' has norm='layernorm'"),
+        ("backbone", '{"channels": [100000, 100000, 100000, 100000]}', "weights do not match the stored architecture"),
+        ("image_size", "abc", "metadata field 'image_size' is 'abc', expected an integer from 8 to 1024"),
+        ("image_size", "-5", "metadata field 'image_size' is '-5', expected an integer from 8 to 1024"),
+    ],
+)
+def test_tampered_backbone_metadata_is_a_user_error_naming_the_field(tmp_path, field, value, reason):
+    """Metadata is text anyone can edit: each bad field is named (it was a JSONDecodeError, a
+    ValueError, a TypeError from BackboneConfig, or a RuntimeError inside the first conv)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "backbone.safetensors"
+    save_backbone(build_backbone(TINY), TINY, path, extra={"image_size": "32"})
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(path), metadata={**meta, field: value})
+    with pytest.raises(UserError) as info:
+        vivi.load_backbone(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and reason in message and "\n" not in message

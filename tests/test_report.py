@@ -75,6 +75,28 @@ def test_load_results(tmp_path):
         load_results([good, bad])
 
 
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        ({"model": 5, "tasks": [{"task": 3, "group": [1], "accuracy": 50}]}, "field model is 5, expected a string"),
+        ({"tasks": [{"task": "a", "group": [1], "accuracy": 50}]}, "field tasks[0].group is [1], expected a string"),
+        ({"tasks": [{"task": "a", "group": "g", "accuracy": "50"}]}, 'field tasks[0].accuracy is "50", expected a number'),
+        ({"tasks": [{"task": "a", "group": "g", "accuracy": True}]}, "field tasks[0].accuracy is true, expected a number"),
+        ({"image_size": "64", "tasks": []}, 'field image_size is "64", expected an integer'),
+        ({"tasks": [{"task": "a", "group": "g", "accuracy": 1, "severity_mean": [1, None]}]},
+         "field tasks[0].severity_mean[1] is null, expected a number"),
+        ({"tasks": {"task": "a"}}, "tasks need task, group and accuracy"),
+    ],
+)
+def test_results_with_fields_of_the_wrong_type_are_refused_naming_the_field(tmp_path, data, reason):
+    """A hand-edited file used to end in "unhashable type: 'list'" inside the table code."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as info:
+        load_results([path])
+    assert str(info.value) == f"{path}: not a vivi results file ({reason})"
+
+
 def test_differences_are_per_shared_task_with_group_means():
     rows = task_differences(RESULTS, 0, 1)
     # shared tasks: objects (90 - 80) and count (45 - 30); textures, scan, depth are not shared

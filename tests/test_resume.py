@@ -145,8 +145,27 @@ def test_resume_accepts_other_runtime_settings_but_not_another_run(tmp_path):
     _check_resume_config(tmp_path, apply_overrides(cfg, ["data.workers=4", "data.cache_mb=0"]))
     _check_resume_config(tmp_path, apply_overrides(cfg, ["channels_last=false", "compile=true"]))
     for other in ("optim.lr=0.5", "amp=bf16", "data.frames=4"):
-        with pytest.raises(UserError, match="different config"):
-            _check_resume_config(tmp_path, apply_overrides(cfg, [other]))
+        key = other.split("=")[0].replace(".", r"\.")
+        with pytest.raises(UserError, match=rf"different config \({key}: .* there, .* now; see"):
+            _check_resume_config(tmp_path, apply_overrides(preset("VIVI-Ex(4)"), [other]))
+
+
+def test_resume_refuses_other_training_data_but_not_the_same_data_moved(tiny_data, tmp_path, one_thread):
+    import json
+    import shutil
+
+    cfg = apply_overrides(_cfg(), ["optim.steps=2", "data.workers=0"])
+    run = pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    record = json.loads((run / "data.json").read_text())
+    assert record["sources"] == [str(tiny_data)] and record["items"] == len(read_index([tiny_data]))
+    moved = shutil.copytree(tiny_data, tmp_path / "moved")
+    pretrain(cfg, [moved], run, progress=False)  # the same videos elsewhere: resumes (nothing left to do)
+
+    fewer = shutil.copytree(tiny_data, tmp_path / "fewer")
+    lines = (fewer / "index.jsonl").read_text().splitlines(keepends=True)
+    (fewer / "index.jsonl").write_text("".join(lines[:-1]))  # one video less, as if the folder changed
+    with pytest.raises(UserError, match=rf"{run}: was trained on other training data: .*moved .* then, .*fewer .* now"):
+        pretrain(cfg, [fewer], run, progress=False)
 
 
 @pytest.mark.parametrize("where", ["device", "loader"])

@@ -92,6 +92,8 @@ def _error(spec: str) -> str:
 
 def test_imagefolder_errors(tmp_path):
     assert "no such directory" in _error(f"imagefolder:{tmp_path / 'nope'}")
+    (tmp_path / "photo.jpg").write_bytes(b"x")  # a file where a folder was meant is not "no such directory"
+    assert _error(f"imagefolder:{tmp_path / 'photo.jpg'}") == f"{tmp_path / 'photo.jpg'}: exists but is not a directory"
 
     (tmp_path / "a" / "test").mkdir(parents=True)
     assert "no train/ folder" in _error(f"imagefolder:{tmp_path / 'a'}")

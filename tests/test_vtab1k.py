@@ -147,7 +147,8 @@ def test_vtab1k_suite_end_to_end_and_resume(tmp_path, monkeypatch, one_thread):
     tasks = [_colour_task("c1", 16, 1), _colour_task("c2", 16, 2)]
     out = tmp_path / "r.json"
     torch.manual_seed(0)
-    results = suite.evaluate_tasks(TinyNet(), tasks, "vtab1k", image_size=8, out_json=out, progress=False,
+    net = TinyNet()
+    results = suite.evaluate_tasks(net, tasks, "vtab1k", image_size=8, out_json=out, progress=False,
                                    scale="test")  # fmt: skip
     assert results["protocol"] == "vtab1k" and results["suite"] == ["c1", "c2"]
     for e in results["tasks"]:
@@ -159,10 +160,15 @@ def test_vtab1k_suite_end_to_end_and_resume(tmp_path, monkeypatch, one_thread):
 
     calls = []
     monkeypatch.setattr(vtab1k.FinetuneTrials, "__call__", lambda self, t: calls.append(t) or 0.0)
-    again = suite.evaluate_tasks(TinyNet(), tasks, "vtab1k", image_size=8, out_json=out, progress=False, scale="test")
+    again = suite.evaluate_tasks(net, tasks, "vtab1k", image_size=8, out_json=out, progress=False, scale="test")
     assert calls == [] and again["tasks"] == results["tasks"]
     with pytest.raises(UserError, match="suite="):
-        suite.evaluate_tasks(TinyNet(), tasks[:1], "vtab1k", image_size=8, out_json=out, progress=False, scale="test")
+        suite.evaluate_tasks(net, tasks[:1], "vtab1k", image_size=8, out_json=out, progress=False, scale="test")
+    with pytest.raises(UserError, match="other weights"):  # another model given the same name
+        suite.evaluate_tasks(TinyNet(), tasks, "vtab1k", image_size=8, out_json=out, progress=False, scale="test")
+    changed = [_colour_task("c1", 16, 1), _colour_task("c2", 16, 5)]
+    with pytest.raises(UserError, match="images of c2 changed"):
+        suite.evaluate_tasks(net, changed, "vtab1k", image_size=8, out_json=out, progress=False, scale="test")
 
 
 def test_finetune_protocol_uses_the_given_setting(monkeypatch, one_thread):
@@ -195,4 +201,4 @@ def test_finetune_protocol_uses_a_small_image_folder_whole_and_skips_broken_file
     (entry,) = result["tasks"]
     assert (entry["n_train"], entry["n_test"]) == (9, 4)
     assert entry["skipped_images"] == [f"{root / 'train/1/0.png'} (empty file (0 bytes))"]
-    assert "fine-tuning on all 8 train + 2 val images" in capsys.readouterr().err
+    assert "fine-tuning on all 7 train + 2 val images" in capsys.readouterr().err  # the 7 readable ones

@@ -13,16 +13,17 @@ from vivi.errors import UserError
 from vivi.evaluate.encoders import load_encoder
 
 
-def test_timm_backbone_with_local_weights(tmp_path):
+def test_timm_backbone_with_local_weights(tmp_path, capsys):
     enc = load_encoder("timm:test_resnet", seed=1)
-    assert (enc.name, enc.image_size) == ("test_resnet", 160)
+    assert (enc.name, enc.image_size) == ("test_resnet (random init)", 160)  # no weights: tables say so
+    assert capsys.readouterr().err.count("timm:test_resnet: no weights given, so its weights are random") == 1
     assert enc.model(torch.zeros(1, 3, 32, 32)).shape == (1, enc.model.num_features)
     state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in enc.model.state_dict().items()}
     save_file({**state, "fc.weight": torch.zeros(3, 3)}, str(tmp_path / "w.safetensors"))  # a head is ignored
     torch.save(state, tmp_path / "w.pth")
     for weights in ("w.safetensors", "w.pth"):
         loaded = load_encoder(f"timm:test_resnet:{tmp_path / weights}", image_size=64)
-        assert loaded.image_size == 64
+        assert (loaded.name, loaded.image_size) == ("test_resnet", 64)
         assert all(torch.equal(v, state[k]) for k, v in loaded.model.state_dict().items())
     torch.save({"x": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match=r"other\.pth: does not fit timm:test_resnet \(missing"):
@@ -32,6 +33,7 @@ def test_timm_backbone_with_local_weights(tmp_path):
         load_encoder(f"timm:test_resnet:{tmp_path / 'bad.pth'}")
     with pytest.raises(UserError, match=r"timm:resnet19: unknown timm model; close matches: resnet18"):
         load_encoder("timm:resnet19")
+    assert "random" not in capsys.readouterr().err  # only the encoder without weights was warned about
 
 
 def test_pickled_code_is_refused(tmp_path):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from vivi.data.files import output_dir
 from vivi.errors import UserError
 
@@ -25,7 +28,7 @@ def _ingest(a: argparse.Namespace) -> None:
 
     ingest(
         a.src, Path(a.out), workers=a.workers, fps=a.fps, short_side=a.short_side, min_shots=a.min_shots,
-        shard_max_bytes=int(a.shard_mb * 2**20), jpeg_quality=a.jpeg_quality, detector=a.detector,
+        shard_max_bytes=math.ceil(a.shard_mb * 2**20), jpeg_quality=a.jpeg_quality, detector=a.detector,
         part=a.part, timeout=a.timeout, isolate=True,
     )
 
@@ -167,6 +170,20 @@ def _evaluate(a: argparse.Namespace) -> None:
     print(results_table([results]))
 
 
+def _sigterm_as_sigint(command: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """SIGTERM (a batch system's time limit, ``docker stop``) stops ``command`` as Ctrl-C does, with
+    the one-line "interrupted; re-run" instead of a silent death; the same handler as `vivi ingest`."""
+
+    @functools.wraps(command)
+    def run(a: argparse.Namespace) -> None:
+        from vivi.data.ingest import _Interrupts  # its SIGINT/SIGTERM -> KeyboardInterrupt handler
+
+        with _Interrupts():
+            command(a)
+
+    return run
+
+
 def _report(a: argparse.Namespace) -> None:
     from vivi.evaluate.report import find_pair, load_results, results_table, write_report
 
@@ -184,22 +201,30 @@ def _demo(a: argparse.Namespace) -> None:
     run_demo(Path(a.out), seeds=a.seeds, videos=a.videos, steps=a.steps)
 
 
-def _positive(kind: type, minimum: float | None = None) -> Callable[[str], float]:
-    """An argparse type: a finite number of ``kind``, above 0 (or at least ``minimum``), so that 0
-    is not silently read as "the default" and a negative rate is not a traceback."""
+def _positive(kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number of ``kind``, above 0 (or at least ``minimum``; at most
+    ``maximum``), so that 0 is not silently read as "the default", a negative rate is not a
+    traceback and a huge image size is not an allocator's crash."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: expected a number of type {kind.__name__}") from None
-        ok = math.isfinite(value) and (value > 0 if minimum is None else value >= minimum)
-        if not ok:
-            bound = "> 0" if minimum is None else f">= {minimum}"
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {bound}")
+        above = value > 0 if minimum is None else value >= minimum
+        if not (math.isfinite(value) and above and (maximum is None or value <= maximum)):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {_bounds(minimum, maximum)}")
         return value
 
     return parse
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    """``> 0``, ``>= 1`` or ``from 8 to 1024``: the range :func:`_positive` accepts, in words."""
+    low = "> 0" if minimum is None else f">= {minimum}"
+    if maximum is None:
+        return low
+    return f"from {minimum} to {maximum}" if minimum is not None else f"{low} and <= {maximum}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one video may take; a slower one (or a crashed worker) becomes an error record",
     )
     s.add_argument("--jpeg-quality", type=int, default=90)
-    s.add_argument("--shard-mb", type=float, default=256.0, help="shard size bound in MiB")
+    s.add_argument("--shard-mb", type=_positive(float), default=256.0, help="shard size bound in MiB")
     s.add_argument(
         "--part", metavar="i/N",
         help="ingest only part i of N (0-based): the sources whose position in the sorted listing modulo N is i;"
@@ -323,13 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="robustness: classify with a co-trained run's own head (classes matched by name) instead of a probe",
     )
     s.add_argument("--vtab-root", help="folder holding the VTAB data (default: $VIVI_VTAB_ROOT)")
-    s.add_argument("--image-size", type=_positive(int), help="input resolution (default: the model's own; timm: 224)")
+    s.add_argument(
+        "--image-size", type=_positive(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), metavar="PX",
+        help=f"input resolution, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} (default: the model's own; timm: 224)",
+    )
     s.add_argument("--out", help="results JSON (resumable task by task)")
     s.add_argument("--name", help="model name shown in tables")
     s.add_argument("--cache", help="where the built-in suite is rendered (default: $VIVI_CACHE or ~/.cache/vivi)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0, help="seed of a random encoder")
-    s.set_defaults(func=_evaluate)
+    s.set_defaults(func=_sigterm_as_sigint(_evaluate))  # results are written after each task
 
     s = sub.add_parser("report", help="tables and plots comparing result files")
     s.add_argument("results", nargs="+")
@@ -353,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed (Python's, NumPy's, torch's on the CPU or an accelerator), not a bug."""
+    torch = sys.modules.get("torch")  # not imported: the error cannot be torch's
+    if isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)  # torch's CPU allocator
+
+
+def _allocation(error: BaseException) -> str:
+    """``tried to allocate 30000000000 bytes``: the size from the allocator's message, without its C++ prefix."""
+    found = re.search(r"(?:tried to|unable to) allocate [\d.,]+ ?(?:bytes|[KMGTPE]i?B)", str(error), re.IGNORECASE)
+    return found.group(0).strip() if found else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -363,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):  # any other RuntimeError is a bug: keep the traceback
+            raise
+        print(f"vivi: error: out of memory ({_allocation(e)}); use smaller inputs (e.g. a lower --image-size) "
+              "or a machine with more memory", file=sys.stderr)  # fmt: skip
+        return 2
     except OSError as e:
         if e.filename is None:  # not about a file the user named: a bug, keep the traceback
             raise

@@ -16,6 +16,10 @@ from typing import Any
 
 from vivi.errors import UserError
 
+# Input resolutions a backbone is evaluated at (pixels): the paper runs at 224, tiny models at 64;
+# near 1024 a batch of 256 is already ~3 GB of floats, below 8 little is left of an image.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+
 
 @dataclass
 class BackboneConfig:

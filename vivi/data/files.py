@@ -67,3 +67,13 @@ def output_dir(path: Path, create: bool = True) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{path}: the output folder is not writable")
     return path
+
+
+def input_dir(path: Path) -> Path:
+    """``path`` if it is a folder, else a one-line error that tells a missing path from a file
+    (``imagefolder:photo.jpg`` is a file where a folder was meant, not a typo in the name)."""
+    from vivi.errors import UserError
+
+    if not path.is_dir():
+        raise UserError(f"{path}: {'exists but is not a directory' if path.exists() else 'no such directory'}")
+    return path

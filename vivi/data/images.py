@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vivi.data.batches import rank_slice, step_loader, step_positions
-from vivi.data.files import ignored_note
+from vivi.data.files import ignored_note, input_dir
 from vivi.data.frames import load_frame
 from vivi.data.tasks import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, UnreadableImage, _scan_classes, image_error
 from vivi.errors import UserError, listed, warn
@@ -49,8 +49,7 @@ def parse_labelled(spec: str) -> Path:
 
 def scan_images(root: Path, labelled: bool) -> ImageFolder:
     """The images of ``root`` (its ``train/`` when present); ``labelled`` insists on >= 2 class folders."""
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+    input_dir(root)
     top = root / "train" if (root / "train").is_dir() else root
     by_class = _scan_classes(top)
     if labelled and len(by_class) < 2:

@@ -128,7 +128,7 @@ class IngestSummary:
     def counts(self, already_done: str = "") -> str:
         """``N videos: a ok, b skipped, c errors; S shots, F frames kept from H hours of video``."""
         return (
-            f"{self.videos} videos{already_done}: "
+            f"{self.videos} video{'s' if self.videos != 1 else ''}{already_done}: "
             f"{self.videos_ok} ok, {self.videos_skipped} skipped, {self.videos_error} errors; "
             f"{self.shots} shots, {self.frames} frames kept from {self.video_hours:.2f} hours of video"
         )

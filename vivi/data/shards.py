@@ -4,9 +4,12 @@ An ingest output folder OUT holds ``OUT/shards/shard-NNNNNN.tar`` and ``OUT/inde
 One shard sample per video: ``<key>.json`` (its index record) and
 ``<key>.s<shot:03d>.f<idx:03d>.jpg``. Shards are written as ``*.tar.tmp`` and renamed when
 complete; the index records of a shard's videos are appended (one write, fsynced) only after
-the rename. A killed run therefore leaves at worst a ``.tar.tmp`` (deleted on resume) or a
-renamed shard whose records did not all reach the index; :func:`recover` copies those
-records back from the shard's own ``.json`` members, so every video ends up exactly once.
+the rename; each sample is flushed to the OS as soon as it is written. A killed run (SIGKILL, power
+loss) therefore leaves at worst a ``.tar.tmp`` or a renamed shard whose records did not all reach
+the index. On resume :func:`recover` salvages a ``.tar.tmp`` (:func:`salvage`: its whole samples
+are kept as a complete shard, the video cut short is decoded again; a tmp with no whole sample is
+deleted), then copies the records missing from the index back from the shards' own ``.json``
+members, so every video ends up exactly once.
 Each index record carries ``"shard_span": [start, end]``, the tar byte range of its sample (headers
 included), so a loader can read a video with one range request without scanning the shard first;
 the ``.json`` copy inside the shard lacks it (it is written before its own size is known), and
@@ -26,10 +29,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 from vivi.data.remote import is_url, join, open_file, read_bytes, read_failed, reason
-from vivi.errors import UserError
+from vivi.errors import UserError, warn
 
 INDEX_NAME = "index.jsonl"
 SHARDS_DIR = "shards"
@@ -128,6 +131,7 @@ class ShardWriter:
             self._size += _member_size(len(data))
         record["shard_span"] = [start, self._tar.offset]  # what sample_spans reads from the headers
         self._records.append(record)
+        self._tar.fileobj.flush()  # the sample reaches the OS whole: after a SIGKILL, salvage() keeps it
         return done
 
     def close(self) -> list[dict]:
@@ -235,12 +239,15 @@ def shard_records(shard: Path) -> Iterator[dict]:
 def recover(out: Path) -> tuple[list[dict], int]:
     """Make OUT consistent after a kill; returns the index records and the next shard number.
 
-    Deletes ``*.tar.tmp`` and spool files, drops a torn last index line, and appends to the index the records
-    of complete shards that are missing from it (a kill between rename and index append).
+    Salvages ``*.tar.tmp`` (see :func:`salvage`), deletes spool files, drops a torn last index line, and
+    appends to the index the records of complete shards that are missing from it (a salvaged shard, or a
+    kill between rename and index append).
     """
     index, shards_dir = out / INDEX_NAME, out / SHARDS_DIR
-    for tmp in [*shards_dir.glob("*.tar.tmp"), *(out / SPOOL_DIR).glob("*")]:
-        tmp.unlink()
+    for tmp in sorted(shards_dir.glob("*.tar.tmp")):
+        salvage(tmp)
+    for spooled in (out / SPOOL_DIR).glob("*"):
+        spooled.unlink()
     records = read_records(index)
     _rewrite_if_torn(index, records)
     shards = sorted(shards_dir.glob("shard-*.tar"))
@@ -254,6 +261,135 @@ def recover(out: Path) -> tuple[list[dict], int]:
     append_records(index, missing)
     numbers = [int(m.group(1)) for s in shards if (m := _SHARD_NAME.fullmatch(s.name))]
     return records + missing, max(numbers, default=-1) + 1
+
+
+def salvage(tmp: Path) -> int:
+    """Turn a shard that a kill left as ``*.tar.tmp`` into a complete shard of the videos it holds whole.
+
+    A shard's records reach the index only when it closes, so the open one can hold hours of decoding:
+    keep it, do not delete it. Samples are written one after another, so the whole ones are a prefix of
+    the file; it is cut after the last one, ended as tarfile ends an archive, and renamed to the name its
+    records give (the index records are then copied from it by :func:`recover`). A file with no whole
+    sample is deleted. Repeating this after a kill during it gives the same shard. Returns the videos kept.
+    """
+    final = tmp.with_suffix("")  # shard-NNNNNN.tar
+    keys: list[str] = []
+    if not final.exists():  # a renamed shard is complete: never replace it with a tmp of the same number
+        with open(tmp, "rb+") as f:
+            keys, end = _whole_prefix(f, f"{SHARDS_DIR}/{final.name}")
+            if keys:
+                _end_archive(f, end)
+                f.flush()
+                os.fsync(f.fileno())
+    if not keys:
+        tmp.unlink()
+        return 0
+    tmp.rename(final)
+    _fsync_dir(tmp.parent)
+    videos = f"{len(keys)} video{'s' if len(keys) != 1 else ''}"
+    warn(f"{tmp}: kept {videos} complete in this shard cut short by a kill, as {final.name}; "
+         "later videos are decoded again")  # fmt: skip
+    return len(keys)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """A regular tar member whose data lies wholly in the file."""
+
+    name: str
+    data: int  # offset of its data
+    size: int
+
+    @property
+    def end(self) -> int:
+        """Where the next header starts (the data padded to a block)."""
+        return self.data + -(-self.size // _BLOCK) * _BLOCK
+
+
+@dataclass
+class _OpenSample:
+    """A sample being checked: its key and the frames its record lists that have not been seen whole."""
+
+    key: str
+    missing: set[str]
+
+
+def _whole_prefix(f: BinaryIO, shard: str) -> tuple[list[str], int]:
+    """Keys of the whole samples at the start of a cut-short shard, and the offset where the last one ends.
+
+    A sample is whole when its ``.json`` record parses, names this shard, and every frame it lists follows
+    with all its bytes, as a whole JPEG; the scan stops at the first member that breaks this.
+    """
+    keys: list[str] = []
+    end = 0
+    sample: _OpenSample | None = None
+    for member in _members(f):
+        if sample is None or not sample.missing:  # the previous sample is whole: a record comes next
+            sample = _sample_record(f, member, shard)
+            if sample is None:
+                break
+        elif member.name in sample.missing and _whole_jpeg(f, member):
+            sample.missing.remove(member.name)
+        else:
+            break
+        if not sample.missing:
+            keys.append(sample.key)
+            end = member.end
+    return keys, end
+
+
+def _members(f: BinaryIO) -> Iterator[_Member]:
+    """The members of a tar file in order, up to the first that is not whole: a zero block (the archive's
+    end, or a tail that a power loss left as zeros), a torn or damaged header, data running past the end."""
+    size = os.fstat(f.fileno()).st_size
+    offset = 0
+    while offset + _BLOCK <= size:
+        f.seek(offset)
+        try:
+            info = tarfile.TarInfo.frombuf(f.read(_BLOCK), tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError:
+            return
+        member = _Member(info.name, offset + _BLOCK, info.size)
+        if not info.isreg() or member.data + member.size > size:
+            return
+        yield member
+        offset = member.end
+
+
+def _sample_record(f: BinaryIO, member: _Member, shard: str) -> _OpenSample | None:
+    """The sample a ``<key>.json`` member starts, with the frame names its record lists; None when the
+    member is something else or its record is not whole (cut, zeroed, or not this shard's)."""
+    key, _, ext = member.name.partition(".")
+    if ext != "json":
+        return None
+    f.seek(member.data)
+    try:
+        record = json.loads(f.read(member.size))
+        if not isinstance(record, dict) or record.get("key") != key or record.get("shard") != shard:
+            return None
+        names = {image_name(key, s, i) for s, shot in enumerate(record["shots"]) for i in range(len(shot["frames"]))}
+    except (ValueError, KeyError, TypeError):
+        return None
+    return _OpenSample(key, names)
+
+
+def _whole_jpeg(f: BinaryIO, member: _Member) -> bool:
+    """A JPEG starts with SOI (FF D8) and ends with EOI (FF D9); a tail a power loss zeroed does not."""
+    if member.size < 4:
+        return False
+    f.seek(member.data)
+    head = f.read(2)
+    f.seek(member.data + member.size - 2)
+    return head == b"\xff\xd8" and f.read(2) == b"\xff\xd9"
+
+
+def _end_archive(f: BinaryIO, end: int) -> None:
+    """Cut the file at ``end`` and end it as ``TarFile.close`` does: two zero blocks, then zeros up to a
+    multiple of ``tarfile.RECORDSIZE``, so tarfile, webdataset and :func:`sample_spans` read it as whole."""
+    closed = end + 2 * _BLOCK
+    f.seek(end)
+    f.write(bytes(2 * _BLOCK + -closed % tarfile.RECORDSIZE))
+    f.truncate()
 
 
 def _with_spans(shard: Path) -> list[dict]:

@@ -94,10 +94,11 @@ def format_stats(stats: DatasetStats, top: int = TOP_REASONS) -> str:
         lines.append(f"  {status:<8} {sum(reasons.values())}")
         if status == "ok":
             continue
-        for reason, count in reasons.most_common(top):
+        shown = len(reasons) if len(reasons) <= top + 1 else top  # a lone reason fits where "(1 other)" would
+        for reason, count in reasons.most_common(shown):
             lines.append(f"    {count:>6}  {reason}")
-        if len(reasons) > top:
-            lines.append(f"    ({len(reasons) - top} other reasons)")
+        if hidden := len(reasons) - shown:
+            lines.append(f"    ({hidden} other reason{'s' if hidden != 1 else ''})")
     return "\n".join(lines)
 
 

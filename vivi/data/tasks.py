@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from vivi.data.files import ignored_note, walk_files
+from vivi.data.files import ignored_note, input_dir, walk_files
 from vivi.data.frames import to_rgb
 from vivi.errors import UserError, listed, warn
 
@@ -269,8 +269,7 @@ def _load_npz_task(root: Path, entry: dict) -> ImageTask:
 
 def _load_image_folder(root: Path) -> ImageTask:
     """DIR/train/<class>/*, DIR/test/<class>/*, optional DIR/val/<class>/*; classes = train's."""
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+    input_dir(root)
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise UserError(f"{root}: no {split}/ folder (expected {split}/<class>/<image> inside it)")

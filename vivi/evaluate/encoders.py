@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vivi.config import preset
-from vivi.errors import UserError
+from vivi.errors import UserError, warn
 from vivi.models.backbone import build_backbone, load_backbone_and_metadata
 
 
@@ -32,6 +32,10 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
         name, _, weights = spec[len("timm:") :].partition(":")
         model = load_timm(name, Path(weights) if weights else None, seed).to(device).eval()
         size = image_size or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, DEFAULT_TIMM_SIZE))[-1])
+        if not weights:  # nothing is downloaded: without a file the network is untrained
+            warn(f"timm:{name}: no weights given, so its weights are random (seed {seed}); nothing is downloaded: "
+                 f"pass timm:{name}:WEIGHTS.safetensors to evaluate trained weights")  # fmt: skip
+            name = f"{name} {RANDOM_INIT}"
         return Encoder(name, model, size)
     if spec.startswith("random"):
         scale = spec.partition(":")[2] or "tiny"
@@ -45,10 +49,11 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
     model, meta = load_backbone_and_metadata(path, device=device)
     # every run exports "backbone.safetensors": name such a file after its run folder
     name = path.name if path.is_dir() else path.resolve().parent.name if path.stem == "backbone" else path.stem
-    return Encoder(name, model, image_size or int(meta.get("image_size", 224)))
+    return Encoder(name, model, image_size or int(meta.get("image_size", 224)))  # checked by the loader
 
 
 DEFAULT_TIMM_SIZE = 224
+RANDOM_INIT = "(random init)"  # in the name of a timm encoder without weights, so tables say so
 
 
 def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Module:

@@ -26,14 +26,46 @@ def load_results(paths: Sequence[Path]) -> list[dict]:
     for path in map(Path, paths):
         try:
             data = json.loads(path.read_text())
-            ok = isinstance(data, dict) and all({"task", "group", "accuracy"} <= set(t) for t in data["tasks"])
+            tasks = data["tasks"]
+            ok = isinstance(tasks, list) and all(isinstance(t, dict) and {"task", "group", "accuracy"} <= t.keys()
+                                                 for t in tasks)  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a vivi results file ({e})") from e
         if not ok:
             raise UserError(f"{path}: not a vivi results file (tasks need task, group and accuracy)")
+        if bad := _bad_field(data):
+            raise UserError(f"{path}: not a vivi results file ({bad})")
         data.setdefault("model", path.stem)
         results.append(data)
     return merge_results(results)
+
+
+_NUMBER = "a number"
+# Fields the report reads, with the type it needs: a hand-edited file with a list for a name
+# would otherwise end in "unhashable type" deep in the table code.
+_RESULT_FIELDS = {"model": str, "protocol": str, "image_size": int, "model_source": str}
+_TASK_FIELDS = {"task": str, "group": str, "accuracy": _NUMBER, "severity_mean": list}
+
+
+def _bad_field(data: dict) -> str | None:
+    """``field tasks[2].group is [1], expected a string`` for the first field of the wrong type, else None."""
+    checks = [(k, data[k], want) for k, want in _RESULT_FIELDS.items() if k in data]
+    for i, task in enumerate(data["tasks"]):
+        checks += [(f"tasks[{i}].{k}", task[k], want) for k, want in _TASK_FIELDS.items() if k in task]
+        if isinstance(task.get("severity_mean"), list):
+            checks += [(f"tasks[{i}].severity_mean[{j}]", v, _NUMBER) for j, v in enumerate(task["severity_mean"])]
+    for name, value, want in checks:
+        if not _has_type(value, want):
+            words = {str: "a string", int: "an integer", list: "a list", _NUMBER: _NUMBER}[want]
+            return f"field {name} is {json.dumps(value)}, expected {words}"
+    return None
+
+
+def _has_type(value: object, want: type | str) -> bool:
+    """``isinstance``, except that true/false is not a number (JSON keeps them apart, Python does not)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if want == _NUMBER else isinstance(value, want)
 
 
 def merge_results(results: Sequence[dict]) -> list[dict]:

@@ -24,6 +24,7 @@ from vivi.data.tasks import ImageTask, check_readable, skipped_images, skipped_t
 from vivi.errors import UserError, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
+from vivi.evaluate.fingerprint import task_fingerprint, weights_fingerprint
 from vivi.evaluate.knn import knn_probe
 from vivi.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSplit
 from vivi.evaluate.linear import fit_linear_classifier, linear_probe
@@ -31,6 +32,7 @@ from vivi.evaluate.vtab1k import FinetuneTrials, Trial, run_vtab1k, vtab1k_scale
 
 GROUP_ORDER = ("natural", "specialized", "structured")
 NOT_COMPARED_ON_RESUME = ("model_source",)  # informative only: a moved run folder still resumes
+FINGERPRINTS = ("weights", "data")  # absent from files written before they existed: resumed unchecked
 
 
 @dataclass(frozen=True)
@@ -134,27 +136,31 @@ def evaluate_tasks(
     percent; ``mean`` averages tasks, not groups, as VTAB does. If ``out_json`` already
     holds results for the same model, protocol and image size, tasks found there are not
     run again; the file is rewritten atomically after each task, so an interrupted run
-    resumes where it stopped. ``scale`` (tiny | paper) sizes the fine-tune protocols and
+    resumes where it stopped. The file records a fingerprint of the weights and, per task, of
+    its images: a file of other weights, or a task whose images changed, is refused by name. ``scale`` (tiny | paper) sizes the fine-tune protocols and
     ``setting`` fixes the (lr, steps) of ``finetune``; ``vtab1k`` also records its sweep
     and per-run state (under ``vtab1k``) and resumes run by run.
     """
     if protocol not in ALL_PROTOCOLS:
         raise UserError(f"{protocol}: unknown protocol (available: {', '.join(ALL_PROTOCOLS)})")
-    header = {"model": model_name, "protocol": protocol, "image_size": image_size}
+    header = {"model": model_name, "protocol": protocol, "image_size": image_size,
+              "weights": weights_fingerprint(model)}  # fmt: skip
     if model_source:
         header["model_source"] = model_source  # lets `vivi report` find the run's metrics.jsonl
     if protocol == "finetune":
         setting = setting or vtab1k_scale(scale).settings()[0]
         header.update(scale=scale, lr=setting.lr, steps=setting.steps)
     if protocol in SUITE_PROTOCOLS:
-        header.update(scale=scale, suite=[t.name for t in tasks])
+        header.update(scale=scale, suite=[t.name for t in tasks], data={t.name: task_fingerprint(t) for t in tasks})
         return _evaluate_vtab1k(model, tasks, header, image_size, device, out_json, progress)
     run = PROTOCOLS[protocol]
     settings = EvalSettings(image_size, batch_size, device, progress, scale, setting)
     entries = _previous_entries(out_json, header) if out_json is not None else []
     done = {e["task"] for e in entries}
     for task in tasks:
+        data = task_fingerprint(task)
         if task.name in done:
+            _check_same_images(out_json, task, data, entries)
             if progress:
                 tqdm.write(f"{task.name}: done already in {out_json}, skipped")
             continue
@@ -171,6 +177,7 @@ def evaluate_tasks(
                 "protocol": protocol,
                 **metrics,
                 "num_classes": len(task.classes),
+                "data": data,
                 "seconds": round(time.perf_counter() - start, 2),
             }
         )
@@ -239,11 +246,33 @@ def _previous(path: Path, header: dict) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a vivi results file, cannot resume ({e})") from e
     for key, value in header.items():
-        if key not in NOT_COMPARED_ON_RESUME and previous.get(key) != value:
+        if key in NOT_COMPARED_ON_RESUME or previous.get(key) == value:
+            continue
+        if key in FINGERPRINTS and key not in previous:
+            warn(f"{path}: written by an older vivi without a {key} fingerprint; its results are resumed unchecked")
+        elif key == "weights":
+            raise UserError(
+                f"{path}: holds results of other weights (fingerprint {previous[key]}, this model's {value}): "
+                "a run retrained in place, or another model of the same name; choose another output file"
+            )
+        elif key == "data":
+            changed = sorted(t for t in value if previous[key].get(t) != value[t])
+            raise UserError(f"{path}: the images of {', '.join(changed)} changed since these results were written; "
+                            "choose another output file (or delete it to start over)")  # fmt: skip
+        else:
             raise UserError(
                 f"{path}: holds results for {key}={previous.get(key)!r}, not {value!r}; choose another output file"
             )
     return previous
+
+
+def _check_same_images(path: Path | None, task: ImageTask, data: str, entries: list[dict]) -> None:
+    """Refuse to reuse a task's result when its images are not the ones measured then."""
+    previous = next(e for e in entries if e["task"] == task.name).get("data")
+    if previous is not None and previous != data:
+        where = task.source or task.name
+        raise UserError(f"{path}: {task.name}'s images ({where}) changed since this file was written (files added, "
+                        "removed, renamed or resized); choose another output file (or delete it to start over)")
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

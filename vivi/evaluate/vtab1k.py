@@ -82,14 +82,20 @@ def check_sizes(task: ImageTask, scale: Vtab1kScale) -> None:
 
 def vtab1k_splits(task: ImageTask, scale: Vtab1kScale, strict: bool = True):
     """(train800, val200, test): the first n_train of train and the first n_val of val. Not
-    ``strict`` (one fine-tune, no sweep to compare across tasks): all of a smaller task, with a note."""
+    ``strict`` (one fine-tune, no sweep to compare across tasks): all of a smaller task, with a
+    note from :meth:`FinetuneTrials.data` once the images are read (it counts those that decode)."""
     if strict:
         check_sizes(task, scale)
-    elif len(task.train) < scale.n_train or len(task.val) < scale.n_val:
-        warn(f"{task.source or task.name}: fine-tuning on all {len(task.train)} train + {len(task.val)} val images, "
-             f"fewer than VTAB-1k's {scale.n_train} + {scale.n_val}")  # fmt: skip
     n_train, n_val = min(scale.n_train, len(task.train)), min(scale.n_val, len(task.val))
     return task.train.subset(np.arange(n_train)), task.val.subset(np.arange(n_val)), task.test
+
+
+def _note_smaller(task: ImageTask, scale: Vtab1kScale, n_train: int, n_val: int) -> None:
+    """Warn that a task smaller than VTAB-1k's train + val is used whole; the counts are of the
+    images that decoded, the ones the fine-tune sees (broken files are named separately)."""
+    if len(task.train) < scale.n_train or len(task.val) < scale.n_val:
+        warn(f"{task.source or task.name}: fine-tuning on all {n_train} train + {n_val} val images, "
+             f"fewer than VTAB-1k's {scale.n_train} + {scale.n_val}")  # fmt: skip
 
 
 def select_setting(sweep: dict[str, dict[str, float]], settings: Sequence[FinetuneSetting]) -> FinetuneSetting:
@@ -193,6 +199,8 @@ class FinetuneTrials:
                 keep = split.readable()  # unreadable files were preloaded as black images: drop them
                 arrays += [images[torch.from_numpy(keep)], split.labels[keep]]
             check_readable(task, arrays[1], arrays[5])
+            if not self.strict:
+                _note_smaller(task, self.scale, len(arrays[1]), len(arrays[3]))
             self._cache = (task.name, tuple(arrays))
         return self._cache[1]
 

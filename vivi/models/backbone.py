@@ -20,10 +20,11 @@ from timm.layers import BatchNormAct2d, GroupNormAct, StdConv2d, create_conv2d
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
-from vivi.config import BackboneConfig
+from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, BackboneConfig
 from vivi.errors import UserError
 
 FORMAT = "vivi-backbone/1"
+NORMS = ("batchnorm", "groupnorm_ws")
 
 
 def _group_norm_act(num_channels: int, **kwargs) -> GroupNormAct:
@@ -42,7 +43,7 @@ def build_backbone(spec: BackboneConfig) -> ResNetV2:
     elif spec.norm == "groupnorm_ws":
         layers = dict(conv_layer=partial(StdConv2d, eps=1e-8), norm_layer=_group_norm_act)
     else:
-        raise UserError(f"model.backbone.norm={spec.norm!r}: expected 'batchnorm' or 'groupnorm_ws'")
+        raise UserError(f"model.backbone.norm={spec.norm!r}: expected {' or '.join(map(repr, NORMS))}")
     return ResNetV2(
         layers=list(spec.layers),
         channels=tuple(spec.channels),
@@ -62,6 +63,56 @@ def save_backbone(model: nn.Module, spec: BackboneConfig, path: Path, extra: dic
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata=meta)
     tmp.replace(path)
+
+
+def _spec_from_metadata(path: Path, text: str) -> BackboneConfig:
+    """The ``backbone`` metadata field as a config, every field's type checked: a tampered or
+    foreign file is named with the bad field, not met as a TypeError inside timm."""
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{path}: metadata field 'backbone' {why}")
+
+    try:
+        fields = json.loads(text)
+    except ValueError as e:
+        raise bad(f"is not valid JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise bad(f"is not a JSON object (got {type(fields).__name__})")
+    known = {f.name for f in dataclasses.fields(BackboneConfig)}
+    if unknown := sorted(set(fields) - known):
+        raise bad(f"has unknown keys {', '.join(map(repr, unknown))} (expected {', '.join(sorted(known))})")
+    defaults = BackboneConfig()
+    for key, value in fields.items():
+        expected = getattr(defaults, key)
+        if isinstance(expected, list):
+            ok = isinstance(value, list) and bool(value) and all(_positive_int(v) for v in value)
+            want = "a list of positive integers"
+        elif isinstance(expected, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(expected, int):
+            ok, want = _positive_int(value), "a positive integer"
+        else:
+            ok, want = value in NORMS, " or ".join(map(repr, NORMS))
+        if not ok:
+            raise bad(f"has {key}={value!r}, expected {want}")
+    return BackboneConfig(**fields)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def metadata_image_size(path: Path, meta: dict[str, str]) -> int:
+    """The ``image_size`` metadata field (the resolution the backbone was trained at), checked."""
+    raw = meta.get("image_size", "")
+    try:
+        size = int(raw)
+    except ValueError:
+        size = None
+    if size is None or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise UserError(f"{path}: metadata field 'image_size' is {raw!r}, expected an integer from "
+                        f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (pixels)")  # fmt: skip
+    return size
 
 
 def _resolve(path: str | Path) -> Path:
@@ -98,10 +149,25 @@ def load_backbone_and_metadata(path: str | Path, device: str | torch.device = "c
         raise UserError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if meta.get("format") != FORMAT or "backbone" not in meta:
         raise UserError(f"{p}: not a vivi backbone (metadata lacks format={FORMAT!r})")
-    spec = BackboneConfig(**json.loads(meta["backbone"]))
-    model = build_backbone(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{p}: weights do not match the stored architecture ({str(e).splitlines()[0]})") from None
+    spec = _spec_from_metadata(p, meta["backbone"])
+    if "image_size" in meta:
+        metadata_image_size(p, meta)
+    _check_fits(p, spec, state)
+    model = build_backbone(spec)  # now as large as the weights in the file, no larger
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
+
+
+def _check_fits(path: Path, spec: BackboneConfig, state: dict[str, torch.Tensor]) -> None:
+    """Build ``spec`` on the meta device (no memory) and compare it with the weights, so that
+    tampered sizes are an error naming the file, not a huge allocation or a failure inside timm."""
+    try:
+        with torch.device("meta"):
+            model = build_backbone(spec)
+    except (ValueError, TypeError, RuntimeError) as e:  # values of the right types that timm still refuses
+        reason = str(e).splitlines()[0]
+        raise UserError(f"{path}: metadata field 'backbone' does not build a ResNet v2 ({reason})") from None
+    try:
+        model.load_state_dict(state, strict=True, assign=True)  # checks names and shapes only
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not match the stored architecture ({str(e).splitlines()[0]})") from None

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ from vivi.models.ema import momentum_schedule
 from vivi.models.vito import VITOModel
 from vivi.models.vivi import param_groups
 from vivi.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
     DistContext, all_gather_objects, all_reduce_mean, init_distributed, process_device, shutdown,
 )
@@ -78,10 +80,25 @@ def _check_resume_config(run: Path, cfg: RunConfig) -> None:
     saved = run / "config.json"
     if saved.is_file():
         old = _without_runtime(from_dict(json.loads(saved.read_text())).to_dict())
-        if old != _without_runtime(cfg.to_dict()):
+        new = _without_runtime(cfg.to_dict())
+        if old != new:
+            diff = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in _differences(old, new)[:4])
             raise UserError(
-                f"{run}: holds a run with a different config (see {saved}); use a new --out folder to start afresh"
+                f"{run}: holds a run with a different config ({diff}; see {saved}); resume with the same "
+                "settings or use a new --out folder to start afresh"
             )
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every setting that differs, in config order."""
+    out = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageFolder:
@@ -257,11 +274,14 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     v = v.stop - v.start  # videos per rank
     k, f = cfg.data.shots, cfg.data.frames
     ckpts = list_checkpoints(out)
+    record = data_record(data, source, labelled)
     if ckpts:
         _check_resume_config(out, cfg)
+        check_same_data(out, record, ctx.main)
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.to_json() + "\n")
+        write_data_record(out, record)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(device)

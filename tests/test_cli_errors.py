@@ -1,0 +1,88 @@
+"""One-line errors and clean stops of the CLI: option bounds, out of memory, SIGTERM, ingest wording."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from vivi.cli import main
+from vivi.data.ingest import IngestSummary
+from vivi.data.stats import DatasetStats, format_stats
+
+
+@pytest.mark.parametrize("value", ["100000", "4"])
+def test_evaluate_image_size_is_bounded(value, capsys):
+    """--image-size 100000 was an allocator's traceback after the model had loaded."""
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent", "--image-size", value])
+    assert info.value.code == 2
+    assert f"argument --image-size: '{value}': expected a number from 8 to 1024" in capsys.readouterr().err
+
+
+def test_out_of_memory_is_one_line_and_other_runtime_errors_keep_their_traceback(monkeypatch, capsys):
+    from vivi.evaluate import encoders
+
+    def too_big(*args: object, **kwargs: object) -> None:
+        torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator refuses it at once
+
+    monkeypatch.setattr(encoders, "load_encoder", too_big)
+    assert main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vivi: error: out of memory (tried to allocate {2**62} bytes); ") and err.count("\n") == 1
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(encoders, "load_encoder", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"])
+
+
+SIGTERM_DURING_EVALUATE = """
+import os, signal, sys, time
+from vivi.evaluate import encoders
+
+def evaluating(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # as a batch system's time limit would, mid-evaluation
+    time.sleep(30)
+
+encoders.load_encoder = evaluating
+from vivi.cli import main
+sys.exit(main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"]))
+"""
+
+
+def test_sigterm_stops_evaluate_like_ctrl_c():
+    """SIGTERM used to kill `vivi evaluate` silently; now it says how to resume, as Ctrl-C does."""
+    done = subprocess.run([sys.executable, "-c", SIGTERM_DURING_EVALUATE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().endswith("vivi: interrupted; re-run the same command to resume")
+
+
+def test_ingest_shard_mb_0_names_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["ingest", str(tmp_path), str(tmp_path / "out"), "--shard-mb", "0"])
+    assert info.value.code == 2
+    assert "argument --shard-mb: '0': expected a number > 0" in capsys.readouterr().err
+
+
+def _stats(reasons: int) -> DatasetStats:
+    skipped = Counter({f"reason {i}": 10 - i for i in range(reasons)})
+    return DatasetStats(folders=1, reasons={"ok": Counter(), "skipped": skipped, "error": Counter()})
+
+
+def test_ingest_stats_shows_a_lone_hidden_reason_and_counts_the_rest_in_words():
+    six = format_stats(_stats(6))
+    assert "reason 5" in six and "other reason" not in six  # "(1 other reasons)" took the line it would
+    seven = format_stats(_stats(7))
+    assert "reason 4" in seven and "reason 5" not in seven and "(2 other reasons)" in seven
+
+
+def test_one_video_is_singular():
+    summary = IngestSummary(videos_ok=1)
+    assert str(summary).startswith("Ingested 1 video: 1 ok")
+    assert str(IngestSummary(videos_ok=2)).startswith("Ingested 2 videos: ")

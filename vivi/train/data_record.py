@@ -1,0 +1,75 @@
+"""What a run trains on, written beside its config (``RUN/data.json``) and checked on resume.
+
+Every batch is a function of (seed, step) over the table of usable videos (or images), so a
+resume is exact only on the same table. ``--data`` is not part of the config: without this
+record a run stopped and resumed on another folder, or on one that gained videos meanwhile,
+would go on silently as if it were the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from vivi.data.batches import VideoTable
+from vivi.data.images import ImageFolder
+from vivi.errors import UserError, warn
+
+NAME = "data.json"
+
+
+def data_record(data: list[Path | str], source: VideoTable | ImageFolder, labelled: ImageFolder | None) -> dict:
+    """Sources as given, sizes, and a fingerprint of the training table (and labelled images)."""
+    record: dict[str, Any] = {"sources": [str(d) for d in data], **_describe(source)}
+    if labelled is not None:
+        record["labelled"] = _describe(labelled)
+    return record
+
+
+def check_same_data(run: Path, record: dict, main: bool = True) -> None:
+    """On resume: refuse training data (or labelled images) other than the run's, naming both."""
+    path = run / NAME
+    if not path.is_file():
+        if main:
+            warn(f"{run}: no record of the data it was trained on (a run of an older vivi); resuming on "
+                 f"{', '.join(record['sources'])} unchecked")  # fmt: skip
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); restore it or use a new --out folder") from None
+    for what, was, now in (("training data", old, record), ("labelled images", old.get("labelled"), record.get("labelled"))):
+        if (was or {}).get("fingerprint") != (now or {}).get("fingerprint"):
+            raise UserError(
+                f"{run}: was trained on other {what}: {_text(was)} then, {_text(now)} now; a resume needs the same "
+                "data (each batch is a function of the step over it): pass that data or use a new --out folder"
+            )
+
+
+def write_data_record(run: Path, record: dict) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / f".{NAME}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, run / NAME)
+
+
+def _text(d: dict | None) -> str:
+    if not d:
+        return "none"
+    where = f"{', '.join(d['sources'])} " if d.get("sources") else ""
+    return f"{where}({d.get('items', '?')} {d.get('kind', 'items')}, fingerprint {d.get('fingerprint', '?')})"
+
+
+def _describe(source: VideoTable | ImageFolder) -> dict:
+    h = hashlib.blake2b(digest_size=8)
+    if isinstance(source, VideoTable):
+        for r in source.records:  # the key and the shape of each video: what the sampler draws from
+            h.update(f"{r['key']}:{[len(s.get('frames', [])) for s in r.get('shots', [])]};".encode())
+        return {"kind": "videos", "items": len(source), "fingerprint": h.hexdigest()}
+    for p, label in zip(source.paths, source.labels.tolist()):
+        h.update(f"{os.path.relpath(p, source.root)}:{label};".encode())
+    h.update(repr(list(source.classes)).encode())
+    return {"kind": "images", "items": len(source.paths), "fingerprint": h.hexdigest()}
