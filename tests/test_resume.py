@@ -84,7 +84,7 @@ def test_sigterm_checkpoints_and_stops_then_resumes_exactly(tiny_data, tmp_path,
     _, err = proc.communicate(timeout=120)
     last = load_checkpoint(list_checkpoints(run)[-1])["step"]
     if last < 6:  # it stopped early: one line naming the step and the checkpoint
-        assert proc.returncode == 2 and f"stopped at step {last} of 6" in err and "Traceback" not in err
+        assert proc.returncode == 2 and f"vivi: stopped at step {last} of 6" in err and "Traceback" not in err
     _assert_same(_final_model(pretrain(_cfg(), [tiny_data], run, progress=False)), reference)
 
 

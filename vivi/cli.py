@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"vivi: error: {e}", file=sys.stderr)
+        print(f"vivi: {e.prefix}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)

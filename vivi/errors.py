@@ -9,6 +9,8 @@ is a bug and keeps its traceback.
 class UserError(Exception):
     """Bad input from the user: the message names the file or value and the reason."""
 
+    prefix = "error: "  # how the command line introduces the message
+
 
 def warn(message: str) -> None:
     """One line on stderr for input that was skipped or repaired, so nothing is dropped silently.

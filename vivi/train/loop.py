@@ -209,6 +209,8 @@ class _StopRequest:
 class TrainingStopped(UserError):
     """The run was asked to stop (SIGTERM, SIGINT) and saved a checkpoint to resume from."""
 
+    prefix = ""  # a requested stop, not an error
+
 
 def _trim_metrics(path: Path, start: int) -> None:
     """Drop metric rows past the checkpoint resumed from (a crash may have logged steps it then lost)."""
