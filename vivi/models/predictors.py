@@ -15,7 +15,7 @@ def native_cpu_rnn(x: Tensor) -> Iterator[None]:
 
     For the predictor's shape (8 videos x 3 shots of 512-d, 2 layers of 256) oneDNN's LSTM
     took 6-13 ms forward + backward against 5-6 ms native on one thread, the same values to
-    1e-7 (benchmarks/results/step-overhead, session 7). The flag is process-wide, so it is
+    1e-7 (benchmarks/results/step-overhead, session 7 section). The flag is process-wide, so it is
     switched off only for the call and restored after it; the backward runs the ops recorded.
     """
     if x.device.type != "cpu" or not torch.backends.mkldnn.enabled:
