@@ -620,9 +620,9 @@ def test_ctrl_c_keeps_the_videos_finished_so_far(videos, tmp_path, monkeypatch):
 
 
 def test_sigterm_interrupts_like_ctrl_c_but_never_inside_a_write():
-    from vivi.data.ingest import _Interrupts
+    from vivi.errors import Interrupts
 
-    with _Interrupts() as stop:
+    with Interrupts() as stop:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)

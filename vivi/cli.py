@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from vivi.data.files import output_dir
-from vivi.errors import UserError
+from vivi.errors import Interrupts, UserError
 
 
 def _synth(a: argparse.Namespace) -> None:
@@ -176,9 +176,7 @@ def _sigterm_as_sigint(command: Callable[[argparse.Namespace], None]) -> Callabl
 
     @functools.wraps(command)
     def run(a: argparse.Namespace) -> None:
-        from vivi.data.ingest import _Interrupts  # its SIGINT/SIGTERM -> KeyboardInterrupt handler
-
-        with _Interrupts():
+        with Interrupts():
             command(a)
 
     return run

@@ -2,8 +2,15 @@
 
 Library code raises :class:`UserError` for bad input (a missing folder, a corrupt file, an
 unknown preset). The CLI prints its message on one line and exits non-zero; anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. :class:`Interrupts` turns SIGINT and SIGTERM into the
+KeyboardInterrupt the CLI reports as "interrupted; re-run", for commands that resume.
 """
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -29,3 +36,39 @@ def listed(items: list[str], limit: int = 3) -> str:
     """``a, b, c and 4 more``: the first few of a long list, for one-line messages."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class Interrupts:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, except inside :meth:`deferred` blocks, which
+    finish first (ingest defers around a shard write, so the shard is closed and its videos kept)."""
+
+    def __init__(self) -> None:
+        self._depth, self._pending = 0, False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._depth:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self._pending and not self._depth:
+            self._pending = False
+            raise KeyboardInterrupt

@@ -43,7 +43,7 @@ from vivi.data.shards import (
     recover,
 )
 from vivi.data.shots import DetectorParams, Shot
-from vivi.errors import UserError, warn
+from vivi.errors import Interrupts, UserError, warn
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".mkv", ".webm", ".avi", ".mov",  # tested
@@ -192,7 +192,7 @@ def ingest(
     index.touch()  # an empty part is still a readable (empty) ingest output
     from tqdm import tqdm  # here, not at the top: workers import this module and need no progress bar
 
-    with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar, _Interrupts() as stop:
+    with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar, Interrupts() as stop:
         results = _results(todo, options, workers, timeout, isolate)
         try:
             for result in results:
@@ -225,42 +225,6 @@ def ingest(
     if progress:
         print(summary, file=sys.stderr)
     return summary
-
-
-class _Interrupts:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, except inside :meth:`deferred` blocks, which
-    finish first: the shard being written is then closed and its videos kept, not thrown away."""
-
-    def __init__(self) -> None:
-        self._depth, self._pending = 0, False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _Interrupts:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self._depth:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-        if self._pending and not self._depth:
-            self._pending = False
-            raise KeyboardInterrupt
 
 
 SETTINGS_NAME = "ingest.json"  # the options that shape the data, checked when OUT is resumed

@@ -137,8 +137,9 @@ def evaluate_tasks(
     holds results for the same model, protocol and image size, tasks found there are not
     run again; the file is rewritten atomically after each task, so an interrupted run
     resumes where it stopped. The file records a fingerprint of the weights and, per task, of
-    its images: a file of other weights, or a task whose images changed, is refused by name. ``scale`` (tiny | paper) sizes the fine-tune protocols and
-    ``setting`` fixes the (lr, steps) of ``finetune``; ``vtab1k`` also records its sweep
+    its images: a file of other weights, or a task whose images changed, is refused by name.
+    ``scale`` (tiny | paper) sizes the fine-tune protocols and ``setting`` fixes the (lr, steps)
+    of ``finetune``; ``vtab1k`` also records its sweep
     and per-run state (under ``vtab1k``) and resumes run by run.
     """
     if protocol not in ALL_PROTOCOLS:

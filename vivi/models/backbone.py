@@ -91,8 +91,10 @@ def _spec_from_metadata(path: Path, text: str) -> BackboneConfig:
             ok, want = isinstance(value, bool), "true or false"
         elif isinstance(expected, int):
             ok, want = _positive_int(value), "a positive integer"
-        else:
+        elif key == "norm":
             ok, want = value in NORMS, " or ".join(map(repr, NORMS))
+        else:  # a field added to BackboneConfig later: at least its type
+            ok, want = isinstance(value, type(expected)), f"a {type(expected).__name__}"
         if not ok:
             raise bad(f"has {key}={value!r}, expected {want}")
     return BackboneConfig(**fields)
