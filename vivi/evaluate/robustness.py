@@ -42,6 +42,7 @@ from vivi.data.tasks import (
     default_cache_dir,
     stratified_holdout,
 )
+from vivi.atomic import write_json_atomic
 from vivi.errors import UserError, listed, warn
 from vivi.evaluate.encoders import Encoder
 from vivi.evaluate.features import extract_features
@@ -312,8 +313,7 @@ def _write(entry: dict, enc: Encoder, model_name: str | None, out_json: Path | N
     result = {"model": model_name or enc.name, "protocol": "robustness", "image_size": enc.image_size, "k": k,
               "tasks": [entry], "groups": {"robustness": entry["accuracy"]}, "mean": entry["accuracy"]}
     if out_json is not None:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(out_json, result)
     return result
 
 

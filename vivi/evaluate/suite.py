@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vivi.data.tasks import ImageTask, check_readable, skipped_images, skipped_text
+from vivi.atomic import write_json_atomic
 from vivi.errors import UserError, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
@@ -186,7 +186,7 @@ def evaluate_tasks(
         if progress:
             tqdm.write(f"{task.name}: {metrics['accuracy']:.1f}% ({protocol})")
         if out_json is not None:
-            _write_json_atomic(out_json, _results(header, entries))
+            write_json_atomic(out_json, _results(header, entries))
     return _results(header, entries)
 
 
@@ -206,13 +206,13 @@ def _evaluate_vtab1k(
 
     def save(current: dict) -> None:
         if out_json is not None:
-            _write_json_atomic(out_json, {**_results(header, previous.get("tasks", [])), "vtab1k": current})
+            write_json_atomic(out_json, {**_results(header, previous.get("tasks", [])), "vtab1k": current})
 
     trials = FinetuneTrials(model, image_size, scale, device, progress)
     entries, state = run_vtab1k(tasks, trials, scale, state=state, save=save, progress=progress)
     results = {**_results(header, entries), "vtab1k": state}
     if out_json is not None:
-        _write_json_atomic(out_json, results)
+        write_json_atomic(out_json, results)
     return results
 
 
@@ -274,11 +274,3 @@ def _check_same_images(path: Path | None, task: ImageTask, data: str, entries: l
         where = task.source or task.name
         raise UserError(f"{path}: {task.name}'s images ({where}) changed since this file was written (files added, "
                         "removed, renamed or resized); choose another output file (or delete it to start over)")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ from typing import Any
 
 from vivi.data.batches import VideoTable
 from vivi.data.images import ImageFolder
+from vivi.atomic import write_json_atomic
 from vivi.errors import UserError, warn
 
 NAME = "data.json"
@@ -50,10 +51,7 @@ def check_same_data(run: Path, record: dict, main: bool = True) -> None:
 
 
 def write_data_record(run: Path, record: dict) -> None:
-    run.mkdir(parents=True, exist_ok=True)
-    tmp = run / f".{NAME}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, run / NAME)
+    write_json_atomic(run / NAME, record)
 
 
 def _text(d: dict | None) -> str:
