@@ -86,3 +86,43 @@ def test_one_video_is_singular():
     summary = IngestSummary(videos_ok=1)
     assert str(summary).startswith("Ingested 1 video: 1 ok")
     assert str(IngestSummary(videos_ok=2)).startswith("Ingested 2 videos: ")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--fps", "inf", "fps=inf: must be a finite number, at least 1e-06"),
+    ("--fps", "nan", "fps=nan: must be a finite number, at least 1e-06"),
+    ("--timeout", "nan", "timeout=nan: must be a positive, finite number of seconds"),
+])  # fmt: skip
+def test_ingest_refuses_non_finite_rates_before_writing_anything(tmp_path, capsys, flag, value, message):
+    """--fps inf passed the check, failed every video with a traceback and wrote fps=Infinity."""
+    (tmp_path / "videos").mkdir()
+    assert main(["ingest", str(tmp_path / "videos"), str(tmp_path / "out"), flag, value]) == 2
+    assert capsys.readouterr().err.strip() == f"vivi: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--seed", str(2**63)], ["--set", "seed=-1"]])
+def test_pretrain_refuses_a_seed_the_generators_cannot_take_before_making_the_run(tmp_path, capsys, args):
+    """--seed -1 was a numpy traceback after the run folder had been created."""
+    cmd = ["pretrain", "--preset", "Ex-YT-F", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *args]
+    if args[0] == "--seed":
+        with pytest.raises(SystemExit) as info:
+            main(cmd)
+        assert info.value.code == 2
+        assert f"argument --seed: '{args[1]}': expected a number from 0 to {2**63 - 1}" in capsys.readouterr().err
+    else:
+        assert main(cmd) == 2
+        assert f"vivi: error: seed=-1: expected an integer from 0 to {2**63 - 1}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("nonsense", "unknown device"),
+    ("meta", "vivi runs on cpu, cuda or mps"),
+] + ([] if torch.cuda.is_available() else [("cuda", "CUDA is not available on this machine")]))  # fmt: skip
+def test_evaluate_device_is_checked_before_any_weights_are_read(capsys, device, message):
+    """--device cuda without a GPU was a traceback from safetensors; a typo blamed the weights file."""
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent", "--device", device])
+    assert info.value.code == 2
+    assert f"argument --device: '{device}': {message}" in capsys.readouterr().err

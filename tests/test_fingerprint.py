@@ -83,6 +83,16 @@ def test_a_results_file_is_refused_for_other_weights_or_changed_images(tmp_path,
     assert json.loads(out.read_text()) == first  # nothing written over
 
 
+def test_a_renamed_folder_is_not_measured_twice_in_one_file(tmp_path, extraction_calls):
+    root, out = tmp_path / "imgs", tmp_path / "r.json"
+    _folder(root)
+    first = _evaluate(TinyCNN(), root, out)
+    renamed = root.rename(tmp_path / "imgs_moved")
+    with pytest.raises(UserError, match=r"r\.json: imgs_moved .* holds the same images and labels as imgs, already"):
+        _evaluate(TinyCNN(), renamed, out)
+    assert json.loads(out.read_text()) == first  # nothing written over
+
+
 def test_a_file_from_before_fingerprints_resumes_with_a_warning(tmp_path, capsys, extraction_calls):
     root, out = tmp_path / "imgs", tmp_path / "r.json"
     _folder(root)

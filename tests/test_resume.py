@@ -85,7 +85,8 @@ def test_sigterm_checkpoints_and_stops_then_resumes_exactly(tiny_data, tmp_path,
     last = load_checkpoint(list_checkpoints(run)[-1])["step"]
     if last < 6:  # it stopped early: one line naming the step and the checkpoint
         assert proc.returncode == 2 and f"vivi: stopped at step {last} of 6" in err and "Traceback" not in err
-    _assert_same(_final_model(pretrain(_cfg(), [tiny_data], run, progress=False)), reference)
+    more_often = apply_overrides(_cfg(), ["ckpt_every=1"])  # checkpointing more often after a stop changes nothing
+    _assert_same(_final_model(pretrain(more_often, [tiny_data], run, progress=False)), reference)
 
 
 def test_batches_are_a_function_of_the_step(tiny_data):
@@ -144,6 +145,7 @@ def test_resume_accepts_other_runtime_settings_but_not_another_run(tmp_path):
     (tmp_path / "config.json").write_text(cfg.to_json() + "\n")
     _check_resume_config(tmp_path, apply_overrides(cfg, ["data.workers=4", "data.cache_mb=0"]))
     _check_resume_config(tmp_path, apply_overrides(cfg, ["channels_last=false", "compile=true"]))
+    _check_resume_config(tmp_path, apply_overrides(cfg, ["ckpt_every=7", "log_every=3", "keep_checkpoints=9"]))
     for other in ("optim.lr=0.5", "amp=bf16", "data.frames=4"):
         key = other.split("=")[0].replace(".", r"\.")
         with pytest.raises(UserError, match=rf"different config \({key}: .* there, .* now; see"):

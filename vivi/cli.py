@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from vivi.config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 from vivi.data.files import output_dir
 from vivi.errors import Interrupts, UserError
 
@@ -225,6 +225,30 @@ def _bounds(minimum: float | None, maximum: float | None) -> str:
     return f"from {minimum} to {maximum}" if minimum is not None else f"{low} and <= {maximum}"
 
 
+SEED = _positive(int, 0, MAX_SEED)
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``),
+    checked before any weights are read, so a typo is not blamed on the weights file."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: vivi runs on cpu, cuda or mps")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vivi",
@@ -236,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="render the built-in video world as mp4 files + ground_truth.jsonl")
     s.add_argument("out")
     s.add_argument("--videos", type=int, default=160)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--size", type=int, default=96)
     s.add_argument("--fps", type=float, default=4.0)
@@ -286,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True, help="the run folder (re-running resumes it)")
     s.add_argument("--scale", default="tiny", help="tiny (CPU) | paper (ResNet-50 v2, Table 5)")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=SEED, default=None)
     s.add_argument("--steps", type=int, default=None, help="shorthand for --set optim.steps=N (schedule rescaled)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     s.set_defaults(func=_pretrain)
@@ -353,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="results JSON (resumable task by task)")
     s.add_argument("--name", help="model name shown in tables")
     s.add_argument("--cache", help="where the built-in suite is rendered (default: $VIVI_CACHE or ~/.cache/vivi)")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--seed", type=int, default=0, help="seed of a random encoder")
+    s.add_argument("--device", type=_device, default="cpu")
+    s.add_argument("--seed", type=SEED, default=0, help="seed of a random encoder")
     s.set_defaults(func=_sigterm_as_sigint(_evaluate))  # results are written after each task
 
     s = sub.add_parser("report", help="tables and plots comparing result files")

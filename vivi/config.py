@@ -18,6 +18,7 @@ from vivi.errors import UserError
 
 # Input resolutions a backbone is evaluated at (pixels): the paper runs at 224, tiny models at 64;
 # near 1024 a batch of 256 is already ~3 GB of floats, below 8 little is left of an image.
+MAX_SEED = 2**63 - 1  # what numpy and torch generators both take
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 
 
@@ -412,6 +413,8 @@ def validate(cfg: RunConfig) -> None:
     for name in NOT_NEGATIVE:
         if values[name] < 0:
             raise UserError(f"{name}={values[name]}: expected >= 0")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"seed={cfg.seed}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")
     if cfg.augment.where not in ("device", "loader"):
         raise UserError(f"augment.where={cfg.augment.where!r}: expected 'device' or 'loader'")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):

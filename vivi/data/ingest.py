@@ -261,8 +261,8 @@ def _decode_threads(workers: int) -> int:
 
 def _check(options: Options, workers: int, shard_max_bytes: int, timeout: float | None) -> None:
     check_detector(options.detector)  # an unknown name, or scenedetect missing: a UserError
-    if timeout is not None and timeout <= 0:
-        raise UserError(f"timeout={timeout}: must be a positive number of seconds")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"timeout={timeout}: must be a positive, finite number of seconds")
     for name, value, low in [
         ("workers", workers, 1),
         ("fps", options.fps, 1e-6),
@@ -271,8 +271,8 @@ def _check(options: Options, workers: int, shard_max_bytes: int, timeout: float 
         ("shard_max_bytes", shard_max_bytes, 1),
         ("jpeg_quality", options.jpeg_quality, 1),
     ]:
-        if value < low:
-            raise UserError(f"{name}={value}: must be at least {low:g}")
+        if not math.isfinite(value) or value < low:
+            raise UserError(f"{name}={value}: must be a finite number, at least {low:g}")
     if options.jpeg_quality > 100:
         raise UserError(f"jpeg_quality={options.jpeg_quality}: must be at most 100")
 

@@ -362,6 +362,7 @@ def write_report(
     if not runs:
         runs = [Path(r["model_source"]) for r in results
                 if r.get("model_source") and (Path(r["model_source"]) / "metrics.jsonl").is_file()]  # fmt: skip
+    runs = list(dict.fromkeys(runs))  # one run's linear, knn and vtab1k results: its curves once
     if runs:
         curves = curves_plot(runs, out_dir / "curves.png")
         listed = ", ".join(str(r) for r in runs)

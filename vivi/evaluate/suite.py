@@ -165,6 +165,7 @@ def evaluate_tasks(
             if progress:
                 tqdm.write(f"{task.name}: done already in {out_json}, skipped")
             continue
+        _check_new_images(out_json, task, data, entries)
         start = time.perf_counter()
         metrics = run(model, task, settings)
         skipped = skipped_images(task)
@@ -265,6 +266,15 @@ def _previous(path: Path, header: dict) -> dict:
                 f"{path}: holds results for {key}={previous.get(key)!r}, not {value!r}; choose another output file"
             )
     return previous
+
+
+def _check_new_images(path: Path | None, task: ImageTask, data: str, entries: list[dict]) -> None:
+    """Refuse a task whose images and labels are already in the file under another name (a
+    renamed folder): the suite's mean would count them twice."""
+    twin = next((e["task"] for e in entries if e.get("data") == data), None)
+    if twin is not None:
+        raise UserError(f"{path}: {task.name} ({task.source or task.name}) holds the same images and labels as "
+                        f"{twin}, already measured in this file (a renamed folder?); choose another output file")
 
 
 def _check_same_images(path: Path | None, task: ImageTask, data: str, entries: list[dict]) -> None:

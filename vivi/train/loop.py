@@ -61,9 +61,11 @@ def autocast_context(cfg: RunConfig, device: torch.device):
 
 
 # How the run is executed, not what it computes (tested: any worker count and cache size give
-# the same batches; memory layout and compilation leave the maths as it is): a run may resume
-# with other values, e.g. on a machine with more cores.
-RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile")
+# the same batches; memory layout and compilation leave the maths as it is; how often it logs
+# and checkpoints only decides what is written): a run may resume with other values, e.g. on
+# a machine with more cores, or checkpointing more often after a crash.
+RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile", "log_every", "ckpt_every",
+                "keep_checkpoints")
 
 
 def _without_runtime(config: dict) -> dict:
