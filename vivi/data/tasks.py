@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,12 @@ class UnreadableImage(UserError):
 
 IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+# PIL refuses images over 2x its MAX_IMAGE_PIXELS (~179 Mpx) as possible decompression bombs and
+# warns above 1x. A scan or panorama of one's own may be that large: the limit can be raised.
+MAX_PIXELS_ENV = "VIVI_MAX_IMAGE_PIXELS"
+if os.environ.get(MAX_PIXELS_ENV, "").isdigit():
+    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV]) // 2
+
 
 def image_error(path: Path, error: BaseException) -> UnreadableImage:
     """The user-facing error for ``path`` failing to decode with ``error``."""
@@ -175,6 +182,9 @@ def image_error(path: Path, error: BaseException) -> UnreadableImage:
         reason = "empty file (0 bytes)"
     elif isinstance(error, UnidentifiedImageError):
         reason = "not an image format PIL can read"
+    elif isinstance(error, Image.DecompressionBombError):
+        reason = (f"over {2 * Image.MAX_IMAGE_PIXELS} pixels, refused as a possible decompression bomb; "
+                  f"set {MAX_PIXELS_ENV} to a larger pixel count to read it")
     else:
         reason = " ".join(str(error).split()) or type(error).__name__
     return UnreadableImage(path, reason)
@@ -185,10 +195,12 @@ def read_image(path: Path, at_least: int | None = None) -> torch.Tensor:
     With ``at_least``, a JPEG may be decoded at 1/2 .. 1/8 scale when both sides stay at least
     that large (a 12-megapixel phone photo decodes ~4x faster for a 64 px model)."""
     try:
-        with Image.open(path) as img:
-            if at_least:
-                img.draft("RGB", (at_least, at_least))
-            rgb = to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large but under the limit: read it
+            with Image.open(path) as img:
+                if at_least:
+                    img.draft("RGB", (at_least, at_least))
+                rgb = to_rgb(img)
     except IMAGE_READ_ERRORS as e:
         raise image_error(path, e) from e
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
