@@ -22,7 +22,10 @@ process (``data.workers=0``) and the process's CPU time per step. On a shared VM
 drift by more than the overhead being measured, this is the number that repeats; it is also what
 the step costs when every core is busy (a fully loaded node, or a laptop running other jobs).
 
-    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200] [--cpu-time]
+``--malloc default`` measures both steps with glibc's own malloc instead of the buffer reuse
+``vivi pretrain`` switches on for a CPU (vivi/train/host_memory.py).
+
+    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200] [--cpu-time] [--malloc default]
 
 DIR is an ingested folder (``vivi synth W && vivi ingest W DIR``); without ``--data`` a small
 world is rendered and ingested into a temporary folder first.
@@ -47,6 +50,7 @@ from vivi.data.batches import make_loader, training_videos
 from vivi.data.shards import read_index
 from vivi.models.backbone import build_backbone
 from vivi.models.vivi import VIVIModel, param_groups
+from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.loop import augment_in_loader, autocast_context
 from vivi.train.objective import VIVIObjective
 
@@ -143,10 +147,16 @@ def main() -> None:
     ap.add_argument("--warm-passes", type=float, default=0.0,
                     help="passes over the videos drawn from the loader before timing (fills its frame cache, "
                          "as later in a run; 0: the start of a run)")
+    ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                    help="reuse: glibc keeps freed buffers, as vivi pretrain sets it on a CPU (both steps measured "
+                         "so); default: glibc's own (each buffer over 32 MB mapped and page-faulted anew)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="CPU time of one torch thread with the loader in-process, instead of wall time")
     a = ap.parse_args()
     cfg = apply_overrides(preset(a.preset), a.set)
+    if a.malloc == "default":
+        os.environ["VIVI_MALLOC"] = "default"  # the --loop-steps run's vivi pretrain leaves glibc's malloc alone too
+    malloc = "reuse" if reuse_freed_memory() else "default"
     if a.cpu_time:
         global CLOCK
         CLOCK = time.process_time
@@ -161,7 +171,7 @@ def main() -> None:
         per_step = frames_per_step(cfg)
         print(f"{a.preset} tiny: {v}x{k}x{f} = {per_step} frames of {s}px per step; "
               f"torch threads {torch.get_num_threads()}, loader workers {cfg.data.workers}, cores {os.cpu_count()}, "
-              f"channels_last {cfg.channels_last}, amp {cfg.amp}; clock: {'CPU time' if a.cpu_time else 'wall'}")
+              f"channels_last {cfg.channels_last}, amp {cfg.amp}, malloc {malloc}; clock: {'CPU time' if a.cpu_time else 'wall'}")
 
         in_loader = augment_in_loader(cfg)
         print(f"augmentation in the {'loader' if in_loader else 'training process'} (augment.where={cfg.augment.where})")

@@ -46,6 +46,7 @@ from vivi.train.data_record import check_same_data, data_record, write_data_reco
 from vivi.train.distributed import (
     DistContext, all_gather_objects, all_reduce_mean, init_distributed, process_device, shutdown,
 )
+from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
 from vivi.train.schedule import lr_schedule
 
@@ -266,6 +267,8 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
 
 def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool, ctx: DistContext) -> Path:
     device = process_device(ctx, cfg.device)
+    if device.type == "cpu":  # before the loader forks its workers: they inherit it
+        reuse_freed_memory()
     labelled = _labelled_source(cfg)
     source = _frame_source(cfg, data)
     note = batch_lr_note(cfg) if ctx.main else None
