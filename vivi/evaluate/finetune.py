@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vivi.data.augment import network_input
 from vivi.data.tasks import ImageSplit
+from vivi.train.optimizer import sgd
 
 MOMENTUM = 0.9
 DECAY_AT = (0.3, 0.6, 0.9)  # fractions of the steps where the learning rate drops 10x
@@ -90,7 +91,7 @@ def finetune(
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     classifier = nn.Sequential(model, head).train()
-    opt = torch.optim.SGD(classifier.parameters(), lr=setting.lr, momentum=MOMENTUM)
+    opt = sgd(classifier.parameters(), lr=setting.lr, momentum=MOMENTUM)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     batches = _batches(len(y), min(batch_size, len(y)), setting.steps, gen)

@@ -48,6 +48,7 @@ from vivi.train.distributed import (
 )
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
+from vivi.train.optimizer import sgd
 from vivi.train.schedule import lr_schedule
 
 
@@ -294,7 +295,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     model = build_model(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    opt = sgd(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     schedule = lr_schedule(cfg.optim)
     momentum = momentum_schedule(cfg.optim.ema_momentum, cfg.optim.steps)  # VITO's target network
     objective = VIVIObjective(cfg.loss)
