@@ -5,9 +5,10 @@ its own ``mmap`` and unmaps it when freed, so each step page-faults and zero-fil
 activations anew: 8-20 thousand page faults and 10-33 ms of kernel time per VIVI step at tiny
 scale. With mmap off and the heap not trimmed, freed buffers stay in the heap and the next step
 reuses them: no page faults, ~9% more peak memory, and the training loop 9-10% faster on 2 cores
-once the heap has grown, after its first steps (benchmarks/results/step-overhead, session 9). jemalloc and tcmalloc, the allocators
-PyTorch suggests for CPU training, keep freed memory the same way; this needs nothing installed.
-The setting is process-wide; ``VIVI_MALLOC=default`` keeps glibc's own.
+once the heap has grown, after its first steps (benchmarks/results/step-overhead, session 9).
+jemalloc and tcmalloc, the allocators PyTorch suggests for CPU training, keep freed memory the
+same way; this needs nothing installed. The setting is process-wide; ``VIVI_MALLOC=default``
+keeps glibc's own.
 """
 
 from __future__ import annotations
