@@ -7,6 +7,7 @@ import torch
 
 from vivi.losses import info_nce, other_video_candidates, semi_hard_triplet_loss
 from vivi.losses.infonce import InfoNCELoss
+from vivi.losses.triplet import pairwise_distances, semi_hard_negatives
 
 
 def reference_semi_hard(emb, labels, margin, squared):
@@ -62,6 +63,49 @@ def test_semi_hard_gradient_flows_and_is_finite():
 
 def test_semi_hard_no_positive_pairs_is_zero():
     assert semi_hard_triplet_loss(torch.randn(4, 3), torch.arange(4)).item() == 0.0
+
+
+def test_semi_hard_gradient_matches_reference():
+    """Gradients of the loop reference (autograd through one scalar expression per triplet)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 4, generator=g)
+    labels = (torch.arange(16) // 4).tolist()
+    ref_x = x.clone().requires_grad_()
+    emb = torch.nn.functional.normalize(ref_x, dim=1)
+    terms = []
+    for a in range(16):
+        for p in range(16):
+            if a == p or labels[a] != labels[p]:
+                continue
+            d_ap = (emb[a] - emb[p]).pow(2).sum()
+            negs = [(emb[a] - emb[k]).pow(2).sum() for k in range(16) if labels[k] != labels[a]]
+            farther = [d for d in negs if d.item() > d_ap.item()]
+            neg = min(farther, key=lambda d: d.item()) if farther else max(negs, key=lambda d: d.item())
+            terms.append((0.5 + d_ap - neg).clamp_min(0.0))
+    torch.stack(terms).mean().backward()
+    got_x = x.clone().requires_grad_()
+    semi_hard_triplet_loss(torch.nn.functional.normalize(got_x, dim=1), torch.tensor(labels)).backward()
+    torch.testing.assert_close(got_x.grad, ref_x.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_semi_hard_negatives_chunks_agree():
+    """Mining in chunks of one pair picks the same negatives as one chunk of all pairs."""
+    g = torch.Generator().manual_seed(4)
+    emb = torch.nn.functional.normalize(torch.randn(40, 6, generator=g), dim=1)
+    labels = torch.randint(0, 6, (40,), generator=g)
+    dist = pairwise_distances(emb)
+    same = labels[:, None] == labels[None, :]
+    anchor, positive = (same & ~torch.eye(40, dtype=torch.bool)).nonzero(as_tuple=True)
+    whole = semi_hard_negatives(dist, ~same, anchor, positive)
+    assert torch.equal(semi_hard_negatives(dist, ~same, anchor, positive, chunk_elements=1), whole)
+    assert (~same[anchor, whole]).all()  # every chosen index is a negative of its anchor
+
+
+def test_semi_hard_one_label_everywhere_is_zero():
+    emb = torch.randn(6, 3, requires_grad=True)
+    loss = semi_hard_triplet_loss(emb, torch.zeros(6, dtype=torch.long))  # positives but no negatives
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(emb.grad).all()
 
 
 def reference_vivi_infonce(pred, keys, pred_video, pred_target, key_video):
