@@ -77,6 +77,26 @@ def test_crop_resize_matches_roi_align():
         torch.testing.assert_close(crop_resize(x, boxes, size, flip), _roi_align_crop(x, boxes, size, flip), atol=1e-4, rtol=0)
 
 
+def test_crop_resize_equals_grid_sample_with_border_padding():
+    """Against grid_sample on affine_grid's grid, for non-square images and boxes reaching past the
+    frame (where the border padding decides), from uint8 as from float."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (50, 3, 30, 44), dtype=torch.uint8, generator=g)
+    boxes = torch.rand(50, 4, generator=g) * torch.tensor([1.4, 1.4, 1.5, 1.5]) - torch.tensor([0.2, 0.2, 0.0, 0.0])
+    boxes[:, 2:] += 0.05
+    flip = torch.rand(50, generator=g) < 0.5
+    cx, cy, w, h = boxes.unbind(1)
+    theta = torch.zeros(50, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = torch.where(flip, -w, w), 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
+    grid = torch.nn.functional.affine_grid(theta, [50, 3, 20, 20], align_corners=False)
+    expected = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    got = crop_resize(x, boxes, 20, flip)
+    assert got.dtype == torch.float32 and got.shape == (50, 3, 20, 20)
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # 0-255 scale
+    torch.testing.assert_close(crop_resize(x.float(), boxes, 20, flip), got, atol=1e-4, rtol=0)
+
+
 def test_crop_resize_grid_equals_affine_grid():
     """The per-axis grid is affine_grid's for the same scale-and-shift map (a second reference)."""
     g = torch.Generator().manual_seed(2)
