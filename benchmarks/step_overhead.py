@@ -22,10 +22,13 @@ process (``data.workers=0``) and the process's CPU time per step. On a shared VM
 drift by more than the overhead being measured, this is the number that repeats; it is also what
 the step costs when every core is busy (a fully loaded node, or a laptop running other jobs).
 
+``--phases`` also prints where the bare and fixed-batch steps spend their time (loader, augmentation,
+forward, objective, backward, SGD), the medians over all blocks.
+
 ``--malloc default`` measures both steps with glibc's own malloc instead of the buffer reuse
 ``vivi pretrain`` switches on for a CPU (vivi/train/host_memory.py).
 
-    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200] [--cpu-time] [--malloc default]
+    python benchmarks/step_overhead.py --data DIR [--preset VIVI-Ex(4)] [--steps 15] [--rounds 3] [--loop-steps 200] [--cpu-time] [--malloc default] [--phases]
 
 DIR is an ingested folder (``vivi synth W && vivi ingest W DIR``); without ``--data`` a small
 world is rendered and ingested into a temporary folder first.
@@ -59,9 +62,40 @@ from vivi.train.optimizer import sgd
 CLOCK = time.perf_counter  # time.process_time under --cpu-time
 
 
-def _timed(step, n: int, warmup: int = 3) -> list[float]:
+class Phases:
+    """Clock readings between the phases of a step (``--phases``): ``start()`` at the top of the step,
+    then ``mark(name)`` after each phase. Ops on a CPU are synchronous, so the readings are the phases'."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = CLOCK()
+
+    def mark(self, name: str) -> None:
+        now = CLOCK()
+        self.times.setdefault(name, []).append(now - self._last)
+        self._last = now
+
+    def medians_ms(self) -> dict[str, float]:
+        return {name: statistics.median(t) * 1000 for name, t in self.times.items()}
+
+
+class _NoPhases(Phases):
+    def start(self) -> None:
+        pass
+
+    def mark(self, name: str) -> None:
+        pass
+
+
+def _timed(step, n: int, warmup: int = 3, phases: Phases | None = None) -> list[float]:
     for _ in range(warmup):
         step()
+    if phases is not None:  # the warm-up steps' phases are not counted
+        for times in phases.times.values():
+            del times[len(times) - warmup:]
     times = []
     for _ in range(n):
         t = CLOCK()
@@ -79,24 +113,30 @@ def _layout(cfg, x):
     return x.to(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def bare_step(cfg, frames: torch.Tensor):
+def bare_step(cfg, frames: torch.Tensor, phases: Phases | None = None):
     """The backbone in the same layout and precision as the full step: the baseline is its best self."""
+    tick = phases or _NoPhases()
     net = _layout(cfg, build_backbone(cfg.model.backbone))
     opt = sgd(net.parameters(), lr=0.01, momentum=0.9)
     frames = _layout(cfg, frames)
 
     def step() -> None:
+        tick.start()
         with autocast_context(cfg, frames.device):
             loss = net(frames).float().square().mean()
+        tick.mark("forward")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        tick.mark("backward")
         opt.step()
+        tick.mark("SGD")
 
     return step
 
 
-def full_step(cfg, batches, in_loader: bool):
+def full_step(cfg, batches, in_loader: bool, phases: Phases | None = None):
     """``batches``: uint8 clips, or (``in_loader``) frames the loader already augmented."""
+    tick = phases or _NoPhases()
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
     model = _layout(cfg, VIVIModel(cfg))
     opt = sgd(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
@@ -104,14 +144,21 @@ def full_step(cfg, batches, in_loader: bool):
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
+        tick.start()
         clips = next(batches)
+        tick.mark("loader")
         frames = _layout(cfg, clips if in_loader else augment(clips.flatten(0, 2), cfg.augment, gen))
+        tick.mark("augmentation")
         with autocast_context(cfg, frames.device):
             output = model(frames.view(v, k, f, *frames.shape[1:]), generator=gen)
+        tick.mark("forward")
         terms = objective(output, v, k, f)
+        tick.mark("objective")
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        tick.mark("backward")
         opt.step()
+        tick.mark("SGD")
 
     return step
 
@@ -153,6 +200,8 @@ def main() -> None:
                          "so); default: glibc's own (each buffer over 32 MB mapped and page-faulted anew)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="CPU time of one torch thread with the loader in-process, instead of wall time")
+    ap.add_argument("--phases", action="store_true",
+                    help="also print the bare and fixed-batch steps' time per phase (medians over all blocks)")
     a = ap.parse_args()
     cfg = apply_overrides(preset(a.preset), a.set)
     if a.malloc == "default":
@@ -182,7 +231,8 @@ def main() -> None:
             return make_loader(table, cfg.data, seed=seed, wrap=wrap)
 
         torch.manual_seed(0)
-        bare_fn = bare_step(cfg, torch.randn(per_step, 3, s, s))
+        bare_phases, fixed_phases = Phases(), Phases()
+        bare_fn = bare_step(cfg, torch.randn(per_step, 3, s, s), bare_phases)
         batches = loader(0)
         warm = round(a.warm_passes * len(table) / v)
         for _ in range(warm):
@@ -191,12 +241,12 @@ def main() -> None:
             print(f"loader warmed by {warm} batches ({a.warm_passes:g} passes over {len(table)} videos)")
         full_fn = full_step(cfg, batches, in_loader)
         fixed_batch = next(loader(2))
-        fixed_fn = full_step(cfg, iter(lambda: fixed_batch, None), in_loader)
+        fixed_fn = full_step(cfg, iter(lambda: fixed_batch, None), in_loader, fixed_phases)
         bares, fulls, fixeds = [], [], []
         for _ in range(a.rounds):  # alternate blocks: slow drifts of a shared machine hit all alike
-            bares.append(statistics.median(_timed(bare_fn, a.steps)))
+            bares.append(statistics.median(_timed(bare_fn, a.steps, phases=bare_phases)))
             fulls.append(statistics.median(_timed(full_fn, a.steps)))
-            fixeds.append(statistics.median(_timed(fixed_fn, a.steps)))
+            fixeds.append(statistics.median(_timed(fixed_fn, a.steps, phases=fixed_phases)))
         ratios = [f / b for f, b in zip(fulls, bares)]
         fixed_ratios = [f / b for f, b in zip(fixeds, bares)]
         bare, full = statistics.median(bares), statistics.median(fulls)
@@ -213,6 +263,12 @@ def main() -> None:
               f"{statistics.median(fixed_ratios):.3f}  (no loader; per block: {', '.join(f'{r:.2f}' for r in fixed_ratios)})")
         print(f"loader alone        {loader_fps:8.0f} frames/s; the step consumes {consumed_fps:.0f} frames/s   "
               f"ratio = {loader_fps / consumed_fps:.2f}  (target >= 2)")
+        if a.phases:
+            bare_ms, fixed_ms = bare_phases.medians_ms(), fixed_phases.medians_ms()
+            print(f"per phase, ms (medians of {a.rounds * a.steps} steps)   bare   fixed batch")
+            for name in fixed_ms:
+                print(f"  {name:<14} {bare_ms[name] if name in bare_ms else float('nan'):8.1f} {fixed_ms[name]:8.1f}")
+            print(f"  {'sum':<14} {sum(bare_ms.values()):8.1f} {sum(fixed_ms.values()):8.1f}")
         if a.loop_steps:
             before = statistics.median(_timed(bare_fn, a.steps))
             loop = statistics.median(loop_step_seconds(cfg, data, a.loop_steps, Path(tmp) / "run"))
