@@ -137,7 +137,8 @@ def color_matrices(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[T
     gray = torch.tensor(_GRAY, dtype=dt, device=dev).view(1, 1, 3).expand(n, 3, 3)  # rows: luma weights
     b, c, s = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
     angle = _uniform(n, -cfg.hue, cfg.hue, g, dev) * 2 * math.pi
-    luma_mean = (gray[:, :1] @ x.flatten(2)).mean(dim=2, keepdim=True)  # [n, 1, 1] of the input
+    # The mean luma of the input, [n, 1, 1]: luma is linear in RGB, so it is the luma of the channel means.
+    luma_mean = (x.flatten(2).mean(2) @ gray[0, 0]).view(n, 1, 1)
     sat = s * eye + (1 - s) * gray
     post = _hue_matrices(angle) @ sat if cfg.hue > 0 else sat
     matrix = post @ (c * b * eye)
