@@ -206,8 +206,8 @@ def ingest(
                         result.images.discard()
                 fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error,
-                                frames=summary.frames_decoded, frames_per_s=f"{fps:.0f}")  # fmt: skip
-                bar.update()
+                                frames=summary.frames_decoded, frames_per_s=f"{fps:.0f}", refresh=False)  # fmt: skip
+                bar.update()  # one redraw, count and counters together
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every finished video, then stop
             with stop.deferred():
                 results.close()  # stops the workers

@@ -379,7 +379,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
                 for n, val in row.items():
                     if n != "step":
                         writer.add_scalar(f"train/{n}", val, done)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}", fps=row["frames_per_s"])
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}", fps=row["frames_per_s"], refresh=False)
                 tick, seen = now, 0
             bar.update(1)
             stopping = shared[-1].item() > 0
