@@ -88,6 +88,33 @@ def test_semi_hard_gradient_matches_reference():
     torch.testing.assert_close(got_x.grad, ref_x.grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("squared", [True, False])
+def test_pairwise_distances_gradient_against_finite_differences(squared):
+    """The hand-written symmetric backward against numerical derivatives (double precision); off the
+    diagonal, where the unsquared distance is differentiable (its diagonal is 0 whatever x is)."""
+    x = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    off = ~torch.eye(7, dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda t: pairwise_distances(t, squared=squared)[off], (x,))
+
+
+def test_pairwise_distances_match_the_plain_formula_with_duplicate_rows():
+    """Values and gradients equal autograd through the textbook expression, also at a duplicate
+    pair, whose squared distance round-off makes negative before the clamp."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(6, 9, generator=g)
+    base[4] = base[1]
+    weights = torch.randn(6, 6, generator=g)
+    x_ref, x_got = base.clone().requires_grad_(), base.clone().requires_grad_()
+    sq = x_ref.pow(2).sum(1)
+    ref = (sq[:, None] + sq[None, :] - 2.0 * x_ref @ x_ref.t()).clamp_min(0.0)
+    got = pairwise_distances(x_got)
+    assert got[1, 4] == 0 and got[4, 1] == 0
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    (ref * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(x_got.grad, x_ref.grad, atol=1e-4, rtol=1e-5)
+
+
 def test_semi_hard_negatives_chunks_agree():
     """Mining in chunks of one pair picks the same negatives as one chunk of all pairs."""
     g = torch.Generator().manual_seed(4)
