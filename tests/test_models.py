@@ -6,7 +6,7 @@ import vivi
 from vivi.config import BackboneConfig, preset
 from vivi.errors import UserError
 from vivi.models.backbone import build_backbone, save_backbone
-from vivi.models.predictors import LSTMPredictor, MLPPairPredictor, native_cpu_rnn, prediction_targets
+from vivi.models.predictors import LSTMPredictor, MLPPairPredictor, lstm_unrolled, prediction_targets
 from vivi.models.vivi import VIVIModel
 from vivi.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -70,26 +70,28 @@ def test_lstm_predicts_each_next_shot_from_previous_only():
     assert torch.equal(new[:, 0], pred[:, 0]) and not torch.allclose(new[:, 1], pred[:, 1])
 
 
-def test_native_cpu_lstm_matches_onednn_and_restores_the_flag():
-    """The predictor runs its LSTM without oneDNN (faster at this size): same outputs and gradients,
-    and the process-wide flag is back on afterwards, also when the call fails."""
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch build has no oneDNN to compare with")
+@pytest.mark.parametrize("bias", [True, False])
+def test_unrolled_lstm_matches_torch_lstm(bias):
+    """The predictor's unrolled LSTM against torch's own (oneDNN or native kernels): the same outputs,
+    and the same gradients for the input and every weight."""
     torch.manual_seed(0)
-    lstm = LSTMPredictor(dim=16, hidden=8, layers=2)
-    shots = torch.randn(3, 4, 16, requires_grad=True)
-    native, _ = lstm(shots)
-    (g_native,) = torch.autograd.grad(native.square().sum(), shots)
-    assert torch.backends.mkldnn.enabled
-    onednn = lstm.out(lstm.lstm(shots[:, :-1])[0])  # the LSTM called directly: oneDNN, as before
-    (g_onednn,) = torch.autograd.grad(onednn.square().sum(), shots)
-    torch.testing.assert_close(native, onednn, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g_native, g_onednn, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError):
-        with native_cpu_rnn(shots):
-            assert not torch.backends.mkldnn.enabled
-            raise RuntimeError("boom")
-    assert torch.backends.mkldnn.enabled
+    lstm = torch.nn.LSTM(16, 8, num_layers=2, batch_first=True, bias=bias)
+    x = torch.randn(3, 4, 16)
+    x_ref, x_got = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, _ = lstm(x_ref)
+    got = lstm_unrolled(lstm, x_got)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * weights).sum(), [x_ref, *lstm.parameters()])
+    g_got = torch.autograd.grad((got * weights).sum(), [x_got, *lstm.parameters()])
+    for r, g in zip(g_ref, g_got):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_lstm_refuses_what_it_does_not_cover():
+    for lstm in (torch.nn.LSTM(4, 3, batch_first=False), torch.nn.LSTM(4, 3, batch_first=True, bidirectional=True)):
+        with pytest.raises(ValueError, match="batch-first, one-way"):
+            lstm_unrolled(lstm, torch.randn(2, 3, 4))
 
 
 def test_mlp_pair_predictor_shapes():
