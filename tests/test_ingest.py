@@ -191,17 +191,32 @@ def test_rotated_video_is_stored_upright(tmp_path):
     assert (record["width"], record["height"]) == (32, 64)
 
 
-def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, monkeypatch):
+def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, monkeypatch, capsys):
     root, _ = videos
     rel = Path(os.path.relpath(root, tmp_path))
     listing = tmp_path / "list.txt"
     listing.write_text(f"# two clips\n{rel}/clip0.mp4\n\n  {rel}/sub/clip2.mp4  \n{root}/clip0.mp4\n")
     sources = list_sources(listing)
     assert [s.given for s in sources] == [f"{rel}/clip0.mp4", f"{rel}/sub/clip2.mp4"]  # the duplicate is gone
+    assert f"{root}/clip0.mp4 is the video {rel}/clip0.mp4 again" in capsys.readouterr().err  # and said so
     monkeypatch.chdir(root)
     assert list_sources("clip0.mp4")[0].key == list_sources(".")[0].key == sources[0].key
     run_ingest(listing, tmp_path / "out", fps=1.0)
     assert [r["source"] for r in read_records(tmp_path / "out" / INDEX_NAME)] == [s.given for s in sources]
+
+
+def test_a_link_to_a_video_in_the_same_folder_is_ingested_once_and_said(videos, tmp_path, capsys):
+    root, _ = videos
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    (folder / "a.mp4").symlink_to(root / "clip0.mp4")
+    (folder / "b.mp4").symlink_to(root / "clip0.mp4")
+    (folder / "c.mp4").symlink_to(root / "clip1.mp4")
+    assert [Path(s.given).name for s in list_sources(folder)] == ["a.mp4", "c.mp4"]
+    err = capsys.readouterr().err
+    assert f"{folder / 'b.mp4'} is the video {folder / 'a.mp4'} again" in err and err.count("\n") == 1
+    list_sources(root)  # no link, no repeat: nothing said
+    assert "again" not in capsys.readouterr().err
 
 
 def test_a_list_file_with_a_byte_order_mark_and_crlf_lines(videos, tmp_path):

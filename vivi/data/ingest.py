@@ -330,9 +330,17 @@ def list_sources(src: str | Path) -> list[Source]:
     else:
         entries, base, local = _list_file_entries(src), src.parent, False
     sources: dict[str, Source] = {}
+    repeats: list[tuple[str, str]] = []  # (entry, the entry listed before it that names the same video)
     for given in entries:
         source = _source(given, base, local)
-        sources.setdefault(source.key, source)
+        if source.key in sources:
+            repeats.append((given, sources[source.key].given))
+        else:
+            sources[source.key] = source
+    if repeats:
+        given, first = repeats[0]
+        more = f" (and {len(repeats) - 1} more)" if len(repeats) > 1 else ""
+        warn(f"{src}: {given} is the video {first} again{more} (a link or a repeated entry): each video is ingested once")
     return list(sources.values())
 
 
