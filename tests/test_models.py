@@ -88,6 +88,20 @@ def test_unrolled_lstm_matches_torch_lstm(bias):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
+def test_unrolled_lstm_under_bf16_autocast_matches_torch_lstm():
+    """The mixed-precision path (bf16 autocast, the default on CUDA), checked on the CPU: bf16 out, as
+    torch's LSTM gives, equal to it within bf16's precision, and a finite gradient."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(16, 8, num_layers=2, batch_first=True)
+    x = torch.randn(3, 4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (ref, _) = lstm_unrolled(lstm, x), lstm(x)
+    assert got.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), atol=1e-2, rtol=2e-2)
+    (grad,) = torch.autograd.grad(got.float().sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_unrolled_lstm_refuses_what_it_does_not_cover():
     for lstm in (torch.nn.LSTM(4, 3, batch_first=False), torch.nn.LSTM(4, 3, batch_first=True, bidirectional=True)):
         with pytest.raises(ValueError, match="batch-first, one-way"):
