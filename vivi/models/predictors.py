@@ -25,10 +25,9 @@ def lstm_unrolled(lstm: nn.LSTM, x: Tensor) -> Tensor:
     for layer in range(lstm.num_layers):
         w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
         bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}") if lstm.bias else None
-        projected = out.reshape(b * steps, -1) @ w_ih.t()
-        if bias is not None:
-            projected = projected + bias
-        projected = projected.view(b, steps, 4 * hidden)
+        flat = out.reshape(b * steps, -1)
+        # addmm, not a product then a sum: under autocast the bias joins the product's precision
+        projected = (flat @ w_ih.t() if bias is None else torch.addmm(bias, flat, w_ih.t())).view(b, steps, 4 * hidden)
         h: Tensor | None = None
         c: Tensor | None = None
         outputs = []
