@@ -61,6 +61,22 @@ def test_semi_hard_gradient_flows_and_is_finite():
     assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
 
 
+def test_positive_pairs_and_exemplar_targets_match_a_loop():
+    """The pairs the objective makes once per batch shape (on the CPU) are every ordered pair of distinct
+    frames of one shot, in the order the loss found them itself; passing them changes nothing."""
+    from vivi.train.objective import exemplar_targets
+
+    v, k, f = 2, 3, 4
+    labels, (anchor, positive) = exemplar_targets(v, k, f, torch.device("cpu"))
+    shot = [i // f for i in range(v * k * f)]  # frames of one shot are consecutive
+    want = [(a, p) for a in range(len(shot)) for p in range(len(shot)) if a != p and shot[a] == shot[p]]
+    assert labels.tolist() == shot
+    assert list(zip(anchor.tolist(), positive.tolist())) == want
+    emb = torch.nn.functional.normalize(torch.randn(v * k * f, 6, generator=torch.Generator().manual_seed(4)), dim=1)
+    with_pairs = semi_hard_triplet_loss(emb, labels, pairs=(anchor, positive))
+    assert torch.equal(with_pairs, semi_hard_triplet_loss(emb, labels))
+
+
 def test_semi_hard_no_positive_pairs_is_zero():
     assert semi_hard_triplet_loss(torch.randn(4, 3), torch.arange(4)).item() == 0.0
 

@@ -14,6 +14,7 @@ then the same batched crop and flip.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -30,6 +31,13 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 _TRIES = 10
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A constant tensor on ``device``, made once: ``torch.tensor(..., device=cuda)`` copies from
+    pageable memory and waits for the GPU to drain its queue each time, a stall in every step."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> Tensor:
@@ -102,16 +110,18 @@ def crop_resize(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = 
 
 _GRAY = (0.299, 0.587, 0.114)
 _RGB2YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+# its inverse, once on the CPU in float64 (torch.linalg.inv on a GPU waits for its error check)
+_YIQ2RGB = tuple(map(tuple, torch.linalg.inv(torch.tensor(_RGB2YIQ, dtype=torch.float64)).tolist()))
 
 
 def _hue_matrices(angle: Tensor) -> Tensor:
     """``[n, 3, 3]`` RGB matrices rotating chroma in YIQ space: a linear stand-in for an HSV hue shift."""
-    yiq = torch.tensor(_RGB2YIQ, dtype=angle.dtype, device=angle.device)
+    yiq = _constant(_RGB2YIQ, angle.device, angle.dtype)
     rot = torch.zeros(len(angle), 3, 3, dtype=angle.dtype, device=angle.device)
     c, s = angle.cos(), angle.sin()
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
-    return torch.linalg.inv(yiq) @ rot @ yiq
+    return _constant(_YIQ2RGB, angle.device, angle.dtype) @ rot @ yiq
 
 
 def color_distort(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
@@ -134,7 +144,7 @@ def color_matrices(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[T
         return _uniform(n, max(0.0, 1 - strength), 1 + strength, g, dev).view(n, 1, 1)
 
     eye = torch.eye(3, dtype=dt, device=dev).expand(n, 3, 3)
-    gray = torch.tensor(_GRAY, dtype=dt, device=dev).view(1, 1, 3).expand(n, 3, 3)  # rows: luma weights
+    gray = _constant(_GRAY, dev, dt).view(1, 1, 3).expand(n, 3, 3)  # rows: luma weights
     b, c, s = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
     angle = _uniform(n, -cfg.hue, cfg.hue, g, dev) * 2 * math.pi
     # The mean luma of the input, [n, 1, 1]: luma is linear in RGB, so it is the luma of the channel means.
@@ -154,8 +164,8 @@ def color_matrices(x: Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[T
 
 def normalize(x: Tensor) -> Tensor:
     """[0, 1] -> the network's input range (see MEAN/STD)."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = _constant(MEAN, x.device, x.dtype).view(1, 3, 1, 1)
+    std = _constant(STD, x.device, x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -204,8 +214,8 @@ def augment(frames: Tensor, cfg: AugmentConfig, g: torch.Generator) -> Tensor:
     if cfg.autoaugment:
         return normalize(x.div_(255.0))
     matrix, offset = color_matrices(x, cfg, g)  # x in 0-255 units: the offset scales with it
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1)
+    mean = _constant(MEAN, x.device, x.dtype).view(1, 3, 1)
+    std = _constant(STD, x.device, x.dtype).view(1, 3, 1)
     y = torch.baddbmm((offset / 255.0 - mean) / std, matrix / (255.0 * std), x.flatten(2))
     return _clamp_unit_(y).view_as(x)
 

@@ -288,14 +288,16 @@ class StepClips(Dataset):
         return f
 
 
-def step_loader(dataset: Dataset, start: int, steps: int, workers: int) -> Iterator[Any]:
-    """Items ``start .. steps-1`` of a step-indexed dataset, in order, built by ``workers`` processes."""
+def step_loader(dataset: Dataset, start: int, steps: int, workers: int, pin: bool = False) -> Iterator[Any]:
+    """Items ``start .. steps-1`` of a step-indexed dataset, in order, built by ``workers`` processes;
+    ``pin``: in page-locked memory (for a CUDA device: the copy then leaves the CPU free at once)."""
     loader = DataLoader(
         dataset,
         batch_size=None,
         sampler=range(start, steps),
         num_workers=workers,
         prefetch_factor=4 if workers > 0 else None,
+        pin_memory=pin,
     )
     return iter(loader)
 
@@ -309,8 +311,10 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[Dataset], Dataset] | None = None,
+    pin: bool = False,
 ) -> Iterator[Any]:
     """Batches of uint8 clips ``[V / world, K, F, 3, S, S]`` for steps ``start .. steps-1``; ``wrap``
-    turns them into something else inside the loader workers (e.g. :class:`vivi.data.augment.StepAugment`)."""
+    turns them into something else inside the loader workers (e.g. :class:`vivi.data.augment.StepAugment`);
+    ``pin``: delivered in page-locked memory, for a copy to a CUDA device."""
     clips = StepClips(table, cfg, seed, rank, world)
-    return step_loader(wrap(clips) if wrap else clips, start, steps, cfg.workers)
+    return step_loader(wrap(clips) if wrap else clips, start, steps, cfg.workers, pin)

@@ -163,9 +163,10 @@ def image_batches(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[Dataset], Dataset] | None = None,
+    pin: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of uint8 images ``[batch / world, 3, size, size]`` and int64 labels for steps ``start ..``
-    (``wrap``: as for :func:`vivi.data.batches.make_loader`)."""
+    (``wrap``, ``pin``: as for :func:`vivi.data.batches.make_loader`)."""
     n = len(folder.paths)
     if n < batch:
         raise UserError(
@@ -173,4 +174,4 @@ def image_batches(
             "add images or lower the batch (--set data.labelled_batch=N or data.videos=N)"
         )
     images = StepImages(folder, batch, size, seed, rank, world)
-    return step_loader(wrap(images) if wrap else images, start, steps, workers)
+    return step_loader(wrap(images) if wrap else images, start, steps, workers, pin)

@@ -26,8 +26,8 @@ def info_nce(scores: Tensor, positive: Tensor, candidates: Tensor) -> Tensor:
 def other_video_candidates(query_video: Tensor, key_video: Tensor, positive: Tensor) -> Tensor:
     """Candidate mask: the positive key plus every key from a different video."""
     mask = query_video[:, None] != key_video[None, :]
-    mask[torch.arange(len(positive), device=positive.device), positive] = True
-    return mask
+    # scatter, not ``mask[rows, positive] = True``: that index_put makes a GPU step wait on the CPU
+    return mask.scatter_(1, positive[:, None], True)
 
 
 class InfoNCELoss(nn.Module):

@@ -49,18 +49,29 @@ def pairwise_distances(x: Tensor, squared: bool = True) -> Tensor:
     return torch.where(zero, torch.zeros_like(d), (d + zero.to(d.dtype)).sqrt())
 
 
-def semi_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.5, squared: bool = True) -> Tensor:
+def positive_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(anchor, positive)``: the row indices of every ordered pair of distinct rows sharing a label."""
+    same = labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    return same.nonzero(as_tuple=True)  # type: ignore[return-value]
+
+
+def semi_hard_triplet_loss(
+    embeddings: Tensor, labels: Tensor, margin: float = 0.5, squared: bool = True,
+    pairs: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Mean over all anchor-positive pairs of ``relu(margin + d(a,p) - d(a,n_semi_hard))``.
 
     The negatives are chosen without gradient (:func:`semi_hard_negatives`), then the loss reads
     the two distances of each triplet: O(P * N) time for P anchor-positive pairs (N * (F - 1) for
-    shots of F frames) and O(N^2) memory, never the N^3 triplet cube.
+    shots of F frames) and O(N^2) memory, never the N^3 triplet cube. ``pairs``: the
+    :func:`positive_pairs` of ``labels``, when the caller has them: found here on a GPU, the pairs
+    cost a sync (the number of pairs must come back to the CPU) in every step.
     """
     emb = embeddings.float()
-    n = emb.shape[0]
     dist = pairwise_distances(emb, squared=squared)
     same = labels[:, None] == labels[None, :]
-    anchor, positive = (same & ~torch.eye(n, dtype=torch.bool, device=emb.device)).nonzero(as_tuple=True)
+    anchor, positive = positive_pairs(labels) if pairs is None else pairs
     if anchor.numel() == 0:
         return emb.sum() * 0.0
     negative = ~same
@@ -101,5 +112,5 @@ class SemiHardTripletLoss(nn.Module):
         self.margin = margin
         self.squared = squared
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return semi_hard_triplet_loss(embeddings, labels, self.margin, self.squared)
+    def forward(self, embeddings: Tensor, labels: Tensor, pairs: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return semi_hard_triplet_loss(embeddings, labels, self.margin, self.squared, pairs)

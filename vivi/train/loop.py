@@ -49,6 +49,7 @@ from vivi.train.distributed import (
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
 from vivi.train.optimizer import sgd
+from vivi.train.prefetch import DevicePrefetcher
 from vivi.train.schedule import lr_schedule
 
 
@@ -129,13 +130,15 @@ def augment_in_loader(cfg: RunConfig) -> bool:
 
 
 def _clip_batches(
-    cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext, augment_seed: int | None = None
+    cfg: RunConfig, source: VideoTable | ImageFolder, start: int, ctx: DistContext, augment_seed: int | None = None,
+    pin: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """This rank's uint8 ``[V / world, K, F, 3, S, S]`` for steps ``start ..`` (with no labels); from an
     image folder ``[V / world, 1, F, ...]``, each image repeated F times, so Ex-/Rot-ImageNet run
     through the same model and objective as Ex-/Rot-YT-F, and the folder's labels (used by the
     supervised baseline). With ``augment_seed`` the loader workers augment: float frames
-    ``[V / world * K * F, 3, s, s]``, each step's draws from ``(augment_seed, step)``."""
+    ``[V / world * K * F, 3, s, s]``, each step's draws from ``(augment_seed, step)``. ``pin``: in
+    page-locked memory (for a CUDA device)."""
     d, steps = cfg.data, cfg.optim.steps
     images = isinstance(source, ImageFolder)
     wrap = None
@@ -144,12 +147,12 @@ def _clip_batches(
             return StepAugment(items, cfg.augment, augment_seed, cfg.channels_last, repeat=d.frames if images else 1)
     if images:
         batches = image_batches(
-            source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world, wrap
+            source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world, wrap, pin
         )
         if wrap:
             return batches
         return ((x[:, None, None].expand(-1, 1, d.frames, -1, -1, -1), y) for x, y in batches)
-    return ((clips, None) for clips in make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world, wrap))
+    return ((clips, None) for clips in make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world, wrap, pin))
 
 
 def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
@@ -170,10 +173,11 @@ def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
 class LabelledBatches:
     """Co-training (paper 3.1): one augmented batch of labelled images and their labels per step."""
 
-    def __init__(self, cfg: RunConfig, folder: ImageFolder, start: int, ctx: DistContext) -> None:
+    def __init__(self, cfg: RunConfig, folder: ImageFolder, start: int, ctx: DistContext, pin: bool = False) -> None:
         d = cfg.data
         self.batches = image_batches(
-            folder, d.labelled_batch, d.load_size, cfg.seed + 1, d.workers, start, cfg.optim.steps, ctx.rank, ctx.world
+            folder, d.labelled_batch, d.load_size, cfg.seed + 1, d.workers, start, cfg.optim.steps, ctx.rank, ctx.world,
+            pin=pin,
         )
         self.augment = hsv_jitter(cfg.augment)
         self.channels_last = cfg.channels_last
@@ -322,8 +326,9 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     net = _wrap(model, cfg, ctx, device)
 
     in_loader = augment_in_loader(cfg)
-    batches = _clip_batches(cfg, source, start, ctx, rank_seed if in_loader else None)
-    sup = LabelledBatches(cfg, labelled, start, ctx) if labelled else None
+    pin = device.type == "cuda"
+    batches = DevicePrefetcher(_clip_batches(cfg, source, start, ctx, rank_seed if in_loader else None, pin), device)
+    sup = LabelledBatches(cfg, labelled, start, ctx, pin) if labelled else None
     writer = SummaryWriter(str(out / "tb"), purge_step=start) if ctx.main else None
     if ctx.main:
         _trim_metrics(out / "metrics.jsonl", start)
@@ -339,21 +344,19 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
                 group["lr"] = float(schedule[step])
             # uint8 [V/world, K, F, 3, S, S] (float [V/world*K*F, 3, s, s] augmented by the loader);
             # labels of a labelled image folder
-            clips, labels = _next(batches)
-            clips = clips.to(device, non_blocking=True)
+            clips, labels = _next(batches)  # on the device already (DevicePrefetcher): copied during the last step
             frames = clips if in_loader else augment(clips.flatten(0, 2), cfg.augment, gen)
             if cfg.channels_last:
                 frames = frames.contiguous(memory_format=torch.channels_last)
             images = None
             if sup:  # co-training: the labels are those of the extra labelled batch
                 images, labels = sup.next(device, gen)
-            elif labels is not None:
-                labels = labels.to(device, non_blocking=True)
             with autocast_context(cfg, device):
                 output = net(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
             terms = objective(output, v, k, f, labels)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            batches.prefetch()  # the next step's batch: loaded and copied while the device runs this backward
             # one collective per step: the loss terms averaged over ranks, and whether any rank must stop
             shared = all_reduce_mean(
                 torch.stack([t.detach().float() for t in terms.values()] + [torch.tensor(float(stop.requested), device=device)])

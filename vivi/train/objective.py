@@ -5,12 +5,15 @@ the cross-entropy of the labelled images' class logits."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from vivi.config import LossConfig
 from vivi.losses import InfoNCELoss, OrderLoss, RotationLoss, SemiHardTripletLoss
+from vivi.losses.triplet import positive_pairs
 from vivi.losses.vito import ViewInfoNCELoss
 from vivi.models.predictors import prediction_targets
 from vivi.models.vivi import VIVIOutput, exemplar_labels
@@ -37,7 +40,8 @@ class VIVIObjective:
         elif out.rotation is not None and out.rotation_labels is not None:
             terms = {"loss_sf": self.rotation(out.rotation, out.rotation_labels)}
         elif out.exemplar is not None:
-            terms = {"loss_sf": self.triplet(out.exemplar, exemplar_labels(v, k, f, out.exemplar.device))}
+            labels_sf, pairs = exemplar_targets(v, k, f, out.exemplar.device)
+            terms = {"loss_sf": self.triplet(out.exemplar, labels_sf, pairs)}
         else:
             raise ValueError("the model output holds no frame-level loss input")
         total = terms["loss_sf"]
@@ -55,6 +59,15 @@ class VIVIObjective:
             total = total + self.cfg.sup_weight * terms["loss_sup"]
         terms["loss"] = total
         return terms
+
+
+@functools.lru_cache(maxsize=16)
+def exemplar_targets(v: int, k: int, f: int, device: torch.device) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The exemplar ids of a ``V x K x F`` batch and their anchor-positive pairs, made once per batch
+    shape and device: the pairs are found on the CPU, so no step waits for the GPU to count them."""
+    labels = exemplar_labels(v, k, f, torch.device("cpu"))
+    anchor, positive = positive_pairs(labels)
+    return labels.to(device), (anchor.to(device), positive.to(device))
 
 
 def video_infonce(
