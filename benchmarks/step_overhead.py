@@ -61,7 +61,7 @@ from vivi.models.backbone import build_backbone
 from vivi.models.vivi import VIVIModel, param_groups
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.distributed import DistContext, process_device
-from vivi.train.loop import augment_in_loader, autocast_context
+from vivi.train.loop import amp_mode, augment_in_loader, autocast_context
 from vivi.train.objective import VIVIObjective
 from vivi.train.optimizer import sgd
 from vivi.train.prefetch import DevicePrefetcher
@@ -141,6 +141,7 @@ def bare_step(cfg, frames: torch.Tensor, phases: Phases | None = None):
     opt = sgd(net.parameters(), lr=0.01, momentum=0.9)
     net = _compiled(cfg, net)
     frames = _layout(cfg, frames)
+    scaler = torch.amp.GradScaler(frames.device.type, enabled=amp_mode(cfg, frames.device) == "fp16")
 
     def step() -> None:
         tick.start()
@@ -148,9 +149,10 @@ def bare_step(cfg, frames: torch.Tensor, phases: Phases | None = None):
             loss = net(frames).float().square().mean()
         tick.mark("forward")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         tick.mark("backward")
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         tick.mark("SGD")
 
     return step
@@ -167,6 +169,7 @@ def full_step(cfg, batches, in_loader: bool, device: torch.device, phases: Phase
     objective = VIVIObjective(cfg.loss)
     gen = torch.Generator(device=device).manual_seed(0)
     batches = DevicePrefetcher(batches, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_mode(cfg, device) == "fp16")
 
     def step() -> None:
         tick.start()
@@ -180,10 +183,11 @@ def full_step(cfg, batches, in_loader: bool, device: torch.device, phases: Phase
         terms = objective(output, v, k, f)
         tick.mark("objective")
         opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        scaler.scale(terms["loss"]).backward()
         batches.prefetch()
         tick.mark("backward")
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         tick.mark("SGD")
 
     return step
@@ -265,7 +269,7 @@ def main() -> None:
         table = training_videos(read_index([data]), cfg.data, str(data))
         v, k, f, s = cfg.data.videos, cfg.data.shots, cfg.data.frames, cfg.augment.image_size
         per_step = frames_per_step(cfg)
-        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+        amp = amp_mode(cfg, device)
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {torch.get_num_threads()}"
         print(f"{a.preset} {a.scale}: {v}x{k}x{f} = {per_step} frames of {s}px per step; {where}, torch {torch.__version__}, "
               f"loader workers {cfg.data.workers}, cores {os.cpu_count()}, channels_last {cfg.channels_last}, amp {amp}, "

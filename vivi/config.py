@@ -142,7 +142,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" (with a loss scaler) | "off"
     channels_last: bool = True  # model and frames in channels-last layout: same maths, faster on CPU and GPU
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA only, as torch's SyncBatchNorm)
     compile: bool = False  # torch.compile the model

@@ -53,10 +53,15 @@ from vivi.train.prefetch import DevicePrefetcher
 from vivi.train.schedule import lr_schedule
 
 
+def amp_mode(cfg: RunConfig, device: torch.device) -> str:
+    """``bf16``, ``fp16`` or ``off``: what ``amp=auto`` means on this device (bf16 on CUDA, off on CPU)."""
+    return cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+
+
 def autocast_context(cfg: RunConfig, device: torch.device):
     """bf16 autocast on CUDA by default; full precision on CPU, where bf16 is faster only on CPUs with
     bf16 matrix units (e.g. AMX: ~1.6x for the tiny model) and slower on the others: ask for it with amp=bf16."""
-    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    mode = amp_mode(cfg, device)
     if mode == "off":
         return nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
@@ -300,6 +305,10 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = sgd(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    # fp16's 5 exponent bits flush small gradients to zero: the loss is scaled up before the backward
+    # and the gradients down before the step, which is skipped (and the scale halved) on inf/NaN.
+    # bf16 has float32's range and needs no scaling.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_mode(cfg, device) == "fp16")
     schedule = lr_schedule(cfg.optim)
     momentum = momentum_schedule(cfg.optim.ema_momentum, cfg.optim.steps)  # VITO's target network
     objective = VIVIObjective(cfg.loss)
@@ -313,6 +322,8 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
         state = load_checkpoint(last_ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
         rngs = state.get("rng", [])
         if len(rngs) == ctx.world:
@@ -355,7 +366,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
                 output = net(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
             terms = objective(output, v, k, f, labels)
             opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            scaler.scale(terms["loss"]).backward()
             batches.prefetch()  # the next step's batch: loaded and copied while the device runs this backward
             # one collective per step: the loss terms averaged over ranks, and whether any rank must stop
             shared = all_reduce_mean(
@@ -367,8 +378,10 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
                 listed = ", ".join(f"{n}={x:.4g}" for n, x in values.items())
                 raise UserError(f"step {step}: non-finite loss ({listed}); {where}")
             if cfg.optim.grad_clip > 0:
+                scaler.unscale_(opt)  # clip the true gradients (a no-op without fp16)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
+            scaler.step(opt)  # opt.step(), unless fp16's scaled gradients overflowed
+            scaler.update()
             if isinstance(model, VITOModel):
                 model.update_target(float(momentum[step]))
             seen += frames.shape[0] * ctx.world
@@ -389,7 +402,8 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
             if done % cfg.ckpt_every == 0 or done == cfg.optim.steps or stopping:
                 rngs = all_gather_objects(_rng_state(gen, device))
                 if ctx.main:
-                    state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs}
+                    state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
+                             "scaler": scaler.state_dict()}
                     last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
             if stopping and done < cfg.optim.steps:
                 bar.close()
