@@ -136,6 +136,28 @@ def test_non_finite_loss_stops_with_step_terms_and_checkpoint(tiny_data, tmp_pat
     assert message.endswith(f"last good checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'}")
 
 
+def test_out_of_memory_stops_with_the_batch_size_and_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """A step too big for the device's memory ends in one line: the frames per process, what to
+    lower, and the checkpoint to resume from (a GPU's OutOfMemoryError, raised here on the CPU)."""
+    original = VIVIObjective.__call__
+    calls = []
+
+    def too_big(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VIVIObjective, "__call__", too_big)
+    cfg = apply_overrides(preset("VIVI-Ex(4)"), SETTINGS + ["data.workers=0"])
+    with pytest.raises(UserError) as err:
+        pretrain(cfg, [tiny_data], tmp_path / "run", progress=False)
+    message = str(err.value)
+    assert message.startswith("step 2: out of CPU memory with 64 frames of 64 px per process (data.videos=2 over 1")
+    assert "lower data.videos" in message and "\n" not in message
+    assert message.endswith(f"last good checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step_00000002.pt'}")
+
+
 def test_resume_accepts_other_runtime_settings_but_not_another_run(tmp_path):
     from vivi.config import apply_overrides, preset
     from vivi.errors import UserError

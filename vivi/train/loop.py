@@ -348,69 +348,72 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
         disable=not (progress and ctx.main),
     )
     net.train()
-    tick, seen = time.perf_counter(), 0
-    with _StopRequest() as stop, (out / "metrics.jsonl").open("a") if ctx.main else nullcontext() as metrics:
-        for step in range(start, cfg.optim.steps):
-            for group in opt.param_groups:
-                group["lr"] = float(schedule[step])
-            # uint8 [V/world, K, F, 3, S, S] (float [V/world*K*F, 3, s, s] augmented by the loader);
-            # labels of a labelled image folder
-            clips, labels = _next(batches)  # on the device already (DevicePrefetcher): copied during the last step
-            frames = clips if in_loader else augment(clips.flatten(0, 2), cfg.augment, gen)
-            if cfg.channels_last:
-                frames = frames.contiguous(memory_format=torch.channels_last)
-            images = None
-            if sup:  # co-training: the labels are those of the extra labelled batch
-                images, labels = sup.next(device, gen)
-            with autocast_context(cfg, device):
-                output = net(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
-            terms = objective(output, v, k, f, labels)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
-            batches.prefetch()  # the next step's batch: loaded and copied while the device runs this backward
-            # one collective per step: the loss terms averaged over ranks, and whether any rank must stop
-            shared = all_reduce_mean(
-                torch.stack([t.detach().float() for t in terms.values()] + [torch.tensor(float(stop.requested), device=device)])
-            ).cpu()
-            values = dict(zip(terms, shared[:-1].tolist()))
-            if not all(math.isfinite(x) for x in values.values()):
-                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                listed = ", ".join(f"{n}={x:.4g}" for n, x in values.items())
-                raise UserError(f"step {step}: non-finite loss ({listed}); {where}")
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(opt)  # clip the true gradients (a no-op without fp16)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(opt)  # opt.step(), unless fp16's scaled gradients overflowed
-            scaler.update()
-            if isinstance(model, VITOModel):
-                model.update_target(float(momentum[step]))
-            seen += frames.shape[0] * ctx.world
-            done = step + 1
-            if ctx.main and (done % cfg.log_every == 0 or done == cfg.optim.steps):
-                now = time.perf_counter()
-                row = {n: round(x, 6) for n, x in values.items()}
-                row.update(step=done, lr=float(schedule[step]), frames_per_s=round(seen / (now - tick), 1))
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                for n, val in row.items():
-                    if n != "step":
-                        writer.add_scalar(f"train/{n}", val, done)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}", fps=row["frames_per_s"], refresh=False)
-                tick, seen = now, 0
-            bar.update(1)
-            stopping = shared[-1].item() > 0
-            if done % cfg.ckpt_every == 0 or done == cfg.optim.steps or stopping:
-                rngs = all_gather_objects(_rng_state(gen, device))
-                if ctx.main:
-                    state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
-                             "scaler": scaler.state_dict()}
-                    last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
-            if stopping and done < cfg.optim.steps:
-                bar.close()
-                raise TrainingStopped(
-                    f"stopped at step {done} of {cfg.optim.steps} on request; checkpoint "
-                    f"{last_ckpt or out / 'checkpoints'}; run the same command again to continue"
-                )
+    tick, seen, step = time.perf_counter(), 0, start
+    try:
+        with _StopRequest() as stop, (out / "metrics.jsonl").open("a") if ctx.main else nullcontext() as metrics:
+            for step in range(start, cfg.optim.steps):
+                for group in opt.param_groups:
+                    group["lr"] = float(schedule[step])
+                # uint8 [V/world, K, F, 3, S, S] (float [V/world*K*F, 3, s, s] augmented by the loader);
+                # labels of a labelled image folder
+                clips, labels = _next(batches)  # on the device already (DevicePrefetcher): copied in the last step
+                frames = clips if in_loader else augment(clips.flatten(0, 2), cfg.augment, gen)
+                if cfg.channels_last:
+                    frames = frames.contiguous(memory_format=torch.channels_last)
+                images = None
+                if sup:  # co-training: the labels are those of the extra labelled batch
+                    images, labels = sup.next(device, gen)
+                with autocast_context(cfg, device):
+                    output = net(frames.view(v, k, f, *frames.shape[1:]), generator=gen, images=images)
+                terms = objective(output, v, k, f, labels)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(terms["loss"]).backward()
+                batches.prefetch()  # the next step's batch: loaded and copied while the device runs this backward
+                # one collective per step: the loss terms averaged over ranks, and whether any rank must stop
+                stop_flag = torch.tensor(float(stop.requested), device=device)
+                shared = all_reduce_mean(torch.stack([t.detach().float() for t in terms.values()] + [stop_flag])).cpu()
+                values = dict(zip(terms, shared[:-1].tolist()))
+                if not all(math.isfinite(x) for x in values.values()):
+                    where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    listed = ", ".join(f"{n}={x:.4g}" for n, x in values.items())
+                    raise UserError(f"step {step}: non-finite loss ({listed}); {where}")
+                if cfg.optim.grad_clip > 0:
+                    scaler.unscale_(opt)  # clip the true gradients (a no-op without fp16)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                scaler.step(opt)  # opt.step(), unless fp16's scaled gradients overflowed
+                scaler.update()
+                if isinstance(model, VITOModel):
+                    model.update_target(float(momentum[step]))
+                seen += frames.shape[0] * ctx.world
+                done = step + 1
+                if ctx.main and (done % cfg.log_every == 0 or done == cfg.optim.steps):
+                    now = time.perf_counter()
+                    row = {n: round(x, 6) for n, x in values.items()}
+                    row.update(step=done, lr=float(schedule[step]), frames_per_s=round(seen / (now - tick), 1))
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    for n, val in row.items():
+                        if n != "step":
+                            writer.add_scalar(f"train/{n}", val, done)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}", fps=row["frames_per_s"], refresh=False)
+                    tick, seen = now, 0
+                bar.update(1)
+                stopping = shared[-1].item() > 0
+                if done % cfg.ckpt_every == 0 or done == cfg.optim.steps or stopping:
+                    rngs = all_gather_objects(_rng_state(gen, device))
+                    if ctx.main:
+                        state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
+                                 "scaler": scaler.state_dict()}
+                        last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
+                if stopping and done < cfg.optim.steps:
+                    bar.close()
+                    raise TrainingStopped(
+                        f"stopped at step {done} of {cfg.optim.steps} on request; checkpoint "
+                        f"{last_ckpt or out / 'checkpoints'}; run the same command again to continue"
+                    )
+    except torch.OutOfMemoryError:
+        bar.close()
+        raise UserError(_out_of_memory(cfg, device, ctx, step, last_ckpt)) from None
     bar.close()
     if writer is not None:
         writer.close()
@@ -423,6 +426,18 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
             extra={"image_size": str(cfg.augment.image_size), "preset": cfg.preset, "scale": cfg.scale},
         )
     return out
+
+
+def _out_of_memory(cfg: RunConfig, device: torch.device, ctx: DistContext, step: int, last_ckpt: Path | None) -> str:
+    """The one-line reason and the way out when a step does not fit the device's memory."""
+    d = cfg.data
+    frames = d.videos // ctx.world * d.shots * d.frames
+    where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    return (
+        f"step {step}: out of {device.type.upper()} memory with {frames} frames of {cfg.augment.image_size} px per "
+        f"process (data.videos={d.videos} over {ctx.world} process(es), x {d.shots} shots x {d.frames} frames); "
+        f"lower data.videos (and optim.lr with it) or add processes; {where}"
+    )
 
 
 def _next(batches: Iterator[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor | None]:
