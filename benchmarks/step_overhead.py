@@ -61,7 +61,7 @@ from vivi.models.backbone import build_backbone
 from vivi.models.vivi import VIVIModel, param_groups
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.distributed import DistContext, process_device
-from vivi.train.loop import amp_mode, augment_in_loader, autocast_context
+from vivi.train.loop import amp_mode, augment_in_loader, autocast_context, loss_scaler
 from vivi.train.objective import VIVIObjective
 from vivi.train.optimizer import sgd
 from vivi.train.prefetch import DevicePrefetcher
@@ -141,7 +141,7 @@ def bare_step(cfg, frames: torch.Tensor, phases: Phases | None = None):
     opt = sgd(net.parameters(), lr=0.01, momentum=0.9)
     net = _compiled(cfg, net)
     frames = _layout(cfg, frames)
-    scaler = torch.amp.GradScaler(frames.device.type, enabled=amp_mode(cfg, frames.device) == "fp16")
+    scaler = loss_scaler(cfg, frames.device)
 
     def step() -> None:
         tick.start()
@@ -169,7 +169,7 @@ def full_step(cfg, batches, in_loader: bool, device: torch.device, phases: Phase
     objective = VIVIObjective(cfg.loss)
     gen = torch.Generator(device=device).manual_seed(0)
     batches = DevicePrefetcher(batches, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_mode(cfg, device) == "fp16")
+    scaler = loss_scaler(cfg, device)
 
     def step() -> None:
         tick.start()

@@ -58,6 +58,13 @@ def amp_mode(cfg: RunConfig, device: torch.device) -> str:
     return cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
 
 
+def loss_scaler(cfg: RunConfig, device: torch.device) -> torch.amp.GradScaler:
+    """fp16's 5 exponent bits flush small gradients to zero: the loss is scaled up before the backward
+    and the gradients down before the step, which is skipped (and the scale halved) on inf/NaN. bf16
+    has float32's range and needs no scaling: the scaler is then a pass-through."""
+    return torch.amp.GradScaler(device.type, enabled=amp_mode(cfg, device) == "fp16")
+
+
 def autocast_context(cfg: RunConfig, device: torch.device):
     """bf16 autocast on CUDA by default; full precision on CPU, where bf16 is faster only on CPUs with
     bf16 matrix units (e.g. AMX: ~1.6x for the tiny model) and slower on the others: ask for it with amp=bf16."""
@@ -305,10 +312,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = sgd(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-    # fp16's 5 exponent bits flush small gradients to zero: the loss is scaled up before the backward
-    # and the gradients down before the step, which is skipped (and the scale halved) on inf/NaN.
-    # bf16 has float32's range and needs no scaling.
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_mode(cfg, device) == "fp16")
+    scaler = loss_scaler(cfg, device)
     schedule = lr_schedule(cfg.optim)
     momentum = momentum_schedule(cfg.optim.ema_momentum, cfg.optim.steps)  # VITO's target network
     objective = VIVIObjective(cfg.loss)

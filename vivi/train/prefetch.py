@@ -52,7 +52,7 @@ class DevicePrefetcher(Generic[T]):
         self.device = device
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._ahead: list[object] = []  # the one batch fetched ahead, if any
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
 
     def prefetch(self) -> None:
         """Fetch the next batch and start its copy to the device, unless one is waiting already."""
@@ -60,7 +60,7 @@ class DevicePrefetcher(Generic[T]):
             return
         try:
             item = next(self.batches)
-        except BaseException as e:  # StopIteration too: raised when its turn comes
+        except Exception as e:  # StopIteration too: raised when its turn comes (Ctrl-C is not held back)
             self._error = e
             return
         if self.stream is None:
