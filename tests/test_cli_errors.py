@@ -126,3 +126,21 @@ def test_evaluate_device_is_checked_before_any_weights_are_read(capsys, device, 
         main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent", "--device", device])
     assert info.value.code == 2
     assert f"argument --device: '{device}': {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_error_every_rank_raises_is_said_once(rank, monkeypatch, capsys):
+    """Under torchrun a requested stop or a NaN loss is raised alike by every process: rank 0 says it,
+    the others exit with the same code quietly; an error of one rank's own is said by that rank."""
+    from vivi.errors import JobError, UserError
+    from vivi.evaluate import encoders
+
+    monkeypatch.setenv("RANK", rank)
+    for error, said_by_every_rank in ((JobError("step 3: non-finite loss"), False), (UserError("a.mp4: bad"), True)):
+        def fail(*args: object, error: Exception = error, **kwargs: object) -> None:
+            raise error
+
+        monkeypatch.setattr(encoders, "load_encoder", fail)
+        assert main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"vivi: error: {error}\n" if rank == "0" or said_by_every_rank else "")

@@ -22,7 +22,9 @@ from vivi.losses import InfoNCELoss
 from vivi.losses.vito import view_infonce
 from vivi.models.vivi import VIVIModel
 from vivi.train.checkpoint import list_checkpoints, load_checkpoint
-from vivi.train.distributed import DistContext, all_reduce_mean, gather_with_grad
+from vivi.errors import UserError
+from vivi.train.distributed import DistContext, all_reduce_mean, disagreements, gather_with_grad, rank_list
+from vivi.train.loop import _check_processes_agree
 from vivi.train.objective import VIVIObjective, video_infonce
 
 V, K, D = 4, 4, 6  # global videos, shots, embedding size
@@ -44,6 +46,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         "naive_gather": _naive_gather(rank),
         "ddp": _ddp(rank),
         "vito": _vito(rank),
+        "agree": _agree(rank),
     }
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -197,6 +200,54 @@ def test_ddp_video_loss_gradients_match_one_process(two_ranks, one_thread):
             torch.testing.assert_close(r["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _agree(rank: int) -> dict[str, str]:
+    """What ``_check_processes_agree`` says when the two ranks see the same run, and when they do not."""
+    record = {"sources": ["d"], "kind": "videos", "items": 6, "fingerprint": "f00d"}
+    other = {**record, "items": 7, "fingerprint": "beef"}
+    ckpt = [Path("run/checkpoints/step_00000004.pt")]
+    cases = {
+        "same": (preset("VIVI-Ex(4)"), record, ckpt),
+        "loader per node": (apply_overrides(preset("VIVI-Ex(4)"), [f"data.workers={rank}", f"data.cache_mb={rank}"]),
+                            record, ckpt),
+        "checkpoint": (preset("VIVI-Ex(4)"), record, ckpt if rank == 0 else []),
+        "data": (preset("VIVI-Ex(4)"), record if rank == 0 else other, ckpt),
+        "labelled": (preset("VIVI-Ex(4)"), {**record, "labelled": record if rank == 0 else other}, ckpt),
+        "setting": (apply_overrides(preset("VIVI-Ex(4)"), [f"ckpt_every={10 + rank}"]), record, ckpt),
+    }
+    said = {}
+    for name, (cfg, rec, ckpts) in cases.items():
+        try:
+            _check_processes_agree(Path("run"), cfg, rec, ckpts)
+            said[name] = ""
+        except UserError as e:
+            said[name] = str(e)
+    return said
+
+
+def test_processes_that_see_different_runs_stop_with_one_line(two_ranks):
+    """A run folder or data copy not shared by every node, or a setting given to one process only,
+    would hang the run or train on other data silently: every rank stops with the same line."""
+    ranks = two_ranks["agree"]
+    assert ranks[0] == ranks[1], "every rank must raise the same error, or the others hang"
+    said = ranks[0]
+    assert said["same"] == "" and said["loader per node"] == ""
+    assert "different checkpoints in run: step_00000004.pt on rank 0 (" in said["checkpoint"]
+    assert "none on rank 1 (" in said["checkpoint"] and "every node shares" in said["checkpoint"]
+    assert "different training data: 6 videos (fingerprint f00d) on rank 0" in said["data"]
+    assert "7 videos (fingerprint beef) on rank 1" in said["data"]
+    assert "different labelled images" in said["labelled"]
+    assert "different settings (ckpt_every: 10 on rank 0" in said["setting"] and "11 on rank 1" in said["setting"]
+    assert all("\n" not in line for line in said.values())
+
+
+def test_disagreements_name_ranks_and_hosts():
+    views = [{"a": 1, "b": "x"}] * 4 + [{"a": 1, "b": "y"}] * 2 + [{"a": 1}]
+    hosts = ["n0"] * 4 + ["n1"] * 3
+    assert disagreements(views, hosts) == {"b": "x on ranks 0-3 (n0); y on ranks 4-5 (n1); (unset) on rank 6 (n1)"}
+    assert disagreements(views[:4], hosts[:4]) == {}
+    assert rank_list([6, 0, 1, 2, 3, 9, 10]) == "ranks 0-3, 6, 9-10"
+
+
 def test_gather_is_identity_alone():
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
@@ -219,3 +270,7 @@ def test_torchrun_two_processes_train_and_checkpoint(tiny_data, tmp_path, preset
     assert (run / "backbone.safetensors").is_file()
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2, "only rank 0 writes metrics"
+    # the same command again resumes on both ranks; rank 1 once read config.json while rank 0 rewrote it
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002.pt"]

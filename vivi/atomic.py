@@ -15,10 +15,16 @@ from typing import Any
 
 def write_json_atomic(path: Path, data: Any, indent: int = 2) -> None:
     """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place."""
+    write_text_atomic(path, json.dumps(data, indent=indent, default=float) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place: a reader (another
+    process of the run, the next resume) sees the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=indent, default=float) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

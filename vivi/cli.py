@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vivi.config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 from vivi.data.files import output_dir
-from vivi.errors import Interrupts, UserError
+from vivi.errors import Interrupts, UserError, rank_zero
 
 
 def _synth(a: argparse.Namespace) -> None:
@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"vivi: {e.prefix}{e}", file=sys.stderr)
+        if rank_zero() or not e.same_on_every_rank:
+            print(f"vivi: {e.prefix}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -9,6 +9,7 @@ KeyboardInterrupt the CLI reports as "interrupted; re-run", for commands that re
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -17,17 +18,31 @@ class UserError(Exception):
     """Bad input from the user: the message names the file or value and the reason."""
 
     prefix = "error: "  # how the command line introduces the message
+    # raised alike by every process of a torchrun job (a requested stop, a check all ranks agreed on):
+    # rank 0 says it, the others exit quietly instead of repeating the line N times
+    same_on_every_rank = False
+
+
+class JobError(UserError):
+    """A :class:`UserError` that every process of a torchrun job raises alike, from values they all
+    share (a loss averaged over ranks, a check of what each rank sees): rank 0 reports it."""
+
+    same_on_every_rank = True
+
+
+def rank_zero() -> bool:
+    """Whether this process speaks for a torchrun job (its rank 0), or runs alone."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def warn(message: str) -> None:
     """One line on stderr for input that was skipped or repaired, so nothing is dropped silently.
     Under torchrun only rank 0 says it: every rank reads the same input, N copies would be noise."""
-    import os
     import sys
 
     from tqdm import tqdm
 
-    if os.environ.get("RANK", "0") != "0":
+    if not rank_zero():
         return
     tqdm.write(f"vivi: warning: {message}", file=sys.stderr)  # stays clear of progress bars
 

@@ -22,11 +22,15 @@ def checkpoint_dir(run: Path) -> Path:
     return run / "checkpoints"
 
 
+def checkpoint_path(run: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives (every rank can name it; rank 0 writes it)."""
+    return checkpoint_dir(run) / f"step_{step:08d}.pt"
+
+
 def save_checkpoint(run: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``checkpoints/step_<step>.pt`` via a temporary file; keep the newest ``keep``."""
-    folder = checkpoint_dir(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:08d}.pt"
+    path = checkpoint_path(run, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     tmp.replace(path)

@@ -8,6 +8,7 @@ here is a no-op, so the training loop has one code path for a laptop and for man
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,12 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return y / dist.get_world_size()
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for when alone)."""
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
 def all_gather_objects(obj: object) -> list[object]:
     """``obj`` of every rank, in rank order (``[obj]`` when alone)."""
     if rank_and_world()[1] == 1:
@@ -112,6 +119,38 @@ def all_gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def rank_list(ranks: Sequence[int]) -> str:
+    """``rank 3``, ``ranks 0-7``, ``ranks 0-3, 6, 8-9``: ranks as a person reads them."""
+    runs: list[list[int]] = []
+    for r in sorted(ranks):
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs)
+    return f"rank{'s' if len(ranks) > 1 else ''} {text}"
+
+
+def disagreements(views: Sequence[Mapping[str, object]], hosts: Sequence[str]) -> dict[str, str]:
+    """Each key whose value is not the same on every rank, mapped to who holds which value, e.g.
+    ``{"checkpoint": "step_00000200.pt on ranks 0-7 (node-a); none on ranks 8-15 (node-b)"}``.
+
+    ``views[r]`` is what rank r sees, ``hosts[r]`` the machine it runs on: a difference between
+    nodes (a run folder or a data copy that is not shared) reads differently from one between ranks
+    of one node (processes started with different commands)."""
+    differ: dict[str, str] = {}
+    for key in dict.fromkeys(k for view in views for k in view):
+        holders: dict[str, list[int]] = {}
+        for rank, view in enumerate(views):
+            holders.setdefault(str(view.get(key, "(unset)")), []).append(rank)
+        if len(holders) > 1:
+            differ[key] = "; ".join(
+                f"{value} on {rank_list(ranks)} ({', '.join(dict.fromkeys(hosts[r] for r in ranks))})"
+                for value, ranks in holders.items()
+            )
+    return differ
 
 
 def shutdown(ctx: DistContext) -> None:

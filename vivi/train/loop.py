@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -30,21 +31,23 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from vivi.atomic import write_text_atomic
 from vivi.config import RunConfig, batch_lr_note, from_dict
 from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import read_index
-from vivi.errors import UserError, warn
+from vivi.errors import JobError, UserError, warn
 from vivi.models.backbone import save_backbone
 from vivi.models import build_model
 from vivi.models.ema import momentum_schedule
 from vivi.models.vito import VITOModel
 from vivi.models.vivi import param_groups
-from vivi.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
-    DistContext, all_gather_objects, all_reduce_mean, init_distributed, process_device, shutdown,
+    DistContext, all_gather_objects, all_reduce_mean, barrier, disagreements, init_distributed, process_device,
+    shutdown,
 )
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
@@ -116,6 +119,52 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any,
         elif a != b:
             out.append((f"{prefix}{key}", a, b))
     return out
+
+
+# What may differ between the processes of one run: a node's loader share of its cores and memory.
+PER_NODE = ("data.workers", "data.cache_mb")
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.1, ...}``: a nested config as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_processes_agree(out: Path, cfg: RunConfig, record: dict, ckpts: list[Path]) -> None:
+    """Under torchrun: stop every process with the same line when they would not train one run.
+
+    Each process reads the run folder, the data and its command line itself. A run folder that is
+    not on a filesystem every node shares resumes rank 0 from its checkpoint and the other nodes
+    from scratch; a node with its own, different copy of the data draws other videos for its
+    slice of the batch; a setting given to some processes only (``ckpt_every``, say) leaves them
+    waiting in different collectives. None of these fails by itself: the run would hang or train
+    on something else than asked, silently.
+    """
+    settings = {k: v for k, v in _flat(cfg.to_dict()).items() if k not in PER_NODE}
+    view = {"checkpoint": ckpts[-1].name if ckpts else "none",
+            **{what: f"{r['items']} {r['kind']} (fingerprint {r['fingerprint']})"
+               for what, r in (("data", record), ("labelled", record.get("labelled"))) if r},
+            **settings}
+    gathered = all_gather_objects((socket.gethostname(), view))
+    differ = disagreements([v for _, v in gathered], [h for h, _ in gathered])
+    if not differ:
+        return
+    n = f"the {len(gathered)} processes"
+    if "checkpoint" in differ:
+        raise JobError(f"{n} see different checkpoints in {out}: {differ['checkpoint']}; the run folder must be one "
+                        "that every node shares (rank 0 writes it, every process resumes from it)")
+    for what, name in (("data", "training data"), ("labelled", "labelled images")):
+        if what in differ:
+            raise JobError(f"{n} see different {name}: {differ[what]}; every node must read the same data (a shared "
+                            "folder or a bucket)")
+    listed = "; ".join(f"{key}: {held}" for key, held in list(differ.items())[:3])
+    raise JobError(f"{n} were started with different settings ({listed}); start every process with the same command")
 
 
 def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageFolder:
@@ -226,7 +275,7 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-class TrainingStopped(UserError):
+class TrainingStopped(JobError):
     """The run was asked to stop (SIGTERM, SIGINT) and saved a checkpoint to resume from."""
 
     prefix = ""  # a requested stop, not an error
@@ -299,12 +348,14 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     k, f = cfg.data.shots, cfg.data.frames
     ckpts = list_checkpoints(out)
     record = data_record(data, source, labelled)
-    if ckpts:
+    if ctx.enabled:
+        _check_processes_agree(out, cfg, record, ckpts)
+    if ckpts:  # every rank reads the same files here, so every rank stops alike or none does
         _check_resume_config(out, cfg)
         check_same_data(out, record, ctx.main)
+    barrier()  # every rank has read the run folder before rank 0 rewrites it
     if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json() + "\n")
+        write_text_atomic(out / "config.json", cfg.to_json() + "\n")
         write_data_record(out, record)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -380,7 +431,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
                 if not all(math.isfinite(x) for x in values.values()):
                     where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                     listed = ", ".join(f"{n}={x:.4g}" for n, x in values.items())
-                    raise UserError(f"step {step}: non-finite loss ({listed}); {where}")
+                    raise JobError(f"step {step}: non-finite loss ({listed}); {where}")
                 if cfg.optim.grad_clip > 0:
                     scaler.unscale_(opt)  # clip the true gradients (a no-op without fp16)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -408,12 +459,13 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
                     if ctx.main:
                         state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
                                  "scaler": scaler.state_dict()}
-                        last_ckpt = save_checkpoint(out, done, state, cfg.keep_checkpoints)
+                        save_checkpoint(out, done, state, cfg.keep_checkpoints)
+                    last_ckpt = checkpoint_path(out, done)  # named alike on every rank, for the lines below
                 if stopping and done < cfg.optim.steps:
                     bar.close()
                     raise TrainingStopped(
                         f"stopped at step {done} of {cfg.optim.steps} on request; checkpoint "
-                        f"{last_ckpt or out / 'checkpoints'}; run the same command again to continue"
+                        f"{last_ckpt}; run the same command again to continue"
                     )
     except torch.OutOfMemoryError:
         bar.close()
