@@ -24,7 +24,7 @@ from vivi.models.vivi import VIVIModel
 from vivi.train.checkpoint import list_checkpoints, load_checkpoint
 from vivi.errors import UserError
 from vivi.train.distributed import DistContext, all_reduce_mean, disagreements, gather_with_grad, rank_list
-from vivi.train.loop import _check_processes_agree
+from vivi.train.run_folder import check_processes_agree
 from vivi.train.objective import VIVIObjective, video_infonce
 
 V, K, D = 4, 4, 6  # global videos, shots, embedding size
@@ -217,7 +217,7 @@ def _agree(rank: int) -> dict[str, str]:
     said = {}
     for name, (cfg, rec, ckpts) in cases.items():
         try:
-            _check_processes_agree(Path("run"), cfg, rec, ckpts)
+            check_processes_agree(Path("run"), cfg, rec, ckpts)
             said[name] = ""
         except UserError as e:
             said[name] = str(e)

@@ -161,17 +161,17 @@ def test_out_of_memory_stops_with_the_batch_size_and_checkpoint(tiny_data, tmp_p
 def test_resume_accepts_other_runtime_settings_but_not_another_run(tmp_path):
     from vivi.config import apply_overrides, preset
     from vivi.errors import UserError
-    from vivi.train.loop import _check_resume_config
+    from vivi.train.run_folder import check_resume_config
 
     cfg = preset("VIVI-Ex(4)")
     (tmp_path / "config.json").write_text(cfg.to_json() + "\n")
-    _check_resume_config(tmp_path, apply_overrides(cfg, ["data.workers=4", "data.cache_mb=0"]))
-    _check_resume_config(tmp_path, apply_overrides(cfg, ["channels_last=false", "compile=true"]))
-    _check_resume_config(tmp_path, apply_overrides(cfg, ["ckpt_every=7", "log_every=3", "keep_checkpoints=9"]))
+    check_resume_config(tmp_path, apply_overrides(cfg, ["data.workers=4", "data.cache_mb=0"]))
+    check_resume_config(tmp_path, apply_overrides(cfg, ["channels_last=false", "compile=true"]))
+    check_resume_config(tmp_path, apply_overrides(cfg, ["ckpt_every=7", "log_every=3", "keep_checkpoints=9"]))
     for other in ("optim.lr=0.5", "amp=bf16", "data.frames=4"):
         key = other.split("=")[0].replace(".", r"\.")
         with pytest.raises(UserError, match=rf"different config \({key}: .* there, .* now; see"):
-            _check_resume_config(tmp_path, apply_overrides(preset("VIVI-Ex(4)"), [other]))
+            check_resume_config(tmp_path, apply_overrides(preset("VIVI-Ex(4)"), [other]))
 
 
 def test_resume_refuses_other_training_data_but_not_the_same_data_moved(tiny_data, tmp_path, one_thread):

@@ -17,13 +17,11 @@ import copy
 import json
 import math
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vivi.atomic import write_text_atomic
-from vivi.config import RunConfig, batch_lr_note, from_dict
+from vivi.config import RunConfig, batch_lr_note
 from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
@@ -46,13 +44,13 @@ from vivi.models.vivi import param_groups
 from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
-    DistContext, all_gather_objects, all_reduce_mean, barrier, disagreements, init_distributed, process_device,
-    shutdown,
+    DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, process_device, shutdown,
 )
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
 from vivi.train.optimizer import sgd
 from vivi.train.prefetch import DevicePrefetcher
+from vivi.train.run_folder import check_processes_agree, check_resume_config, trim_metrics
 from vivi.train.schedule import lr_schedule
 
 
@@ -76,95 +74,6 @@ def autocast_context(cfg: RunConfig, device: torch.device):
         return nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# How the run is executed, not what it computes (tested: any worker count and cache size give
-# the same batches; memory layout and compilation leave the maths as it is; how often it logs
-# and checkpoints only decides what is written): a run may resume with other values, e.g. on
-# a machine with more cores, or checkpointing more often after a crash.
-RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile", "log_every", "ckpt_every",
-                "keep_checkpoints")
-
-
-def _without_runtime(config: dict) -> dict:
-    for dotted in RUNTIME_ONLY:
-        *sections, key = dotted.split(".")
-        node = config
-        for section in sections:
-            node = node[section]
-        node.pop(key, None)
-    return config
-
-
-def _check_resume_config(run: Path, cfg: RunConfig) -> None:
-    saved = run / "config.json"
-    if saved.is_file():
-        old = _without_runtime(from_dict(json.loads(saved.read_text())).to_dict())
-        new = _without_runtime(cfg.to_dict())
-        if old != new:
-            diff = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in _differences(old, new)[:4])
-            raise UserError(
-                f"{run}: holds a run with a different config ({diff}; see {saved}); resume with the same "
-                "settings or use a new --out folder to start afresh"
-            )
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every setting that differs, in config order."""
-    out = []
-    for key in [*old, *(k for k in new if k not in old)]:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append((f"{prefix}{key}", a, b))
-    return out
-
-
-# What may differ between the processes of one run: a node's loader share of its cores and memory.
-PER_NODE = ("data.workers", "data.cache_mb")
-
-
-def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.1, ...}``: a nested config as dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _check_processes_agree(out: Path, cfg: RunConfig, record: dict, ckpts: list[Path]) -> None:
-    """Under torchrun: stop every process with the same line when they would not train one run.
-
-    Each process reads the run folder, the data and its command line itself. A run folder that is
-    not on a filesystem every node shares resumes rank 0 from its checkpoint and the other nodes
-    from scratch; a node with its own, different copy of the data draws other videos for its
-    slice of the batch; a setting given to some processes only (``ckpt_every``, say) leaves them
-    waiting in different collectives. None of these fails by itself: the run would hang or train
-    on something else than asked, silently.
-    """
-    settings = {k: v for k, v in _flat(cfg.to_dict()).items() if k not in PER_NODE}
-    view = {"checkpoint": ckpts[-1].name if ckpts else "none",
-            **{what: f"{r['items']} {r['kind']} (fingerprint {r['fingerprint']})"
-               for what, r in (("data", record), ("labelled", record.get("labelled"))) if r},
-            **settings}
-    gathered = all_gather_objects((socket.gethostname(), view))
-    differ = disagreements([v for _, v in gathered], [h for h, _ in gathered])
-    if not differ:
-        return
-    n = f"the {len(gathered)} processes"
-    if "checkpoint" in differ:
-        raise JobError(f"{n} see different checkpoints in {out}: {differ['checkpoint']}; the run folder must be one "
-                        "that every node shares (rank 0 writes it, every process resumes from it)")
-    for what, name in (("data", "training data"), ("labelled", "labelled images")):
-        if what in differ:
-            raise JobError(f"{n} see different {name}: {differ[what]}; every node must read the same data (a shared "
-                            "folder or a bucket)")
-    listed = "; ".join(f"{key}: {held}" for key, held in list(differ.items())[:3])
-    raise JobError(f"{n} were started with different settings ({listed}); start every process with the same command")
 
 
 def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageFolder:
@@ -281,16 +190,6 @@ class TrainingStopped(JobError):
     prefix = ""  # a requested stop, not an error
 
 
-def _trim_metrics(path: Path, start: int) -> None:
-    """Drop metric rows past the checkpoint resumed from (a crash may have logged steps it then lost)."""
-    if not path.is_file():
-        return
-    rows = path.read_text().splitlines(keepends=True)
-    kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= start]
-    if len(kept) != len(rows):
-        path.write_text("".join(kept))
-
-
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
     state = {"aug": gen.get_state(), "torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -349,9 +248,9 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     ckpts = list_checkpoints(out)
     record = data_record(data, source, labelled)
     if ctx.enabled:
-        _check_processes_agree(out, cfg, record, ckpts)
+        check_processes_agree(out, cfg, record, ckpts)
     if ckpts:  # every rank reads the same files here, so every rank stops alike or none does
-        _check_resume_config(out, cfg)
+        check_resume_config(out, cfg)
         check_same_data(out, record, ctx.main)
     barrier()  # every rank has read the run folder before rank 0 rewrites it
     if ctx.main:
@@ -397,7 +296,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     sup = LabelledBatches(cfg, labelled, start, ctx, pin) if labelled else None
     writer = SummaryWriter(str(out / "tb"), purge_step=start) if ctx.main else None
     if ctx.main:
-        _trim_metrics(out / "metrics.jsonl", start)
+        trim_metrics(out / "metrics.jsonl", start)
     bar = tqdm(
         total=cfg.optim.steps, initial=start, desc=f"pretrain {cfg.preset}", unit="step",
         disable=not (progress and ctx.main),
