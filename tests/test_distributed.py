@@ -270,6 +270,7 @@ def test_torchrun_two_processes_train_and_checkpoint(tiny_data, tmp_path, preset
     assert (run / "backbone.safetensors").is_file()
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2, "only rank 0 writes metrics"
+    assert res.stdout.count("backbone: ") == 1, "only rank 0, which wrote it, names the backbone"
     # the same command again resumes on both ranks; rank 1 once read config.json while rank 0 rewrote it
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

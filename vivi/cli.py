@@ -96,7 +96,8 @@ def _pretrain(a: argparse.Namespace) -> None:
         sources = a.data
     out = output_dir(Path(a.out), create=False)  # a file there is found now, not after the data is read
     run = pretrain(cfg, [d if is_url(d) else Path(d) for d in sources], out)  # a URL stays a string
-    print(f"backbone: {run / 'backbone.safetensors'}  (load with vivi.load_backbone({str(run)!r}))")
+    if rank_zero():  # the one that wrote it
+        print(f"backbone: {run / 'backbone.safetensors'}  (load with vivi.load_backbone({str(run)!r}))")
 
 
 def _presets(a: argparse.Namespace) -> None:
