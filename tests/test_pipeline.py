@@ -88,7 +88,7 @@ def test_a_shard_damaged_after_ingest_is_named(tiny_data, tmp_path):
     start, end = int(table.spans[0, 1]), int(table.spans[0, 2])
     raw[start + 600 : end - 600] = b"\xff" * (end - start - 1200)  # the first video's members, scrambled
     shard.write_bytes(bytes(raw))
-    with pytest.raises(vivi.errors.UserError, match=f"{shard.name}.*{table.records[0]['key']}"):
+    with pytest.raises(vivi.errors.UserError, match=f"{shard.name}.*{table.key(0)}"):
         StepClips(table, cfg, seed=0)[0]
 
 
@@ -205,8 +205,32 @@ def test_a_folder_given_twice_gives_each_video_once(tiny_data, capsys):
     cfg = apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=2"]).data
     once = training_videos(read_index([tiny_data]), cfg, "x")
     twice = training_videos(read_index([tiny_data, tiny_data]), cfg, "x")
-    assert [r["key"] for r in twice.records] == [r["key"] for r in once.records]
+    assert twice.keys.tolist() == once.keys.tolist()
     assert f"x: {len(once)} videos appear more than once" in capsys.readouterr().err
+
+
+def test_a_video_listed_twice_is_its_first_record_in_the_place_of_its_last():
+    """The order every earlier run's batches were drawn in (resumes and data fingerprints depend on it)."""
+    def record(key: str, frames: int) -> dict:
+        shots = [{"frames": [{"frame": i} for i in range(frames)]} for _ in range(4)]
+        return {"key": key, "status": "ok", "shots": shots, "shard": "/s.tar", "shard_span": [0, 512]}
+
+    cfg = preset("VIVI-Ex(4)").data
+    table = training_videos(iter([record("a", 8), record("b", 9), record("a", 10), record("c", 3)]), cfg, "x")
+    assert table.keys.tolist() == [b"b", b"a"]  # c has too few frames per shot
+    assert table.shot_lengths(1) == [8] * 4 and table.shot_lengths(0) == [9] * 4
+
+
+def test_the_table_keeps_a_few_bytes_per_video_not_the_records(tiny_data):
+    """A million videos' records are tens of GB of Python objects, held by every rank and copied
+    into every forked loader worker (or pickled to every spawned one); the table keeps arrays."""
+    import pickle
+
+    records = read_index([tiny_data])
+    table = training_videos(iter(records), preset("VIVI-Ex(4)").data, str(tiny_data))
+    per_video = len(pickle.dumps(table)) / len(table)
+    per_record = len(pickle.dumps(records)) / len(records)
+    assert per_video < 400 < per_record / 4, (per_video, per_record)
 
 
 def test_fewer_videos_than_the_batch_needs_is_said(tiny_data, tmp_path, capsys, one_thread):

@@ -19,7 +19,7 @@ import os
 import random
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,7 +51,19 @@ def shot_windows(shot_lengths: Sequence[int], shots: int, frames: int) -> list[i
 
 
 def choose_clip(record: dict[str, Any], cfg: DataConfig, rng: random.Random, seed: int = 0) -> Clip | None:
-    """Pick a clip from one video's index record, or None when the video cannot supply one.
+    """Pick a clip from one video's index record, or None when the video cannot supply one
+    (:func:`clip_of` on its key and the sampled frames of each shot)."""
+    return clip_of(record["key"], shot_lengths(record), cfg, rng, seed)
+
+
+def shot_lengths(record: dict[str, Any]) -> list[int]:
+    """How many sampled frames each shot of an index record has: all the sampler needs of its shots."""
+    return [len(s.get("frames", [])) for s in record.get("shots", [])]
+
+
+def clip_of(key: str, lengths: Sequence[int], cfg: DataConfig, rng: random.Random, seed: int = 0) -> Clip | None:
+    """Pick a clip from the video ``key`` whose shots have ``lengths`` sampled frames, or None when
+    it cannot supply one.
 
     ``mode="shots"``: K consecutive shots, F consecutive frames in each (random offsets).
     ``mode="frame"``: one frame fixed per video for the whole run (the YT8M-frames baseline),
@@ -59,15 +71,14 @@ def choose_clip(record: dict[str, Any], cfg: DataConfig, rng: random.Random, see
     ``mode="pairs"``: two frames of one shot, ``0..max_gap`` samples apart in either order (VITO's
     temporally displaced views); both lie in the shot, so a pair never crosses a boundary.
     """
-    lengths = [len(s.get("frames", [])) for s in record.get("shots", [])]
     if cfg.mode == "pairs":
-        return _displaced_pair(record["key"], lengths, cfg.max_gap, rng)
+        return _displaced_pair(key, lengths, cfg.max_gap, rng)
     if cfg.mode == "frame":
         pool = [(s, f) for s, n in enumerate(lengths) for f in range(n)]
         if not pool:
             return None
-        pick = pool[zlib.crc32(f"{seed}:{record['key']}".encode()) % len(pool)]
-        return Clip(record["key"], ((pick,) * cfg.frames,))
+        pick = pool[zlib.crc32(f"{seed}:{key}".encode()) % len(pool)]
+        return Clip(key, ((pick,) * cfg.frames,))
     windows = shot_windows(lengths, cfg.shots, cfg.frames)
     if not windows:
         return None
@@ -76,7 +87,7 @@ def choose_clip(record: dict[str, Any], cfg: DataConfig, rng: random.Random, see
     for s in range(start, start + cfg.shots):
         f0 = rng.randrange(lengths[s] - cfg.frames + 1)
         chosen.append(tuple((s, f) for f in range(f0, f0 + cfg.frames)))
-    return Clip(record["key"], tuple(chosen))
+    return Clip(key, tuple(chosen))
 
 
 def _displaced_pair(key: str, lengths: Sequence[int], max_gap: int, rng: random.Random) -> Clip | None:
@@ -94,12 +105,6 @@ def _displaced_pair(key: str, lengths: Sequence[int], max_gap: int, rng: random.
 def frame_name(shot: int, frame: int) -> str:
     """The shard member suffix of a frame (DESIGN.md: ``<key>.s<shot:03d>.f<idx:03d>.jpg``)."""
     return f"s{shot:03d}.f{frame:03d}.jpg"
-
-
-def eligible(records: Sequence[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
-    """Index records of ok videos that can supply a clip under ``cfg``."""
-    rng = random.Random(0)
-    return [r for r in records if r.get("status") == "ok" and choose_clip(r, cfg, rng) is not None]
 
 
 def step_positions(step: int, count: int, n: int, seed: int) -> np.ndarray:
@@ -130,14 +135,29 @@ def rank_slice(count: int, rank: int, world: int, what: str) -> slice:
 
 @dataclass(frozen=True)
 class VideoTable:
-    """The usable videos of a training set: index records and where each sample lies in its shard."""
+    """The usable videos of a training set, in a few flat arrays: each video's key, the sampled
+    frames of each of its shots, and where its sample lies in its shard.
 
-    records: list[dict[str, Any]]
+    All the sampler needs, and no more: the index records themselves (tens of kB of Python objects
+    per video) would take tens of GB per process for a million videos, in every rank and every
+    loader worker (a forked worker's reference counts copy the pages it reads). These arrays take
+    ~200 bytes a video and are shared with forked workers as they are.
+    """
+
+    keys: np.ndarray  # [N] bytes: each video's sample key (ASCII: letters, digits, "_", "-")
+    shot_starts: np.ndarray  # [N + 1] int64: video i's shots are shot_frames[shot_starts[i]:shot_starts[i + 1]]
+    shot_frames: np.ndarray  # [shots of all videos] int32: sampled frames of each shot
     shards: list[str]
     spans: np.ndarray  # [N, 3] int64: shard number, first byte, end byte of the video's tar members
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.keys)
+
+    def key(self, video: int) -> str:
+        return self.keys[video].decode()
+
+    def shot_lengths(self, video: int) -> list[int]:
+        return self.shot_frames[self.shot_starts[video] : self.shot_starts[video + 1]].tolist()
 
 
 def _shard_path(record: dict[str, Any]) -> str:
@@ -158,38 +178,63 @@ def recorded_span(record: dict[str, Any]) -> tuple[int, int] | None:
     return span[0], span[1]
 
 
-def training_videos(records: Sequence[dict[str, Any]], cfg: DataConfig, where: str) -> VideoTable:
-    """The videos able to supply a clip under ``cfg``, located in their shards; a clear error when none."""
-    ok = [r for r in records if r.get("status") == "ok"]
+def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: str) -> VideoTable:
+    """The videos able to supply a clip under ``cfg``, located in their shards; a clear error when none.
+
+    ``records`` is read once and only what the sampler needs is kept of each. A video listed more
+    than once (a folder given twice) is used once: its first record, in the place of its last.
+    """
+    first: dict[str, tuple[list[int], str, tuple[int, int] | None]] = {}  # key -> shot lengths, shard, span
+    last: dict[str, int] = {}
+    ok = most = longest = 0
+    for position, r in enumerate(records):
+        if r.get("status") != "ok":
+            continue
+        ok += 1
+        lengths = shot_lengths(r)
+        most, longest = max(most, len(lengths)), max([longest, *lengths])
+        key = r["key"]
+        last[key] = position
+        if key not in first:
+            first[key] = (lengths, _shard_path(r) if r.get("shard") else "", recorded_span(r) if r.get("shard") else None)
     if not ok:
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
-    unique = list({r["key"]: r for r in reversed(ok)}.values())[::-1]  # the first copy of each video
-    if len(unique) < len(ok):
-        warn(f"{where}: {len(ok) - len(unique)} videos appear more than once (a folder given twice, or parts "
+    if len(first) < ok:
+        warn(f"{where}: {ok - len(first)} videos appear more than once (a folder given twice, or parts "
              "that overlap); each is used once")  # fmt: skip
-    usable = eligible(unique, cfg)
+    rng = random.Random(0)
+    usable = [k for k in sorted(first, key=last.__getitem__) if clip_of(k, first[k][0], cfg, rng) is not None]
     if not usable:
         need = {
             "frame": "a sampled frame",
             "pairs": "a shot with 2 sampled frames",
-        }.get(cfg.mode, f"{cfg.shots} consecutive shots of >= {cfg.frames} frames")
-        most = max(len(r.get("shots", [])) for r in ok)
+        }.get(cfg.mode, f"{cfg.shots} consecutive shots of >= {cfg.frames} frames" if cfg.shots > 1
+              else f"a shot of >= {cfg.frames} frames")
+        # both maxima: when the shots are there but too short, the shot count alone misleads
         raise UserError(
-            f"{where}: none of the {len(ok)} videos has {need} (most shots in a video: {most}); "
+            f"{where}: none of the {ok} videos has {need} (most shots in a video: {most}, "
+            f"most sampled frames in a shot: {longest}); "
             "lower data.shots/data.frames with --set or ingest longer videos"
         )
-    shards = sorted({_shard_path(r) for r in usable})
+    shards = sorted({first[k][1] for k in usable})
     number = {s: i for i, s in enumerate(shards)}
     # an index written before spans were recorded: scan the headers of just the shards it needs
-    located = {s: sample_spans(s) for s in sorted({_shard_path(r) for r in usable if recorded_span(r) is None})}
+    located = {s: sample_spans(s) for s in sorted({first[k][1] for k in usable if first[k][2] is None})}
     spans = []
-    for r in usable:
-        shard = _shard_path(r)
-        span = recorded_span(r) or located[shard].get(r["key"])
+    for k in usable:
+        _, shard, span = first[k]
+        span = span or located[shard].get(k)
         if span is None:
-            raise UserError(f"{shard}: holds no sample {r['key']!r} although the index says so; re-run `vivi ingest`")
+            raise UserError(f"{shard}: holds no sample {k!r} although the index says so; re-run `vivi ingest`")
         spans.append((number[shard], *span))
-    return VideoTable(usable, shards, np.asarray(spans, dtype=np.int64).reshape(-1, 3))
+    lengths = [first[k][0] for k in usable]
+    return VideoTable(
+        keys=np.array([k.encode() for k in usable], dtype=np.bytes_),
+        shot_starts=np.concatenate([[0], np.cumsum([len(n) for n in lengths])]).astype(np.int64),
+        shot_frames=np.fromiter((n for video in lengths for n in video), dtype=np.int32),
+        shards=shards,
+        spans=np.asarray(spans, dtype=np.int64).reshape(-1, 3),
+    )
 
 
 class StepClips(Dataset):
@@ -212,8 +257,8 @@ class StepClips(Dataset):
         return torch.stack(clips)
 
     def _clip(self, step: int, slot: int, video: int) -> torch.Tensor:
-        record = self.table.records[video]
-        clip = choose_clip(record, self.cfg, random.Random(f"{self.seed}/{step}/{slot}"), self.seed)
+        rng = random.Random(f"{self.seed}/{step}/{slot}")
+        clip = clip_of(self.table.key(video), self.table.shot_lengths(video), self.cfg, rng, self.seed)
         assert clip is not None, "VideoTable holds only videos that can supply a clip"
         frames = []
         members: dict[str, bytes] | None = None  # read from the shard at the first frame not cached
@@ -247,7 +292,7 @@ class StepClips(Dataset):
     def _check_span(self, video: int, data: bytes, start: int, end: int) -> None:
         """The span must start with a header of the video's own sample: an index that does not
         match its shards (a shard replaced, or a wrong span) is named instead of read as garbage."""
-        key = self.table.records[video]["key"]
+        key = self.table.key(video)
         first = first_member_name(data)
         short = len(data) != end - start
         if short or (first is not None and first.split(".", 1)[0] != key):
@@ -264,7 +309,7 @@ class StepClips(Dataset):
             raise UserError(f"{self._where(video)}: frame {name} missing or unreadable ({e})") from None
 
     def _where(self, video: int) -> str:
-        return f"{self.table.shards[int(self.table.spans[video, 0])]}: sample {self.table.records[video]['key']}"
+        return f"{self.table.shards[int(self.table.spans[video, 0])]}: sample {self.table.key(video)}"
 
     def _read(self, shard: int, start: int, end: int) -> bytes:
         """Bytes ``start:end`` of a shard: one ranged request for a URL, one seek + read of a local file."""

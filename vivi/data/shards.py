@@ -182,34 +182,41 @@ def read_records(index: Path) -> list[dict]:
 
 def parse_records(data: bytes, index: str) -> list[dict]:
     """The records in the bytes of index.jsonl ``index``; a torn last line is ignored."""
-    records = []
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines, 1):
+    return list(iter_records(data, index))
+
+
+def iter_records(data: bytes, index: str) -> Iterator[dict]:
+    """The records in the bytes of index.jsonl ``index``, one at a time; a torn last line is ignored."""
+    end = data.count(b"\n") + 1  # the number of the last line
+    for number, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            yield json.loads(line)
         except json.JSONDecodeError:
-            if number < len(lines):  # only the unterminated last line may be torn
+            if number < end:  # only the unterminated last line may be torn
                 raise UserError(f"{index}: line {number} is not JSON") from None
-    return records
 
 
 def read_index(outs: Iterable[str | Path]) -> list[dict]:
     """All records of one or several ingest outputs (local folders or URLs), with ``shard`` made
     an absolute path or a URL."""
-    records = []
+    return list(iter_index(outs))
+
+
+def iter_index(outs: Iterable[str | Path]) -> Iterator[dict]:
+    """The records of :func:`read_index` one at a time, for a reader that keeps little of each
+    (a million videos' records are tens of GB of Python objects)."""
     for out in outs:
         index = join(out, INDEX_NAME)
         data = read_bytes(index)
         if data is None:
             hint = "; upload the whole ingest folder as is" if is_url(out) else ""
             raise UserError(f"{out}: no {INDEX_NAME} (run `vivi ingest` into it first{hint})")
-        for record in parse_records(data, index):
+        for record in iter_records(data, index):
             if record.get("shard"):
                 record["shard"] = join(out, record["shard"])
-            records.append(record)
-    return records
+            yield record
 
 
 def sample_spans(shard: str) -> dict[str, tuple[int, int]]:

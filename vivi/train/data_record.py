@@ -64,8 +64,8 @@ def _text(d: dict | None) -> str:
 def _describe(source: VideoTable | ImageFolder) -> dict:
     h = hashlib.blake2b(digest_size=8)
     if isinstance(source, VideoTable):
-        for r in source.records:  # the key and the shape of each video: what the sampler draws from
-            h.update(f"{r['key']}:{[len(s.get('frames', [])) for s in r.get('shots', [])]};".encode())
+        for video in range(len(source)):  # the key and the shape of each video: what the sampler draws from
+            h.update(f"{source.key(video)}:{source.shot_lengths(video)};".encode())
         return {"kind": "videos", "items": len(source), "fingerprint": h.hexdigest()}
     for p, label in zip(source.paths, source.labels.tolist()):
         h.update(f"{os.path.relpath(p, source.root)}:{label};".encode())

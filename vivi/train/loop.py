@@ -34,7 +34,7 @@ from vivi.config import RunConfig, batch_lr_note
 from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
-from vivi.data.shards import read_index
+from vivi.data.shards import iter_index
 from vivi.errors import JobError, UserError, warn
 from vivi.models.backbone import save_backbone
 from vivi.models import build_model
@@ -86,7 +86,7 @@ def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageF
         folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
         cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)  # saved with the config
         return folder
-    return training_videos(read_index(data), cfg.data, ", ".join(str(d) for d in data))
+    return training_videos(iter_index(data), cfg.data, ", ".join(str(d) for d in data))
 
 
 def augment_in_loader(cfg: RunConfig) -> bool:
