@@ -368,9 +368,13 @@ def _source(given: str, base: Path, local: bool = False) -> Source:
 
 
 def source_key(location: str) -> str:
-    """Deterministic shard key: a readable sanitized stem plus a hash of the full location."""
+    """Deterministic shard key: a readable sanitized stem plus a hash of the full location.
+
+    A file name that is not UTF-8 (Latin-1 names from an old archive or disk) reaches Python
+    with its odd bytes as surrogates; they are hashed as those original bytes rather than
+    stopping the whole listing with a UnicodeEncodeError."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(location.split("?")[0]).stem)[:40] or "video"
-    digest = hashlib.sha1(location.encode()).hexdigest()[:10]
+    digest = hashlib.sha1(location.encode("utf-8", "surrogateescape")).hexdigest()[:10]
     return f"{stem}-{digest}"
 
 

@@ -127,9 +127,14 @@ class ImageTask:
     source: str = ""  # where the task was read from, for error messages
 
 
-def check_readable(task: ImageTask, train_y: np.ndarray, test_y: np.ndarray) -> None:
+def check_readable(
+    task: ImageTask, train_y: np.ndarray, test_y: np.ndarray, val_y: np.ndarray | None = None
+) -> None:
     """After dropping unreadable images every class must still have training images and the
-    test split some image: a class silently lost would change what is measured."""
+    test split some image: a class silently lost would change what is measured. With ``val_y``
+    (protocols that choose a setting on val) val must keep an image too: a small folder's
+    held-out fifth can be a single file, and when that one was broken the probe's sweep
+    stopped with a scikit-learn traceback about an empty array."""
     lost = sorted(set(range(len(task.classes))) - set(np.unique(train_y).tolist()))
     if lost:
         names = ", ".join(task.classes[c] for c in lost)
@@ -137,6 +142,11 @@ def check_readable(task: ImageTask, train_y: np.ndarray, test_y: np.ndarray) -> 
         raise UserError(f"{where}: no readable training image left in class {names}; {skipped_text(task)}")
     if len(test_y) == 0:
         raise UserError(f"{task.source or task.name}: no readable test image; {skipped_text(task)}")
+    if val_y is not None and len(val_y) == 0:
+        raise UserError(
+            f"{task.source or task.name}: no readable validation image (val/, or the fifth of train/ held out "
+            f"when there is no val/) to choose the probe's setting on; {skipped_text(task)}"
+        )
 
 
 def skipped_images(task: ImageTask) -> list[str]:

@@ -7,6 +7,7 @@ FFmpeg's swscale straight from the decoded YUV frame, so no full-size RGB copy i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,8 +76,15 @@ class Video:
         Packets are decoded one by one so a corrupt region costs only its own frames: a packet
         the decoder rejects is counted in :attr:`decode_errors` and skipped. A demuxer error
         (the container itself is broken from there on) ends the video early, also counted.
+
+        Times never go backwards: where the timestamps restart (MPEG-TS files joined with
+        ``cat``, a recorder's clock reset), the frames after the restart continue one frame
+        period after the last frame. Otherwise every frame past it would lie before the next
+        sampling time, and the rest of the video would silently yield no samples.
         """
         first_pts: int | None = None
+        offset = 0.0  # added after a timestamp restart, so times keep increasing
+        last_t = -math.inf
         index = 0
         for raw in self._decoded():
             pts, time_base = raw.pts, raw.time_base
@@ -87,6 +95,10 @@ class Video:
                 # = float((pts - first_pts) * time_base): integer true division rounds correctly
                 # too, without making a Fraction per frame
                 t = (pts - first_pts) * time_base.numerator / time_base.denominator
+            if t + offset < last_t:
+                offset = last_t + 1 / self.fps - t
+            t += offset
+            last_t = t
             yield Frame(index, t, raw)
             index += 1
 

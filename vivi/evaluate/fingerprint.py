@@ -54,7 +54,9 @@ def _update_with_images(h: "hashlib._Hash", split: ImageSplit, root: Path | None
     elif isinstance(split, FileSplit):
         for path in split.paths:
             rel = os.path.relpath(path, root) if root is not None else str(path)
-            h.update(f"{rel}\0{_size(path)}\0".encode())
+            # surrogateescape: a file name that is not UTF-8 hashes as its own bytes, not a crash
+            # (the same bytes as before for every UTF-8 name, so older results still match)
+            h.update(f"{rel}\0{_size(path)}\0".encode("utf-8", "surrogateescape"))
     elif hasattr(split, "blobs"):  # VTAB records: (container file, offset, length, name)
         for path, offset, length, name in split.blobs:
             h.update(f"{Path(path).name}\0{offset}\0{length}\0{name}\0".encode())

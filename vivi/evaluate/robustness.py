@@ -12,7 +12,8 @@ The classifier is a linear probe (logistic regression, C chosen on a held-out fi
 the model's frozen features of a labelled train set. Sources:
 
 - ``frames:DIR``: ``DIR/train/<class>/<any images>`` fit the probe;
-  ``DIR/test/<class>/<video_id>/<frames>`` are the sequences (frames sorted by file name).
+  ``DIR/test/<class>/<video_id>/<frames>`` are the sequences (frames sorted by file name,
+  numbers in names by value).
 - ``world[:DIR]``: a ``vivi synth`` folder (default: rendered once into the cache). Shots
   whose objects all share one class are sequences labelled with it; shots of the first
   half of the videos train the probe, the second half's are evaluated.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -164,15 +166,30 @@ def load_frame_folders(root: Path) -> RobustnessTask:
     sequences = []
     for label, cls in enumerate(classes):
         for video in sorted(p for p in (root / "test" / cls).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            frames = sorted(p for p in video.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            frames = sorted(_frame_files(video), key=frame_order)
             if not frames:
                 raise UserError(f"{video}: no frames (expected image files, sorted by name)")
             split = FileSplit(frames, np.full(len(frames), label))
             sequences.append(FrameSequence(f"{cls}/{video.name}", label, split))
-        loose = [p for p in (root / "test" / cls).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        loose = _frame_files(root / "test" / cls)
         if loose:
             raise UserError(f"{loose[0]}: frames must sit in a video folder (test/<class>/<video>/<frames>)")
     return RobustnessTask(root.resolve().name, classes, _file_split(train_files, classes), sequences, str(root))
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, hidden ones left out: a folder copied from a Mac
+    holds a ``._frame_0001.jpg`` AppleDouble file next to each frame, which is no image, and
+    counting it as a frame used to drop every sequence as "unreadable"."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()
+            and p.suffix.lower() in IMAGE_EXTENSIONS]  # fmt: skip
+
+
+def frame_order(path: Path) -> tuple[str | int, ...]:
+    """Sort key of a frame file: its name with runs of digits compared as numbers, so unpadded
+    ``frame_2.jpg`` comes before ``frame_10.jpg`` (plain name order put 10 next to 1, and pm-k
+    would judge frames seconds apart as neighbours); zero-padded names sort as before."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", path.name)))
 
 
 def _decode(path: Path) -> np.ndarray:

@@ -64,7 +64,7 @@ def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSetti
         )
         keep = split.readable()
         arrays += [feats[keep], split.labels[keep]]
-    check_readable(task, arrays[1], arrays[5])
+    check_readable(task, arrays[1], arrays[5], arrays[3])
     return arrays
 
 

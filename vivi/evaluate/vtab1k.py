@@ -198,7 +198,7 @@ class FinetuneTrials:
                 images = preload(split, self.image_size)
                 keep = split.readable()  # unreadable files were preloaded as black images: drop them
                 arrays += [images[torch.from_numpy(keep)], split.labels[keep]]
-            check_readable(task, arrays[1], arrays[5])
+            check_readable(task, arrays[1], arrays[5], arrays[3] if self.strict else None)  # the sweep needs val
             if not self.strict:
                 _note_smaller(task, self.scale, len(arrays[1]), len(arrays[3]))
             self._cache = (task.name, tuple(arrays))
