@@ -210,6 +210,13 @@ def test_high_bit_depth_greys_keep_their_brightness(tmp_path):
     Image.fromarray(np.full((4, 6), 0.5, np.float32)).save(tmp_path / "float.tif")
     for name in ("sixteen.png", "float.tif"):
         assert read_image(tmp_path / name)[:, 0, 0].tolist() == [128, 128, 128], name
+    # beyond 16 bits there is no standard white: scaled by the image's maximum, not clipped to white
+    ramp = np.arange(24).reshape(4, 6)
+    Image.fromarray((ramp * 50_000).astype(np.int32)).save(tmp_path / "counts.tif")  # up to 1.15e6
+    Image.fromarray((ramp * 400.0).astype(np.float32)).save(tmp_path / "depth_mm.tif")  # up to 9200
+    for name in ("counts.tif", "depth_mm.tif"):
+        grey = read_image(tmp_path / name)[0]
+        assert grey[0, 0] == 0 and grey[3, 5] == 255 and grey[1, 5] == round(11 / 23 * 255), name
 
 
 def test_unreadable_images_become_black_and_are_recorded_only_with_a_size(tmp_path):

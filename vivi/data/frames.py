@@ -137,15 +137,19 @@ def _short_side_to(size: int, w: int, h: int) -> tuple[int, int]:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Upright 8-bit RGB of any PIL image: EXIF orientation applied (phone photos), and 16-bit or
-    float greys scaled to 8 bits first (PIL's ``convert("RGB")`` clips them: a 16-bit PNG turns white)."""
+    float greys scaled to 8 bits first (PIL's ``convert("RGB")`` clips them: a 16-bit PNG turns white).
+    Greys beyond 16 bits (32-bit counts, a float depth map in millimetres) have no standard white:
+    they are scaled by the image's own maximum rather than clipped to a white image."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         values = np.asarray(img, dtype=np.float64)
         top = values.max(initial=0.0)
-        if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+        if img.mode.startswith("I;16") or (img.mode == "I" and 255 < top <= 65535):
             values = values / 257.0  # 16-bit range
         elif img.mode == "F" and top <= 1.0:
             values = values * 255.0  # float images in [0, 1]
+        elif top > 255:
+            values = values * (255.0 / top)
         img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     return img if img.mode == "RGB" else img.convert("RGB")
 
