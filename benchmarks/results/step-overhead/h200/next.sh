@@ -3,7 +3,7 @@
 #   run(command="bash benchmarks/results/step-overhead/h200/next.sh", carry=[".bench"], timeout_s=560)
 # after `vivi synth /tmp/W256 --videos 48 --size 256 && vivi ingest /tmp/W256 .bench/D256` here.
 # Re-times the step after session 13's last fixes (InfoNCE's scatter_, the loader-alone figure),
-# lists what still syncs, and times compile=true on the current code.
+# lists what still syncs, A/Bs cuDNN's LSTM against the unrolled one, and times compile=true.
 set -u
 export PYTHONPATH=$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 B="python3 benchmarks/step_overhead.py --data .bench/D256 --scale paper"
@@ -13,4 +13,6 @@ python3 -c "import torch, timm; print(torch.__version__, timm.__version__)" | te
 run syncs 60 python3 benchmarks/cuda_syncs.py --data .bench/D256 --set data.videos=8
 run v8 75 $B --set data.videos=8 --steps 10 --rounds 3 --warm-passes 1
 run v16 120 $B --set data.videos=16 --set log_every=5 --steps 10 --rounds 3 --loop-steps 40
-run v8_compile 240 $B --set data.videos=8 --set compile=true --steps 10 --rounds 2 --warm-passes 1
+L="python3 benchmarks/results/step-overhead/h200/lstm_ab.py"
+run v8_lstm_native 70 $L native --data .bench/D256 --scale paper --set data.videos=8 --steps 10 --rounds 3 --warm-passes 1
+run v8_compile 200 $B --set data.videos=8 --set compile=true --steps 10 --rounds 2 --warm-passes 1
