@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -13,6 +14,7 @@ from test_linear import TinyCNN, _image_folder
 from test_robustness import BLUE, MeanColour, _frames_dir, _png
 from vivi.data.ingest import ingest
 from vivi.data.shards import INDEX_NAME, read_records
+from vivi.data.shots import Shot, max_step_s, split_at_gaps
 from vivi.data.tasks import load_tasks
 from vivi.data.video import Video
 from vivi.errors import UserError
@@ -57,6 +59,78 @@ def test_timestamps_that_restart_keep_increasing_and_the_whole_video_is_sampled(
     assert len(record["shots"]) == 4  # the two shots of the second part too
     kept = [f["t"] for s in record["shots"] for f in s["frames"]]
     assert max(kept) >= 7.0
+
+
+def write_mkv(path: Path, rate: int, pts: list[int], colours: list[tuple[int, int, int]]) -> None:
+    """A Matroska clip declaring ``rate`` fps, frame i at ``pts[i] / rate`` seconds in ``colours[i]``."""
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for p, colour in zip(pts, colours):
+            frame = av.VideoFrame.from_ndarray(np.zeros((24, 32, 3), np.uint8) + np.array(colour, np.uint8), "rgb24")
+            frame.pts, frame.time_base = p, Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_a_declared_rate_far_from_the_timestamps_gives_way_to_the_measured_one(tmp_path):
+    """Browser MediaRecorder WebMs declare 1000 fps (their time base) for frames ~33 ms apart. The
+    detector took the 1 s minimum shot as 1000 frames and the video was skipped ("no stretch of
+    1 s without a cut"); the rate the timestamps show is used now, and recorded."""
+    path = tmp_path / "rate1000.mkv"
+    write_mkv(path, 1000, [i * 100 for i in range(40)], [(255, 0, 0)] * 20 + [(0, 0, 255)] * 20)
+    with Video(str(path)) as video:
+        assert video.fps == 1000.0  # what the file declares
+    ingest(path, tmp_path / "out", fps=1.0, progress=False)
+    [record] = read_records(tmp_path / "out" / INDEX_NAME)
+    assert record["status"] == "ok" and record["fps"] == 10.0 and record["duration_s"] == 4.0
+    assert [(s["start_frame"], s["end_frame"]) for s in record["shots"]] == [(0, 19), (20, 39)]
+
+
+def test_a_long_stretch_without_frames_ends_a_shot_where_frames_were_lost(tmp_path):
+    """Damage to a file (packets that fail to decode up to the next keyframe) leaves seconds with no
+    frame; the frames after it may repeat the last good picture. Frames on either side of such a
+    gap were joined into one shot, which could hold shots never seen."""
+    path = tmp_path / "damaged.mkv"
+    with av.open(str(path), "w", format="matroska") as container:  # three shots, a corner that changes
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(60):
+            image = np.zeros((48, 64, 3), np.uint8) + np.array(np.eye(3, dtype=np.uint8)[i // 20] * 255)
+            image[:24, :32] = 128 + i % 50
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, "rgb24")))
+        container.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 400] = bytes(400)  # zeros over some packets mid-file
+    path.write_bytes(bytes(data))
+    with Video(str(path)) as video:
+        times = [frame.t for frame in video.frames()]
+        assert video.decode_errors > 0 and max(b - a for a, b in zip(times, times[1:])) > max_step_s(10.0)
+    ingest(path, tmp_path / "out", fps=1.0, progress=False)
+    [record] = read_records(tmp_path / "out" / INDEX_NAME)
+    assert record["decode_errors"] > 0 and record["shots"]
+    for shot in record["shots"]:
+        inside = times[shot["start_frame"] : shot["end_frame"] + 1]
+        assert max(b - a for a, b in zip(inside, inside[1:])) <= max_step_s(10.0), shot
+
+
+def test_an_undamaged_still_held_for_seconds_stays_in_its_shot(tmp_path):
+    """A variable-rate screen recording emits a frame only when the picture changes: seconds between
+    frames there are a still picture held, not frames lost, and the shot goes on across them."""
+    path = tmp_path / "still.mkv"
+    write_mkv(path, 10, [*range(20), *range(60, 80)], [(255, 0, 0)] * 40)
+    ingest(path, tmp_path / "out", fps=1.0, progress=False)
+    [record] = read_records(tmp_path / "out" / INDEX_NAME)
+    assert record["fps"] == 10.0 and record["decode_errors"] == 0
+    shots = [(s["start_frame"], s["end_frame"], s["start_s"], s["end_s"]) for s in record["shots"]]
+    assert shots == [(0, 39, 0.0, 8.0)]
+
+
+def test_split_at_gaps_drops_pieces_shorter_than_a_shot():
+    times = [i / 10 for i in range(20)] + [6 + i / 10 for i in range(5)] + [9 + i / 10 for i in range(12)]
+    assert split_at_gaps([Shot(0, 36)], times, 10.0) == [Shot(0, 19), Shot(25, 36)]  # 5 frames < 1 s
+    assert split_at_gaps([Shot(0, 19), Shot(20, 36)], times[:20] + [2 + i / 10 for i in range(17)], 10.0) == [
+        Shot(0, 19), Shot(20, 36)]  # fmt: skip
 
 
 def test_frame_folders_skip_mac_clutter_and_order_unpadded_frame_numbers(tmp_path):

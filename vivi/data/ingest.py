@@ -42,7 +42,7 @@ from vivi.data.shards import (
     INDEX_NAME, SHARDS_DIR, SPOOL_DIR, Images, JpegSpool, ShardWriter, SpooledImages, append_records, image_name,
     recover,
 )
-from vivi.data.shots import DetectorParams, Shot
+from vivi.data.shots import DetectorParams, Shot, max_step_s, split_at_gaps
 from vivi.errors import Interrupts, UserError, warn
 
 VIDEO_EXTENSIONS = (
@@ -552,13 +552,13 @@ def _decode(source: Source, location: str, options: Options) -> _Pass:
     spool = JpegSpool(_spool_path(options, source)) if options.spool_dir else None
     try:
         with Video(location, options.decode_threads) as video:
-            detector = make_frame_detector(options.detector, video.fps)
+            detector = _RateCheckedDetector(options.detector, video.fps)
             width = 0
             for frame in video.frames():
                 if size is None:
                     size, width = display_size(frame), detector.width(frame.raw.width, frame.raw.height)
                 times.append(frame.t)
-                detector.push(video.thumbnail(frame, width, detector.pixel_format))
+                detector.push(video.thumbnail(frame, width, detector.pixel_format), frame.t)
                 if frame.t >= next_t - 1e-6:  # the first frame at or after each grid time k / fps
                     jpeg = _jpeg(video.upright_rgb(frame, options.short_side), options.jpeg_quality)
                     samples.append(_Sample(frame.index, frame.t, spool.append(jpeg) if spool else jpeg))
@@ -575,9 +575,56 @@ def _decode(source: Source, location: str, options: Options) -> _Pass:
             spool.path.unlink(missing_ok=True)
         errors = f" ({video.decode_errors} packets failed to decode: {video.last_error})" if video.decode_errors else ""
         raise VideoError(f"no decodable video frames{errors}")
-    return _Pass(
-        video.fps, size, times, samples, detector.shots(), video.decode_errors, str(spool.path) if spool else ""
-    )
+    shots = detector.shots()
+    if video.decode_errors:  # frames lost to damage: a long step between two frames may hide shots never seen
+        shots = split_at_gaps(shots, times, detector.fps)
+    return _Pass(detector.fps, size, times, samples, shots, video.decode_errors, str(spool.path) if spool else "")
+
+
+class _RateCheckedDetector:
+    """The ``--detector`` for one video, made at the frame rate its first frames' timestamps show
+    when the declared rate is far off (:func:`vivi.data.video.measured_fps`): detectors count
+    their durations (window, minimum shot, transitions) in frames. Their small images wait until
+    ``RATE_PROBE_FRAMES`` timestamps are known (a few MB at most), then go in in order."""
+
+    def __init__(self, name: str, declared_fps: float) -> None:
+        from vivi.data.video import RATE_PROBE_FRAMES
+
+        self._name = name
+        self._probe_frames = RATE_PROBE_FRAMES
+        self.fps = declared_fps  # the rate the detector uses, once :meth:`shots` is called
+        self._detector = make_frame_detector(name, declared_fps)
+        self.pixel_format = self._detector.pixel_format  # as width(): not a matter of the rate
+        self._waiting: list[np.ndarray] | None = []  # None once the detector is settled
+        self._times: list[float] = []
+
+    def width(self, frame_width: int, frame_height: int) -> int:
+        return self._detector.width(frame_width, frame_height)
+
+    def push(self, image: np.ndarray, t: float) -> None:
+        """Account for the next frame in decode order, shown at ``t`` seconds."""
+        if self._waiting is None:
+            self._detector.push(image)
+            return
+        self._waiting.append(image)
+        self._times.append(t)
+        if len(self._waiting) >= self._probe_frames:
+            self._settle()
+
+    def shots(self) -> list[Shot]:
+        if self._waiting is not None:
+            self._settle()
+        return self._detector.shots()
+
+    def _settle(self) -> None:
+        from vivi.data.video import measured_fps
+
+        fps = measured_fps(self.fps, self._times)
+        if fps != self.fps:
+            self.fps, self._detector = fps, make_frame_detector(self._name, fps)
+        waiting, self._waiting = self._waiting or [], None
+        for image in waiting:
+            self._detector.push(image)
 
 
 def _assign(key: str, decoded: _Pass) -> tuple[list[dict], Images]:
@@ -591,7 +638,7 @@ def _assign(key: str, decoded: _Pass) -> tuple[list[dict], Images]:
         lo, hi = bisect_left(sample_frames, shot.start_frame), bisect_right(sample_frames, shot.end_frame)
         if lo == hi:
             continue
-        end_s = times[shot.end_frame + 1] if shot.end_frame + 1 < len(times) else decoded.duration
+        end_s = _end_time(decoded, shot.end_frame)
         entries.append({
             "start_frame": shot.start_frame, "end_frame": shot.end_frame,
             "start_s": round(times[shot.start_frame], 3), "end_s": round(end_s, 3),
@@ -602,6 +649,17 @@ def _assign(key: str, decoded: _Pass) -> tuple[list[dict], Images]:
     if decoded.spool:
         return entries, SpooledImages(decoded.spool, names, [s.jpeg for s in kept])  # type: ignore[misc]
     return entries, [(name, s.jpeg) for name, s in zip(names, kept)]  # type: ignore[misc]
+
+
+def _end_time(decoded: _Pass, frame: int) -> float:
+    """When a shot ending at ``frame`` ends: the next frame's time (a frame shows until the next
+    one: a variable-rate screen recording holds a still picture for seconds), or one frame period
+    after it where the video ends or, in a damaged video, frames were lost (see
+    :func:`vivi.data.shots.split_at_gaps`)."""
+    times, t = decoded.times, decoded.times[frame]
+    if frame + 1 < len(times) and not (decoded.decode_errors and times[frame + 1] - t > max_step_s(decoded.fps)):
+        return times[frame + 1]
+    return t + 1 / decoded.fps
 
 
 def _jpeg(rgb: np.ndarray, quality: int) -> bytes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -279,6 +279,45 @@ def _split_at(segments: list[Shot], frames: list[int]) -> list[Shot]:
             start = f + 1
         if start <= segment.end_frame:
             pieces.append(Shot(start, segment.end_frame))
+    return pieces
+
+
+GAP_PERIODS = 4  # a step between frames this many frame periods long (and over min_shot_s) is a gap
+
+
+def max_step_s(fps: float, min_shot_s: float = DetectorParams.min_shot_s) -> float:
+    """The longest step between consecutive frames' times that can lie inside a shot of a damaged
+    video.
+
+    There a longer stretch without decoded frames (packets that failed to decode up to the next
+    keyframe) could hold a whole shot we never saw, and a frame-count detector sees the frames on
+    either side as neighbours: after damage a decoder may even repeat the last good picture, so no
+    cut shows. Steps of a few frame periods (a dropped frame, a variable rate) stay inside shots;
+    so do the wide steps of very low frame rates. (In an undamaged video a long step is a still
+    picture held, as a variable-rate screen recording does, and is left alone.)
+    """
+    return max(min_shot_s, GAP_PERIODS / fps)
+
+
+def split_at_gaps(
+    shots: list[Shot], times: Sequence[float], fps: float, min_shot_s: float = DetectorParams.min_shot_s
+) -> list[Shot]:
+    """``shots`` split where consecutive frames' times (``times``: one per decoded frame) are more
+    than :func:`max_step_s` apart; pieces shorter than ``min_shot_s`` (in frames at ``fps``, as the
+    detectors count it) are dropped. Shots without such a gap are returned as they are."""
+    steps = np.diff(np.asarray(times, dtype=np.float64))
+    gaps = np.flatnonzero(steps > max_step_s(fps, min_shot_s)).tolist()  # frame i is followed by a gap
+    if not gaps:
+        return shots
+    min_len = max(1, round(min_shot_s * fps))
+    pieces = []
+    for shot in shots:
+        inside = gaps[bisect_left(gaps, shot.start_frame) : bisect_left(gaps, shot.end_frame)]
+        if not inside:
+            pieces.append(shot)
+            continue
+        starts, ends = [shot.start_frame, *(g + 1 for g in inside)], [*inside, shot.end_frame]
+        pieces += [Shot(a, b) for a, b in zip(starts, ends) if b - a + 1 >= min_len]
     return pieces
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import av
@@ -20,6 +20,8 @@ DEFAULT_FPS = 25.0  # assumed when a stream declares no frame rate at all
 # libavformat's AVFMT_NOTIMESTAMPS: a container without timestamps of its own (a raw .h264, .hevc
 # or .m4v elementary stream); its demuxer declares an average rate of 25 fps whatever the video says
 AVFMT_NOTIMESTAMPS = 0x0080
+RATE_PROBE_FRAMES = 32  # frames whose timestamps :func:`measured_fps` looks at
+RATE_MISMATCH = 2.0  # a declared rate this many times off the timestamps' is not the frame rate
 
 
 class VideoError(Exception):
@@ -171,6 +173,24 @@ def _nominal_fps(stream: av.video.stream.VideoStream, timestamps: bool = True) -
     rates = (stream.average_rate, stream.guessed_rate) if timestamps else (stream.guessed_rate, stream.average_rate)
     rate = next((r for r in rates if r), None)
     return float(rate) if rate else DEFAULT_FPS
+
+
+def measured_fps(declared: float, times: Sequence[float]) -> float:
+    """The frame rate to use: the declared one, unless the timestamps of the first frames
+    (``times``, about :data:`RATE_PROBE_FRAMES` of them) space frames more than
+    :data:`RATE_MISMATCH` times closer or farther apart, then the rate they show (one over the
+    median step between distinct times, so a gap or a repeated timestamp does not sway it).
+
+    Muxers often declare a time base rather than a rate: browser MediaRecorder WebMs say 1000 fps
+    ("1k tbr") for 30 frames a second, which turned the detector's 1 s minimum shot into 1000
+    frames and skipped good videos. Small disagreements (29.97 vs 30, a variable rate's average)
+    keep the declared rate, so ordinary videos are measured in the frames they always were.
+    """
+    steps = sorted(b - a for a, b in zip(times, times[1:]) if b > a)
+    if not steps:
+        return declared
+    rate = 1.0 / steps[len(steps) // 2]
+    return rate if max(rate / declared, declared / rate) > RATE_MISMATCH else declared
 
 
 def _has_timestamps(container: av.container.InputContainer) -> bool:
