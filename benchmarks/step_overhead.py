@@ -55,7 +55,7 @@ import torch
 
 from vivi.config import apply_overrides, preset
 from vivi.data.augment import StepAugment, augment
-from vivi.data.batches import make_loader, training_videos
+from vivi.data.batches import loader_workers, make_loader, training_videos
 from vivi.data.shards import read_index
 from vivi.models.backbone import build_backbone
 from vivi.models.vivi import VIVIModel, param_groups
@@ -264,6 +264,8 @@ def main() -> None:
         cfg = apply_overrides(cfg, ["data.workers=0"])
         if a.loop_steps:
             ap.error("--loop-steps times the real loop by its logged wall-clock rate: not with --cpu-time")
+    setting = cfg.data.workers
+    cfg = apply_overrides(cfg, [f"data.workers={loader_workers(setting, device)}"])  # as vivi pretrain resolves it
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data or _make_data(Path(tmp))
         table = training_videos(read_index([data]), cfg.data, str(data))
@@ -272,7 +274,7 @@ def main() -> None:
         amp = amp_mode(cfg, device)
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {torch.get_num_threads()}"
         print(f"{a.preset} {a.scale}: {v}x{k}x{f} = {per_step} frames of {s}px per step; {where}, torch {torch.__version__}, "
-              f"loader workers {cfg.data.workers}, cores {os.cpu_count()}, channels_last {cfg.channels_last}, amp {amp}, "
+              f"loader workers {cfg.data.workers} (data.workers={setting}), cores {os.cpu_count()}, channels_last {cfg.channels_last}, amp {amp}, "
               f"compile {cfg.compile}, cudnn.benchmark {a.cudnn_benchmark}, malloc {malloc}; clock: {'CPU time' if a.cpu_time else 'wall'}")
 
         in_loader = augment_in_loader(cfg)

@@ -92,3 +92,37 @@ def test_a_smaller_batch_with_the_presets_lr_is_warned_about():
     assert batch_lr_note(apply_overrides(preset("VITO", "paper"), ["data.videos=4", "optim.lr=0.001"])) is None
     assert batch_lr_note(preset("VIVI-Ex(4)", "paper")) is None
     assert batch_lr_note(apply_overrides(preset("VIVI-Ex(4)"), ["seed=3"])) is None
+
+
+def test_loader_workers_take_a_count_or_auto():
+    assert preset("VIVI-Ex(4)").data.workers == "auto" and preset("VIVI-Ex(4)", "paper").data.workers == 8
+    assert apply_overrides(preset("VIVI-Ex(4)"), ["data.workers=3"]).data.workers == 3
+    assert apply_overrides(preset("VIVI-Ex(4)", "paper"), ["data.workers=auto"]).data.workers == "auto"
+    for bad in ("data.workers=two", "data.workers=-1"):
+        with pytest.raises(UserError, match="data.workers"):
+            apply_overrides(preset("VIVI-Ex(4)"), [bad])
+    saved = from_dict(json.loads(preset("VIVI-Ex(4)").to_json()))
+    assert saved.data.workers == "auto"
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "local", "device", "expected"),
+    [
+        (2, 2, 1, "cpu", 0),  # a 2-core laptop: torch's threads take both cores
+        (8, 4, 1, "cpu", 1),  # cores to spare (OMP_NUM_THREADS=4, or hyperthreads beyond the physical cores)
+        (8, 4, 2, "cpu", 0),  # two torchrun processes of 4 threads each take all 8
+        (2, 2, 1, "cuda", 1),  # the CPU waits while the GPU computes: a worker fills that time
+    ],
+)
+def test_auto_loader_workers_leave_torchs_cores_alone(monkeypatch, cores, threads, local, device, expected):
+    import os
+
+    import torch
+
+    from vivi.data.batches import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+    assert loader_workers("auto", torch.device(device)) == expected
+    assert loader_workers(3, torch.device(device)) == 3

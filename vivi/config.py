@@ -46,7 +46,9 @@ class DataConfig:
     frames: int = 8  # F (for mode "frame": the number of augmented copies of the one frame)
     max_gap: int = 2  # mode "pairs": the displacement is uniform in 0..max_gap samples (~seconds at 1 Hz)
     load_size: int = 96  # frames are resized (short side) and centre-cropped to this square on load
-    workers: int = 1  # loader processes (each builds whole batches; any count gives the same data)
+    # loader processes (each builds whole batches; any count gives the same data); "auto": one, or none
+    # on a CPU whose cores torch's threads already take (vivi.data.batches.loader_workers)
+    workers: int | str = "auto"
     cache_mb: int = 512  # decoded frames kept per loader process (0: none); see vivi.data.frames.FrameCache
     labelled: str = ""  # co-training: "imagefolder:DIR" of labelled images (DIR/<class>/*), "" for none
     labelled_fraction: float = 1.0  # class-balanced fraction of the labelled images used (Co(10%): 0.1)
@@ -329,8 +331,19 @@ def batch_lr_note(cfg: RunConfig) -> str | None:
             f"--set optim.lr={scaled:.2g} (square-root scaling, as the tiny scale is derived)")
 
 
+# Fields that take a count or "auto" (resolved where the run starts, on its machine).
+COUNT_OR_AUTO = ("data.workers",)
+
+
 def _parse_value(raw: str, current: Any, key: str) -> Any:
     """Cast a command-line string to the type of the field it overrides."""
+    if key in COUNT_OR_AUTO:
+        if raw.strip().lower() == "auto":
+            return "auto"
+        try:
+            return int(raw)
+        except ValueError:
+            raise UserError(f"--set {key}={raw}: expected a number or auto") from None
     try:
         if isinstance(current, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -433,8 +446,10 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("data.mode=pairs takes data.shots=1 and data.frames=2 (the two views)")
     if d.max_gap < 0:
         raise UserError(f"data.max_gap={d.max_gap}: expected >= 0 samples")
-    if d.workers < 0 or d.cache_mb < 0:
-        raise UserError(f"data.workers={d.workers}, data.cache_mb={d.cache_mb}: expected >= 0")
+    if d.workers != "auto" and not (type(d.workers) is int and d.workers >= 0):
+        raise UserError(f"data.workers={d.workers!r}: expected a number >= 0 or 'auto'")
+    if d.cache_mb < 0:
+        raise UserError(f"data.cache_mb={d.cache_mb}: expected >= 0")
     if cfg.model.pooling not in ("mean", "attention"):
         raise UserError(f"model.pooling={cfg.model.pooling!r}: expected 'mean' or 'attention'")
     if not 0 <= cfg.optim.ema_momentum <= 1:

@@ -73,7 +73,7 @@ def run_demo(out: Path, seeds: int = 1, videos: int | None = None, steps: int | 
             if (run / "backbone.safetensors").is_file():
                 print("      already trained, skipped")
             else:
-                overrides = [f"seed={seed}", "data.workers=1"] + ([f"optim.steps={steps}"] if steps else [])
+                overrides = [f"seed={seed}"] + ([f"optim.steps={steps}"] if steps else [])
                 pretrain(apply_overrides(preset(name, "tiny"), overrides), [data], run)
             _done(t)
             models.append((name, str(run), seed))

@@ -101,7 +101,7 @@ def train(name: str, seed: int, size: StudySize, data: Path, labelled: Path, run
     run = runs / f"{slug(name)}-s{seed}"
     if (run / "backbone.safetensors").is_file():
         return run
-    overrides = [f"seed={seed}", f"optim.steps={size.steps}", "data.workers=1"]
+    overrides = [f"seed={seed}", f"optim.steps={size.steps}"]
     cfg = model_config(name, overrides)
     if cfg.data.labelled_batch > 0:
         cfg = apply_overrides(cfg, [f"data.labelled=imagefolder:{labelled}"])

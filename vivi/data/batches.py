@@ -333,6 +333,25 @@ class StepClips(Dataset):
         return f
 
 
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """The loader processes ``data.workers`` asks for: a number as given; ``auto``: one, except on a
+    CPU whose cores the threads of torch (of every training process on the machine) already take.
+
+    There a worker process preempts one of torch's threads, and every parallel op spins until that
+    thread runs again, so the worker's few ms of decoding per batch cost the step several times
+    their length. In the training process the loader's work costs just its own time: the real
+    ``vivi pretrain`` loop at tiny scale on 2 cores took 143 ms per step against 166 with a worker
+    (benchmarks/results/step-overhead). On a GPU the CPU is free while the device computes: one worker.
+    """
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's training processes on this machine
+    return 1 if cores > torch.get_num_threads() * processes else 0
+
+
 def step_loader(dataset: Dataset, start: int, steps: int, workers: int, pin: bool = False) -> Iterator[Any]:
     """Items ``start .. steps-1`` of a step-indexed dataset, in order, built by ``workers`` processes;
     ``pin``: in page-locked memory (for a CUDA device: the copy then leaves the CPU free at once)."""
@@ -362,4 +381,5 @@ def make_loader(
     turns them into something else inside the loader workers (e.g. :class:`vivi.data.augment.StepAugment`);
     ``pin``: delivered in page-locked memory, for a copy to a CUDA device."""
     clips = StepClips(table, cfg, seed, rank, world)
-    return step_loader(wrap(clips) if wrap else clips, start, steps, cfg.workers, pin)
+    workers = loader_workers(cfg.workers, torch.device("cuda" if pin else "cpu"))  # pinned: for a CUDA device
+    return step_loader(wrap(clips) if wrap else clips, start, steps, workers, pin)

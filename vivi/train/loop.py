@@ -32,7 +32,7 @@ from tqdm import tqdm
 from vivi.atomic import write_text_atomic
 from vivi.config import RunConfig, batch_lr_note
 from vivi.data.augment import StepAugment, augment, hsv_jitter
-from vivi.data.batches import VideoTable, make_loader, rank_slice, training_videos
+from vivi.data.batches import VideoTable, loader_workers, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import iter_index
 from vivi.errors import JobError, UserError, warn
@@ -256,6 +256,7 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     if ctx.main:
         write_text_atomic(out / "config.json", cfg.to_json() + "\n")
         write_data_record(out, record)
+    cfg.data.workers = loader_workers(cfg.data.workers, device)  # for this machine ("auto" stays in config.json)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(device)
