@@ -17,7 +17,7 @@ from typing import Any
 from vivi.data.batches import VideoTable
 from vivi.data.images import ImageFolder
 from vivi.atomic import write_json_atomic
-from vivi.errors import UserError, warn
+from vivi.errors import JobError, UserError, warn
 
 NAME = "data.json"
 
@@ -44,7 +44,7 @@ def check_same_data(run: Path, record: dict, main: bool = True) -> None:
         raise UserError(f"{path}: unreadable ({e}); restore it or use a new --out folder") from None
     for what, was, now in (("training data", old, record), ("labelled images", old.get("labelled"), record.get("labelled"))):
         if (was or {}).get("fingerprint") != (now or {}).get("fingerprint"):
-            raise UserError(
+            raise JobError(
                 f"{run}: was trained on other {what}: {_text(was)} then, {_text(now)} now; a resume needs the same "
                 "data (each batch is a function of the step over it): pass that data or use a new --out folder"
             )

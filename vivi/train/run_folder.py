@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vivi.config import RunConfig, from_dict
-from vivi.errors import JobError, UserError
+from vivi.errors import JobError
 from vivi.train.distributed import all_gather_objects, disagreements
 
 # How the run is executed, not what it computes (tested: any worker count and cache size give
@@ -47,9 +47,9 @@ def check_resume_config(run: Path, cfg: RunConfig) -> None:
     old = {k: v for k, v in flat(from_dict(json.loads(saved.read_text())).to_dict()).items() if k not in RUNTIME_ONLY}
     new = {k: v for k, v in flat(cfg.to_dict()).items() if k not in RUNTIME_ONLY}
     differ = [(k, old.get(k), new.get(k)) for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
-    if differ:
+    if differ:  # every process reads this one file (they agreed on the folder): all stop alike
         listed = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in differ[:4])
-        raise UserError(
+        raise JobError(
             f"{run}: holds a run with a different config ({listed}; see {saved}); resume with the same "
             "settings or use a new --out folder to start afresh"
         )
