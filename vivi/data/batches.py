@@ -253,10 +253,14 @@ class StepClips(Dataset):
 
     def __getitem__(self, step: int) -> torch.Tensor:
         videos = step_positions(step, self.cfg.videos, len(self.table), self.seed)
-        clips = [self._clip(step, slot, int(videos[slot])) for slot in range(self.slots.start, self.slots.stop)]
-        return torch.stack(clips)
+        d, slots = self.cfg, range(self.slots.start, self.slots.stop)
+        out = torch.empty(len(slots), d.shots, d.frames, 3, d.load_size, d.load_size, dtype=torch.uint8)
+        for clip, slot in zip(out, slots):  # each frame copied once, straight into the batch
+            torch.stack(self._frames(step, slot, int(videos[slot])), out=clip.view(-1, *clip.shape[2:]))
+        return out
 
-    def _clip(self, step: int, slot: int, video: int) -> torch.Tensor:
+    def _frames(self, step: int, slot: int, video: int) -> list[torch.Tensor]:
+        """The clip of ``slot`` at ``step``: its K x F frames in order, uint8 ``[3, S, S]`` each."""
         rng = random.Random(f"{self.seed}/{step}/{slot}")
         clip = clip_of(self.table.key(video), self.table.shot_lengths(video), self.cfg, rng, self.seed)
         assert clip is not None, "VideoTable holds only videos that can supply a clip"
@@ -268,8 +272,7 @@ class StepClips(Dataset):
                 members = members if members is not None else self._read_members(video)
                 frame = self.cache.put((video, sf), self._decode(video, members, frame_name(*sf)))
             frames.append(frame)
-        size = self.cfg.load_size
-        return torch.stack(frames).view(len(clip.frames), len(clip.frames[0]), 3, size, size)
+        return frames
 
     def _read_members(self, video: int) -> dict[str, bytes]:
         """The video's tar members by suffix (``s000.f003.jpg`` ...), from one seek + read of its span."""
