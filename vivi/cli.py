@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from vivi.config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE
 from vivi.data.files import output_dir
-from vivi.errors import Interrupts, UserError, rank_zero
+from vivi.errors import Interrupts, UserError, listed, rank_zero, warn
 
 
 def _synth(a: argparse.Namespace) -> None:
@@ -36,6 +37,8 @@ def _ingest(a: argparse.Namespace) -> None:
 def _ingest_stats(a: argparse.Namespace) -> None:
     from vivi.data.stats import format_stats, ingest_stats
 
+    if a.o:  # a file there was "afile: File exists", after every index was read
+        output_dir(Path(a.o), create=False)
     stats, pngs = ingest_stats(a.outs, Path(a.o) if a.o else None)
     print(format_stats(stats))
     print("wrote " + " and ".join(str(p) for p in pngs))
@@ -68,12 +71,34 @@ def _study(a: argparse.Namespace) -> None:
     run_study(Path(a.o), study_size("quick" if a.quick else "default", a.seeds, a.steps, a.models, a.protocols))
 
 
+def _preset(name: str, scale: str):  # -> RunConfig
+    """:func:`vivi.config.preset`, with a hint when the name or scale differs from a valid one only
+    in case or spaces (``vivi-ex(4)``, ``'VIVI-Ex(4) '``, ``PAPER``): the list of every name alone
+    left the user to spot the difference."""
+    from vivi.config import AA_SUFFIX, ATTN_SUFFIX, PRESET_NAMES, SCALES, preset
+
+    try:
+        return preset(name, scale)
+    except UserError as e:
+        def key(text: str) -> str:
+            return "".join(text.split()).lower()
+
+        names = [f"{n}{attn}{aa}" for n in PRESET_NAMES for attn in ("", ATTN_SUFFIX) for aa in ("", AA_SUFFIX)]
+        swapped = name.replace(AA_SUFFIX + ATTN_SUFFIX, ATTN_SUFFIX + AA_SUFFIX)  # the suffixes go +Attn, then -AA
+        for given, valid, what in ((name, names, "preset"), (scale, SCALES, "scale")):
+            forms = {key(given), key(swapped)} if what == "preset" else {key(given)}
+            match = next((v for v in valid if key(v) in forms and v != given), None)
+            if match:
+                raise UserError(f"unknown {what} {given!r}: did you mean {match!r}? (names are exact, case included)") from None
+        raise e from None
+
+
 def _pretrain(a: argparse.Namespace) -> None:
-    from vivi.config import apply_overrides, preset
+    from vivi.config import apply_overrides
     from vivi.data.remote import is_url
     from vivi.train.loop import pretrain
 
-    cfg = preset(a.preset, a.scale)
+    cfg = _preset(a.preset, a.scale)
     overrides = list(a.set or [])
     if a.seed is not None:
         overrides.append(f"seed={a.seed}")
@@ -95,20 +120,45 @@ def _pretrain(a: argparse.Namespace) -> None:
             )
         sources = a.data
     out = output_dir(Path(a.out), create=False)  # a file there is found now, not after the data is read
+    _check_run_folder(out, [d for d in sources if not is_url(d)])
     run = pretrain(cfg, [d if is_url(d) else Path(d) for d in sources], out)  # a URL stays a string
     if rank_zero():  # the one that wrote it
         print(f"backbone: {run / 'backbone.safetensors'}  (load with vivi.load_backbone({str(run)!r}))")
 
 
+# What `vivi pretrain` writes into a run folder: one of them there makes the folder a run to resume.
+RUN_FILES = ("config.json", "data.json", "checkpoints", "metrics.jsonl", "tb", "backbone.safetensors")
+
+
+def _check_run_folder(out: Path, sources: list[str]) -> None:
+    """Refuse an --out that is the training data (a run was written into the ingested or image
+    folder itself); warn of a folder of other files with no run in it (a mistyped --out, a home
+    folder), where checkpoints and TensorBoard files get mixed in. Only a warning: a job's own log
+    often lands there first (``> RUN/train.log``, SLURM's ``--output``), and nothing is overwritten."""
+    if not out.is_dir():
+        return
+    for source in sources:
+        if Path(source).is_dir() and out.resolve() == Path(source).resolve():
+            raise UserError(f"--out {out}: is also the training data (--data/--images {source}); "
+                            "choose a folder of its own for the run")  # fmt: skip
+    if (out / "index.jsonl").is_file() or (out / "ingest.json").is_file():
+        raise UserError(f"--out {out}: is an ingested data folder (it holds index.jsonl); choose a folder of its own for the run")
+    if any((out / name).exists() for name in RUN_FILES):
+        return  # a run to resume (or one whose settings the trainer compares and refuses)
+    others = sorted(p.name for p in itertools.islice(out.iterdir(), 1000) if not p.name.startswith("."))
+    if others:
+        warn(f"--out {out}: holds other files ({listed(others)}) and no vivi run yet; the run's files go in beside them")
+
+
 def _presets(a: argparse.Namespace) -> None:
-    from vivi.config import PRESET_NAMES, preset
+    from vivi.config import PRESET_NAMES
 
     names = [a.name] if a.name else list(PRESET_NAMES)
     if a.json:
-        print(json.dumps({n: preset(n, a.scale).to_dict() for n in names}, indent=2))
+        print(json.dumps({n: _preset(n, a.scale).to_dict() for n in names}, indent=2))
         return
     for n in names:
-        c = preset(n, a.scale)
+        c = _preset(n, a.scale)
         d, o = c.data, c.optim
         print(
             f"{n:<24} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} frame_loss={c.loss.frame_loss:<8} "
@@ -142,8 +192,12 @@ def _evaluate(a: argparse.Namespace) -> None:
     if a.protocol not in protocols:
         raise UserError(f"--protocol {a.protocol}: unknown protocol (available: {', '.join(protocols)})")
     scale = vtab1k_scale(a.scale)
+    if a.out is not None and not a.out.strip():  # "" evaluated everything and wrote it nowhere
+        raise UserError("--out '': expected a results file name, e.g. --out results/model.json")
     if a.out:
         output_dir(Path(a.out).parent, create=False)  # an unusable --out is found now, not after the first task
+        if Path(a.out).is_dir():
+            raise UserError(f"--out {a.out}: is a folder; --out names the results file, e.g. {Path(a.out) / 'results.json'}")
     enc = load_encoder(a.model, device=a.device, seed=a.seed, image_size=a.image_size)
     cache, out, name = Path(a.cache) if a.cache else None, Path(a.out) if a.out else None, a.name or enc.name
     if a.protocol == "robustness":
@@ -320,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="a run folder trained with model.pooling=attention")
     s.add_argument("frames", nargs="+", help="image files or folders of images")
     s.add_argument("-o", required=True, metavar="DIR")
-    s.add_argument("--max", type=int, default=16, help="at most this many frames")
+    s.add_argument("--max", type=_positive(int), default=16, help="at most this many frames")
     s.set_defaults(func=_attention)
 
     s = sub.add_parser("curate", help="select videos whose class histogram matches a target (VideoNet-style)")
@@ -338,12 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="the paper's ablation on the built-in world, seeds, medians, claims checked")
     s.add_argument("-o", required=True, metavar="DIR", help="everything goes here; re-running resumes")
     s.add_argument("--quick", action="store_true", help="minutes: 40 videos, 20 steps, 1 seed, 3 tasks, linear only")
-    s.add_argument("--seeds", type=int, help="pretraining seeds (default 3)")
-    s.add_argument("--steps", type=int, help="pretraining steps per run (default 1200)")
+    s.add_argument("--seeds", type=_positive(int), help="pretraining seeds (default 3)")
+    s.add_argument("--steps", type=_positive(int), help="pretraining steps per run (default 1200)")
     s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn); "
                    "PRESET@key=value[@key=value] is a variant with settings changed, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
     s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~15 min per run)")
-    s.set_defaults(func=_study)
+    s.set_defaults(func=_sigterm_as_sigint(_study))  # SIGTERM mid-evaluation killed it silently
 
     s = sub.add_parser("presets", help="list the presets with their resolved settings")
     s.add_argument("name", nargs="?")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,12 +357,36 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
         if isinstance(current, float):
             return float(raw)
         if isinstance(current, list):
-            value = json.loads(raw) if raw.strip().startswith("[") else [x for x in raw.split(",") if x]
-            kind = type(current[0]) if current else float
-            return [kind(v) for v in value]
+            return _parse_list(raw, current, key)
         return raw
     except (ValueError, json.JSONDecodeError):
         raise UserError(f"--set {key}={raw}: expected a value of type {type(current).__name__}") from None
+
+
+def _parse_list(raw: str, current: list, key: str) -> list:
+    """``1,1`` or ``[1, 1]`` as a list of the field's item type; a nested list, a number for a
+    word or ``1.5`` for a count is refused by name (``int([2])`` was a TypeError traceback)."""
+    kind = type(current[0]) if current else float
+    want = {int: "whole numbers", float: "numbers", str: "words"}.get(kind, kind.__name__)
+    bad = UserError(f"--set {key}={raw}: expected a list of {want}, e.g. {key}={','.join(map(str, current)) or '1,2'}")
+    try:
+        value = json.loads(raw) if raw.strip().startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
+    except json.JSONDecodeError:
+        raise bad from None
+    if not isinstance(value, list) or any(isinstance(v, (list, dict, bool)) or v is None for v in value):
+        raise bad
+    try:
+        parsed = [kind(v) for v in value]
+    except (TypeError, ValueError):
+        raise bad from None
+    if kind is int and any(isinstance(v, float) and not v.is_integer() for v in value):
+        raise bad  # int(1.5) would be 1, silently
+    return parsed
+
+
+def _is_setting(node: Any, name: str) -> bool:
+    """Whether ``name`` is a field of the config dataclass ``node`` (methods and properties are not)."""
+    return dataclasses.is_dataclass(node) and name in {f.name for f in dataclasses.fields(node)}
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -375,13 +400,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         target: Any = cfg
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            if not _is_setting(target, part):
                 raise UserError(f"--set {key}: unknown setting; see `vivi presets` for the fields")
             target = getattr(target, part)
         leaf = parts[-1]
-        if not dataclasses.is_dataclass(target) or not hasattr(target, leaf) or dataclasses.is_dataclass(
-            getattr(target, leaf)
-        ):
+        # a field, not any attribute: `to_dict` (a method) or `shots_per_batch` (a property) were
+        # set and failed later with a traceback
+        if not _is_setting(target, leaf) or dataclasses.is_dataclass(getattr(target, leaf)):
             raise UserError(f"--set {key}: unknown setting; see `vivi presets` for the fields")
         setattr(target, leaf, _parse_value(raw, getattr(target, leaf), key))
         schedule_set |= key in ("optim.warmup_steps", "optim.decay_steps")
@@ -482,6 +507,37 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.augment.image_size > d.load_size:
         raise UserError(f"augment.image_size={cfg.augment.image_size} exceeds data.load_size={d.load_size}")
+    _validate_shapes(cfg)
+
+
+# "auto", or a device torch names: cuda with an optional index, mps, cpu
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+NORMS = ("batchnorm", "groupnorm_ws")
+
+
+def _validate_shapes(cfg: RunConfig) -> None:
+    """The backbone, augmentation and device settings, checked before any data is read: timm zips
+    ``layers`` with ``channels`` (``layers=1,1`` silently dropped two stages, ``layers=`` trained a
+    stem alone, ``layers=0,...`` failed inside BatchNorm), a crop scale above 1 fell back to the
+    whole frame without a word, and ``device=gpu`` was torch's traceback after the data was read."""
+    b, m, a = cfg.model.backbone, cfg.model, cfg.augment
+    if not b.layers or len(b.layers) != len(b.channels):
+        raise UserError(f"model.backbone.layers={b.layers} and model.backbone.channels={b.channels}: expected one "
+                        "block count and one channel count per stage, at least one stage")  # fmt: skip
+    for name, values in (("model.backbone.layers", b.layers), ("model.backbone.channels", b.channels)):
+        if any(v < 1 for v in values):
+            raise UserError(f"{name}={values}: expected counts >= 1")
+    if b.norm not in NORMS:
+        raise UserError(f"model.backbone.norm={b.norm!r}: expected {' or '.join(map(repr, NORMS))}")
+    if m.pooling == "attention" and (not m.attention_stages or any(not 0 <= s <= len(b.layers) for s in m.attention_stages)):
+        raise UserError(f"model.attention_stages={m.attention_stages}: expected stages from 0 (the stem) to "
+                        f"{len(b.layers)} (the last of model.backbone.layers' {len(b.layers)})")  # fmt: skip
+    if len(a.crop_scale) != 2 or not 0 < a.crop_scale[0] <= a.crop_scale[1] <= 1:
+        raise UserError(f"augment.crop_scale={a.crop_scale}: expected MIN,MAX area fractions with 0 < MIN <= MAX <= 1")
+    if len(a.crop_ratio) != 2 or not 0 < a.crop_ratio[0] <= a.crop_ratio[1]:
+        raise UserError(f"augment.crop_ratio={a.crop_ratio}: expected MIN,MAX aspect ratios with 0 < MIN <= MAX")
+    if not isinstance(cfg.device, str) or not _DEVICE.fullmatch(cfg.device):
+        raise UserError(f"device={cfg.device!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def from_dict(raw: dict[str, Any]) -> RunConfig:

@@ -161,8 +161,15 @@ def run_study(out: Path, size: StudySize) -> Path:
     """Every stage in order; returns the report's path."""
     from vivi.data.tasks import load_tasks
 
+    from vivi.evaluate.suite import ALL_PROTOCOLS
+
     for name in size.models:
-        model_config(name)  # an unknown name or setting stops here, before any work
+        model_config(name, [f"optim.steps={size.steps}"])  # an unknown name or setting stops here, before any work
+    if unknown := [p for p in size.protocols if p not in ALL_PROTOCOLS]:
+        raise UserError(f"--protocols {','.join(unknown)}: unknown protocol (available: {', '.join(ALL_PROTOCOLS)})")
+    if size.seeds < 1:
+        raise UserError(f"--seeds {size.seeds}: expected at least 1")
+    check_same_study(out, size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(size), indent=2) + "\n")
     begin = _say(f"vivi study -> {out}: {len(size.models)} models x {size.seeds} seeds, {size.steps} steps, "
@@ -197,6 +204,28 @@ def run_study(out: Path, size: StudySize) -> Path:
                                     time.perf_counter() - begin, runs_done=(done, total))
     print(f"\nwrote {report}")
     return report
+
+
+# What a study's runs and world are made with: resuming with another value would reuse runs and
+# results made with the old one under the new one's name (a --steps 30 report of 20-step runs).
+SAME_ON_RESUME = ("videos", "steps", "labelled_per_class")
+
+
+def check_same_study(out: Path, size: StudySize) -> None:
+    """Refuse to resume a study folder made with other ``SAME_ON_RESUME`` values, naming them;
+    seeds, models and protocols may change (what exists is reused, the rest is added)."""
+    saved = out / "study.json"
+    if not saved.is_file():
+        return
+    try:
+        old = json.loads(saved.read_text())
+    except ValueError:
+        return  # a torn write: nothing to compare with, the runs' own configs still are
+    new = asdict(size)
+    differ = [f"{k}={old[k]!r} there, {new[k]!r} now" for k in SAME_ON_RESUME if k in old and old[k] != new[k]]
+    if differ:
+        raise UserError(f"{out}: holds a study made with other settings ({'; '.join(differ)}; see {saved}); "
+                        "resume it with the same --steps and size, or use another -o for a new study")
 
 
 def robustness_pair(size: StudySize) -> tuple[str, ...]:
@@ -357,9 +386,9 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
 def study_size(name: str, seeds: int | None = None, steps: int | None = None, models: str | None = None,
                protocols: str | None = None) -> StudySize:
     size = SIZES[name]
-    if seeds:
+    if seeds is not None:  # 0 is refused by run_study, not read as "the default"
         size = replace(size, seeds=seeds)
-    if steps:
+    if steps is not None:
         size = replace(size, steps=steps)
     if models:
         # commas inside [...] belong to a variant's list value: VIVI-Ex(4)@optim.decay_steps=[800,1000]

@@ -63,6 +63,9 @@ def write_attention(run: Path, frames: Sequence[Path], out: Path, limit: int = 1
     import matplotlib.pyplot as plt
 
     model, cfg = load_run_model(run)
+    if cfg.model.pooling != "attention":  # said here, where the run's name is known
+        raise UserError(f"{run}: this run pools without attention (model.pooling={cfg.model.pooling}); "
+                        "train VITO or a +Attn preset")  # fmt: skip
     files = frame_files(frames, limit)
     size = cfg.augment.image_size
     pixels, kept = load_readable(files, size, "vivi attention")  # uint8 [N, 3, s, s]

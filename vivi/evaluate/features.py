@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from vivi.data.augment import MEAN, STD, network_input
 from vivi.data.tasks import ImageSplit
+from vivi.errors import UserError
 
 # MEAN/STD are re-exported: one definition, in the trainer's augmentation, serves both.
 __all__ = ["MEAN", "STD", "extract_features"]
@@ -46,4 +47,8 @@ def extract_features(
                 bar.update(len(indices))
     finally:
         model.train(was_training)
-    return np.concatenate(chunks)
+    features = np.concatenate(chunks)
+    if not np.isfinite(features).all():  # else the probe fails with scikit-learn's "Input X contains NaN"
+        raise UserError(f"{desc}: the model's features hold NaN or inf; its weights (or BatchNorm statistics) "
+                        "are not finite or overflow at this input, so it cannot be evaluated")  # fmt: skip
+    return features

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -24,13 +25,16 @@ def load_results(paths: Sequence[Path]) -> list[dict]:
     """Read the JSON files written by ``evaluate_tasks``, refusing anything else."""
     results = []
     for path in map(Path, paths):
-        try:
-            data = json.loads(path.read_text())
-            tasks = data["tasks"]
-            ok = isinstance(tasks, list) and all(isinstance(t, dict) and {"task", "group", "accuracy"} <= t.keys()
-                                                 for t in tasks)  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{path}: not a vivi results file ({e})") from e
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; pass the results files in it, e.g. {path / '*.json'}")
+        data = _read_json(path)
+        if not isinstance(data, dict) or "tasks" not in data:
+            kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+            got = "an object without 'tasks'" if isinstance(data, dict) else kinds.get(type(data), "null")
+            raise UserError(f"{path}: not a vivi results file (expected an object with a 'tasks' list, got {got})")
+        tasks = data["tasks"]
+        ok = isinstance(tasks, list) and all(isinstance(t, dict) and {"task", "group", "accuracy"} <= t.keys()
+                                             for t in tasks)  # fmt: skip
         if not ok:
             raise UserError(f"{path}: not a vivi results file (tasks need task, group and accuracy)")
         if bad := _bad_field(data):
@@ -38,6 +42,23 @@ def load_results(paths: Sequence[Path]) -> list[dict]:
         data.setdefault("model", path.stem)
         results.append(data)
     return merge_results(results)
+
+
+def _read_json(path: Path) -> object:
+    """A results file's JSON, or a one-line reason in words: missing, empty, cut short, not JSON
+    (the bare ``('tasks')`` of a KeyError or a TypeError about list indices said nothing)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such results file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable results file ({e.strerror if isinstance(e, OSError) else e})") from None
+    if not text.strip():
+        raise UserError(f"{path}: is empty, not a vivi results file (an evaluation stopped before its first task?)")
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path}: not a vivi results file (not valid JSON: {e}; cut short?)") from None
 
 
 _NUMBER = "a number"
@@ -127,7 +148,8 @@ def results_table(results: Sequence[dict]) -> str:
     """
     columns = _columns(results)
     header = ["model", *_header(columns)]
-    rows = [[label, *_cells(r, columns)] for label, r in zip(_labels(results), results)]
+    # a "|" in a model name would split its cell: escaped, as markdown tables need
+    rows = [[label.replace("|", "\\|"), *_cells(r, columns)] for label, r in zip(_labels(results), results)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -189,10 +211,7 @@ def bar_plot(results: Sequence[dict], path: Path) -> Path:
     ax.set_title(f"Transfer accuracy per task (protocol: {protocols})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return _save(fig, path)
 
 
 def task_differences(results: Sequence[dict], base: int, other: int) -> list[tuple[str, str, float]]:
@@ -301,14 +320,29 @@ def severity_plot(results: Sequence[dict], path: Path) -> Path:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Write a plot. A model name in a script the font lacks (CJK, say) is drawn as boxes; matplotlib
+    would also print one warning per missing character, dozens of lines for one report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "model"
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``...: labels that slug alike (repeats of one model, names
+    with no ASCII letters) wrote one difference plot over another, and report.md showed it twice."""
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    return name
 
 
 def find_pair(results: Sequence[dict], names: Sequence[str]) -> tuple[int, int]:
@@ -347,8 +381,9 @@ def write_report(
             parts += [f"No difference plot for {', '.join(labels[i] for i in alone)}: no task in common with "
                       f"{labels[0]}.", ""]  # fmt: skip
         pairs = [(b, o) for b, o in pairs if o not in alone]
+    used: set[str] = set()
     for base, other in pairs:
-        name = f"diff-{_slug(labels[other])}-vs-{_slug(labels[base])}.png"
+        name = _unique(f"diff-{_slug(labels[other])}-vs-{_slug(labels[base])}", used) + ".png"
         diff = difference_plot(results, base, other, out_dir / name)
         parts += [f"## {labels[other]} minus {labels[base]}", "",
                   f"Accuracy of {labels[other]} minus {labels[base]} in points, per task shared by both "
@@ -368,5 +403,5 @@ def write_report(
         listed = ", ".join(str(r) for r in runs)
         parts += ["## Training curves", "", f"Runs: {listed}.", "", f"![curves]({curves.name})", ""]
     md = out_dir / "report.md"
-    md.write_text("\n".join(parts))
+    md.write_text("\n".join(parts), encoding="utf-8")  # model names may be any text
     return md, png

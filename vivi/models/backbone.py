@@ -20,11 +20,10 @@ from timm.layers import BatchNormAct2d, GroupNormAct, StdConv2d, create_conv2d
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
-from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, BackboneConfig
-from vivi.errors import UserError
+from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, NORMS, BackboneConfig
+from vivi.errors import UserError, listed
 
 FORMAT = "vivi-backbone/1"
-NORMS = ("batchnorm", "groupnorm_ws")
 
 
 def _group_norm_act(num_channels: int, **kwargs) -> GroupNormAct:
@@ -155,6 +154,7 @@ def load_backbone_and_metadata(path: str | Path, device: str | torch.device = "c
     if "image_size" in meta:
         metadata_image_size(p, meta)
     _check_fits(p, spec, state)
+    _check_finite(p, state)
     model = build_backbone(spec)  # now as large as the weights in the file, no larger
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
@@ -169,7 +169,21 @@ def _check_fits(path: Path, spec: BackboneConfig, state: dict[str, torch.Tensor]
     except (ValueError, TypeError, RuntimeError) as e:  # values of the right types that timm still refuses
         reason = str(e).splitlines()[0]
         raise UserError(f"{path}: metadata field 'backbone' does not build a ResNet v2 ({reason})") from None
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:  # torch's own message has only its heading on the first line
+        raise UserError(f"{path}: weights do not match the stored architecture (missing {len(missing)} tensors, e.g. "
+                        f"{listed(missing) or 'none'}; unexpected {len(unexpected)}, e.g. {listed(unexpected) or 'none'})")
     try:
         model.load_state_dict(state, strict=True, assign=True)  # checks names and shapes only
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match the stored architecture ({str(e).splitlines()[0]})") from None
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
+        raise UserError(f"{path}: weights do not match the stored architecture ({detail})") from None
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or inf (a damaged file, a diverged run), naming the first such
+    tensor: they made every feature NaN and the probe failed with scikit-learn's traceback."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{path}: tensor {name!r} holds NaN or inf values; the file is damaged or the run diverged")
