@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -178,13 +178,21 @@ def recorded_span(record: dict[str, Any]) -> tuple[int, int] | None:
     return span[0], span[1]
 
 
+class _Kept(NamedTuple):
+    """What :func:`training_videos` keeps of one index record."""
+
+    lengths: list[int]  # sampled frames of each shot
+    shard: str
+    span: tuple[int, int] | None  # None: an older index, found from the shard's headers
+
+
 def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: str) -> VideoTable:
     """The videos able to supply a clip under ``cfg``, located in their shards; a clear error when none.
 
     ``records`` is read once and only what the sampler needs is kept of each. A video listed more
     than once (a folder given twice) is used once: its first record, in the place of its last.
     """
-    first: dict[str, tuple[list[int], str, tuple[int, int] | None]] = {}  # key -> shot lengths, shard, span
+    first: dict[str, _Kept] = {}  # key -> what its first record says
     last: dict[str, int] = {}
     ok = most = longest = 0
     for position, r in enumerate(records):
@@ -196,14 +204,14 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
         key = r["key"]
         last[key] = position
         if key not in first:
-            first[key] = (lengths, _shard_path(r) if r.get("shard") else "", recorded_span(r) if r.get("shard") else None)
+            first[key] = _Kept(lengths, _shard_path(r), recorded_span(r)) if r.get("shard") else _Kept(lengths, "", None)
     if not ok:
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
     if len(first) < ok:
         warn(f"{where}: {ok - len(first)} videos appear more than once (a folder given twice, or parts "
              "that overlap); each is used once")  # fmt: skip
     rng = random.Random(0)
-    usable = [k for k in sorted(first, key=last.__getitem__) if clip_of(k, first[k][0], cfg, rng) is not None]
+    usable = [k for k in sorted(first, key=last.__getitem__) if clip_of(k, first[k].lengths, cfg, rng) is not None]
     if not usable:
         need = {
             "frame": "a sampled frame",
@@ -216,10 +224,10 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
             f"most sampled frames in a shot: {longest}); "
             "lower data.shots/data.frames with --set or ingest longer videos"
         )
-    shards = sorted({first[k][1] for k in usable})
+    shards = sorted({first[k].shard for k in usable})
     number = {s: i for i, s in enumerate(shards)}
     # an index written before spans were recorded: scan the headers of just the shards it needs
-    located = {s: sample_spans(s) for s in sorted({first[k][1] for k in usable if first[k][2] is None})}
+    located = {s: sample_spans(s) for s in sorted({first[k].shard for k in usable if first[k].span is None})}
     spans = []
     for k in usable:
         _, shard, span = first[k]
@@ -227,7 +235,7 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
         if span is None:
             raise UserError(f"{shard}: holds no sample {k!r} although the index says so; re-run `vivi ingest`")
         spans.append((number[shard], *span))
-    lengths = [first[k][0] for k in usable]
+    lengths = [first[k].lengths for k in usable]
     return VideoTable(
         keys=np.array([k.encode() for k in usable], dtype=np.bytes_),
         shot_starts=np.concatenate([[0], np.cumsum([len(n) for n in lengths])]).astype(np.int64),
