@@ -246,3 +246,12 @@ def test_ingest_stats_and_attention_check_their_options_first(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["attention", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "att"), "--max", "0"])
     assert info.value.code == 2 and "expected a number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["mini-vtab:", "mini-vtab: , ", "vtab:"])
+def test_a_task_list_with_no_task_is_refused(spec):
+    """`--task mini-vtab:` (a list left empty) evaluated all ten tasks."""
+    from vivi.data.tasks import load_tasks
+
+    with pytest.raises(UserError, match="no task named after the colon"):
+        load_tasks(spec)

@@ -228,8 +228,10 @@ def load_tasks(spec: str, cache_dir: Path | None = None, vtab_root: Path | None 
     The mini-VTAB suite is read from ``cache_dir/mini-vtab`` and generated there on first use;
     VTAB tasks are read from ``vtab_root`` (default ``$VIVI_VTAB_ROOT``, see vivi.data.vtab).
     """
-    kind, _, arg = spec.partition(":")
+    kind, colon, arg = spec.partition(":")
     names = [n.strip() for n in arg.split(",") if n.strip()]
+    if colon and kind in (MINI_VTAB, "vtab") and not names:  # "mini-vtab:" evaluated the whole suite
+        raise UserError(f"{spec}: no task named after the colon ({SPEC_HELP})")
     if kind == MINI_VTAB:
         return _load_mini_vtab(Path(cache_dir or default_cache_dir()) / MINI_VTAB, names)
     if kind in (VTAB_1K, "vtab") and (kind == VTAB_1K) == (not arg):
