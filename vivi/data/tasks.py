@@ -230,7 +230,7 @@ def load_tasks(spec: str, cache_dir: Path | None = None, vtab_root: Path | None 
     """
     kind, colon, arg = spec.partition(":")
     names = [n.strip() for n in arg.split(",") if n.strip()]
-    if colon and kind in (MINI_VTAB, "vtab") and not names:  # "mini-vtab:" evaluated the whole suite
+    if colon and kind == MINI_VTAB and not names:  # "mini-vtab:" evaluated the whole suite
         raise UserError(f"{spec}: no task named after the colon ({SPEC_HELP})")
     if kind == MINI_VTAB:
         return _load_mini_vtab(Path(cache_dir or default_cache_dir()) / MINI_VTAB, names)
