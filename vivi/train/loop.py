@@ -225,8 +225,18 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
     cfg = copy.deepcopy(cfg)  # the labelled folder sets model.classes
     ctx = init_distributed(cfg.device)
     try:
-        return _pretrain(cfg, data, out, progress, ctx)
+        try:
+            run = _pretrain(cfg, data, out, progress, ctx)
+        except JobError:  # raised alike by every rank (a stop, a NaN): they can still meet
+            barrier()
+            raise
+        barrier()
+        return run
     finally:
+        # after the barrier no rank tears the process group down while rank 0 still writes its last
+        # files; a gloo rank that destroyed it early once aborted ("terminate called without an
+        # active exception", exit -6) in the CI's torchrun test. A rank's own error skips the
+        # barrier: the others may be inside a collective, and torchrun stops them.
         shutdown(ctx)
 
 
