@@ -126,23 +126,23 @@ def _pretrain(a: argparse.Namespace) -> None:
         print(f"backbone: {run / 'backbone.safetensors'}  (load with vivi.load_backbone({str(run)!r}))")
 
 
-# What `vivi pretrain` writes into a run folder: one of them there makes the folder a run to resume.
-RUN_FILES = ("config.json", "data.json", "checkpoints", "metrics.jsonl", "tb", "backbone.safetensors")
-
-
 def _check_run_folder(out: Path, sources: list[str]) -> None:
     """Refuse an --out that is the training data (a run was written into the ingested or image
     folder itself); warn of a folder of other files with no run in it (a mistyped --out, a home
     folder), where checkpoints and TensorBoard files get mixed in. Only a warning: a job's own log
     often lands there first (``> RUN/train.log``, SLURM's ``--output``), and nothing is overwritten."""
+    from vivi.data.ingest import SETTINGS_NAME
+    from vivi.data.shards import INDEX_NAME
+    from vivi.train.run_folder import RUN_FILES
+
     if not out.is_dir():
         return
     for source in sources:
         if Path(source).is_dir() and out.resolve() == Path(source).resolve():
             raise UserError(f"--out {out}: is also the training data (--data/--images {source}); "
                             "choose a folder of its own for the run")  # fmt: skip
-    if (out / "index.jsonl").is_file() or (out / "ingest.json").is_file():
-        raise UserError(f"--out {out}: is an ingested data folder (it holds index.jsonl); choose a folder of its own for the run")
+    if (out / INDEX_NAME).is_file() or (out / SETTINGS_NAME).is_file():
+        raise UserError(f"--out {out}: is an ingested data folder (it holds {INDEX_NAME}); choose a folder of its own for the run")
     if any((out / name).exists() for name in RUN_FILES):
         return  # a run to resume (or one whose settings the trainer compares and refuses)
     others = sorted(p.name for p in itertools.islice(out.iterdir(), 1000) if not p.name.startswith("."))

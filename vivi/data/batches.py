@@ -140,8 +140,8 @@ class VideoTable:
 
     All the sampler needs, and no more: the index records themselves (tens of kB of Python objects
     per video) would take tens of GB per process for a million videos, in every rank and every
-    loader worker (a forked worker's reference counts copy the pages it reads). These arrays take
-    ~200 bytes a video and are shared with forked workers as they are.
+    loader worker (a forked worker's reference counts copy the pages it reads). These arrays took
+    ~270 bytes a video (benchmarks/table_memory.py) and are shared with forked workers as they are.
     """
 
     keys: np.ndarray  # [N] bytes: each video's sample key (ASCII: letters, digits, "_", "-")

@@ -24,6 +24,9 @@ from vivi.train.distributed import all_gather_objects, disagreements
 RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile", "log_every", "ckpt_every",
                 "keep_checkpoints")
 
+# What `vivi pretrain` writes into a run folder: one of them there makes the folder a run to resume.
+RUN_FILES = ("config.json", "data.json", "checkpoints", "metrics.jsonl", "tb", "backbone.safetensors")
+
 # What may differ between the processes of one run: a node's loader share of its cores and memory.
 PER_NODE = ("data.workers", "data.cache_mb")
 
