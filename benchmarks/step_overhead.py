@@ -316,7 +316,11 @@ def main() -> None:
         bare, full = statistics.median(bares), statistics.median(fulls)
         alone = loader(1)
         queued = 4 * cfg.data.workers  # what the workers hold ready (prefetch_factor 4): drawn first, untimed
-        loader_fps = per_step / statistics.median(_timed(lambda: next(alone), a.steps, warmup=3 + queued))
+        # the rate over a run of batches, not the median batch: N workers finish their batches nearly
+        # together, so most draws find one waiting, and the median (1 M frames/s with 8 workers on one
+        # H200 in session 15) timed the queue, not the workers
+        drawn = max(a.steps, 3 * cfg.data.workers)
+        loader_fps = per_step * drawn / sum(_timed(lambda: next(alone), drawn, warmup=3 + queued))
         del alone  # its workers would go on filling their queue beside the steps timed below
         consumed_fps = per_step / full
 
