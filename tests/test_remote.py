@@ -8,10 +8,12 @@ asked for. Loader workers are forked (Linux), so they see the same in-memory buc
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -21,6 +23,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 from vivi.cli import main
 from vivi.config import apply_overrides, preset
 from vivi.data.batches import StepClips, step_loader, training_videos
+from vivi.data import shards
+from vivi.data.remote import read_chunks
 from vivi.data.shards import INDEX_NAME, read_index, read_records, recover, sample_spans, shard_records
 from vivi.data.stats import ingest_stats
 from vivi.errors import UserError
@@ -119,7 +123,9 @@ def test_pretrain_takes_a_url(bucket, tmp_path):
 
 def test_only_the_spans_are_read(bucket):
     table = table_of(f"ranges://{bucket}")
-    assert RangeFS.opens == [] and RangeFS.fetches == [(f"/{bucket}/{INDEX_NAME}", None, None)], "no shard at start-up"
+    index = f"/{bucket}/{INDEX_NAME}"
+    size = fsspec.filesystem("memory").size(index)
+    assert RangeFS.opens == [] and RangeFS.fetches == [(index, 0, size)], "the index in one range, no shard at start-up"
     RangeFS.fetches.clear()
     clips = StepClips(table, CFG, seed=0)
     for step in range(3):
@@ -127,6 +133,27 @@ def test_only_the_spans_are_read(bucket):
     spans = {("/" + table.shards[s].removeprefix("ranges://"), start, end) for s, start, end in table.spans.tolist()}
     assert len(RangeFS.fetches) == 3 * CFG.videos, "one request per video"
     assert set(RangeFS.fetches) <= spans, "each request is exactly one video's span"
+
+
+def test_a_large_index_is_read_in_ranges_of_one_chunk(tiny_data, bucket, monkeypatch):
+    monkeypatch.setattr(shards, "read_chunks", functools.partial(read_chunks, size=1000))
+    remote = read_index([f"ranges://{bucket}"])
+    index = f"/{bucket}/{INDEX_NAME}"
+    size = fsspec.filesystem("memory").size(index)
+    assert RangeFS.fetches == [(index, start, min(start + 1000, size)) for start in range(0, size, 1000)]
+    local = read_index([tiny_data])
+    assert len(remote) == len(local) > 2 and [r["key"] for r in remote] == [r["key"] for r in local]
+    assert all(r["shard"] == f"ranges://{bucket}/" + Path(l["shard"]).relative_to(tiny_data).as_posix()
+               for r, l in zip(remote, local, strict=True) if l.get("shard"))
+
+
+def test_a_network_error_while_reading_the_index_is_one_line(bucket, monkeypatch):
+    monkeypatch.setattr(shards, "read_chunks", functools.partial(read_chunks, size=1000))
+    records = shards.iter_index([f"ranges://{bucket}"])
+    next(records)
+    RangeFS.fail = "Connection reset by peer"
+    with pytest.raises(UserError, match=rf"^ranges://{bucket}/index.jsonl: cannot read \(RuntimeError: Connection reset by peer\)$"):
+        list(records)
 
 
 def test_an_index_without_spans_is_located_from_the_shard_headers(tiny_data, bucket, tmp_path):

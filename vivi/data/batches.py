@@ -194,6 +194,7 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
     """
     first: dict[str, _Kept] = {}  # key -> what its first record says
     last: dict[str, int] = {}
+    canonical: dict[str, str] = {}  # a shard as the records give it -> _shard_path's string, made once
     ok = most = longest = 0
     for position, r in enumerate(records):
         if r.get("status") != "ok":
@@ -204,7 +205,10 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
         key = r["key"]
         last[key] = position
         if key not in first:
-            first[key] = _Kept(lengths, _shard_path(r), recorded_span(r)) if r.get("shard") else _Kept(lengths, "", None)
+            if shard := r.get("shard"):
+                first[key] = _Kept(lengths, canonical.get(shard) or canonical.setdefault(shard, _shard_path(r)), recorded_span(r))
+            else:
+                first[key] = _Kept(lengths, "", None)
     if not ok:
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
     if len(first) < ok:

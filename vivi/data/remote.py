@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from vivi.errors import UserError
@@ -71,23 +72,52 @@ def open_file(path: str) -> BinaryIO:
     return fs.open(inner, "rb")
 
 
+def read_chunks(path: str, size: int = 1 << 24) -> Iterator[bytes] | None:
+    """The file as consecutive chunks of up to ``size`` bytes, each read when it is consumed (an
+    index of millions of videos is GBs, and every process of a run reads it); None when it does not
+    exist. A URL is read as ranged requests of one chunk each (one request where the server gives no
+    size). Any other failure (no credentials, no such bucket, the network), also one mid-stream, is a
+    one-line error naming the file."""
+    if not is_url(path):
+        if not Path(path).is_file():
+            return None
+        return _guarded(path, _local_chunks(path, size))
+    fs, inner = _filesystem(path)
+    try:
+        total = fs.size(inner)
+    except FileNotFoundError:
+        return None
+    except Exception as e:
+        if not read_failed(path, e):
+            raise
+        raise UserError(f"{path}: cannot read ({reason(e)})") from None
+    if total is None:
+        return _guarded(path, iter([fs.cat_file(inner)]))
+    ranges = ((start, min(start + size, total)) for start in range(0, total, size))
+    return _guarded(path, (fs.cat_file(inner, start=start, end=end) for start, end in ranges))
+
+
+def _local_chunks(path: str, size: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from iter(lambda: f.read(size), b"")
+
+
+def _guarded(path: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` with a failure to read ``path`` made one line."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except Exception as e:
+            if not read_failed(path, e):
+                raise
+            raise UserError(f"{path}: cannot read ({reason(e)})") from None
+        yield chunk
+
+
 def read_range(url: str, start: int, end: int) -> bytes:
     """Bytes ``start:end`` of the file at ``url``: one ranged request of just those bytes. fsspec
     keeps one file system instance per process (a forked loader worker makes its own)."""
     fs, inner = _filesystem(url)
     return fs.cat_file(inner, start=start, end=end)
-
-
-def read_bytes(path: str) -> bytes | None:
-    """The whole file, or None when it does not exist; other failures are one-line errors."""
-    if not is_url(path):
-        return Path(path).read_bytes() if Path(path).is_file() else None
-    fs, inner = _filesystem(path)
-    try:
-        return fs.cat_file(inner)
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # no credentials, no such bucket, the network: every backend its own types
-        if not read_failed(path, e):
-            raise
-        raise UserError(f"{path}: cannot read ({reason(e)})") from None

@@ -31,7 +31,7 @@ from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from vivi.data.remote import is_url, join, open_file, read_bytes, read_failed, reason
+from vivi.data.remote import is_url, join, open_file, read_chunks, read_failed, reason
 from vivi.errors import UserError, warn
 
 INDEX_NAME = "index.jsonl"
@@ -182,20 +182,33 @@ def read_records(index: Path) -> list[dict]:
 
 def parse_records(data: bytes, index: str) -> list[dict]:
     """The records in the bytes of index.jsonl ``index``; a torn last line is ignored."""
-    return list(iter_records(data, index))
+    return list(iter_records([data], index))
 
 
-def iter_records(data: bytes, index: str) -> Iterator[dict]:
-    """The records in the bytes of index.jsonl ``index``, one at a time; a torn last line is ignored."""
-    end = data.count(b"\n") + 1  # the number of the last line
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
+def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
+    """The records of index.jsonl ``index``, given as its bytes in consecutive chunks (the whole
+    file, or a stream of it), one at a time; a torn last line is ignored."""
+    rest = b""
+    number = 0  # of the last line read
+    for chunk in chunks:
+        lines = (rest + chunk if rest else chunk).split(b"\n")
+        rest = lines.pop()  # the line the next chunk goes on with
+        for line in lines:
+            number += 1
+            if line.strip():
+                yield _record(line, number, index)
+    if rest.strip():  # unterminated, so it may be torn
         try:
-            yield json.loads(line)
+            yield json.loads(rest)
         except json.JSONDecodeError:
-            if number < end:  # only the unterminated last line may be torn
-                raise UserError(f"{index}: line {number} is not JSON") from None
+            pass
+
+
+def _record(line: bytes, number: int, index: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        raise UserError(f"{index}: line {number} is not JSON") from None
 
 
 def read_index(outs: Iterable[str | Path]) -> list[dict]:
@@ -205,17 +218,19 @@ def read_index(outs: Iterable[str | Path]) -> list[dict]:
 
 
 def iter_index(outs: Iterable[str | Path]) -> Iterator[dict]:
-    """The records of :func:`read_index` one at a time, for a reader that keeps little of each
-    (a million videos' records are tens of GB of Python objects)."""
+    """The records of :func:`read_index` one at a time, streamed from each index.jsonl, for a reader
+    that keeps little of each: a million videos' index is GBs of bytes and tens of GB of Python
+    objects, and under torchrun every process reads it."""
     for out in outs:
         index = join(out, INDEX_NAME)
-        data = read_bytes(index)
-        if data is None:
+        chunks = read_chunks(index)
+        if chunks is None:
             hint = "; upload the whole ingest folder as is" if is_url(out) else ""
             raise UserError(f"{out}: no {INDEX_NAME} (run `vivi ingest` into it first{hint})")
-        for record in iter_records(data, index):
-            if record.get("shard"):
-                record["shard"] = join(out, record["shard"])
+        located: dict[str, str] = {}  # a shard as recorded -> its path, resolved once (a few syscalls each)
+        for record in iter_records(chunks, index):
+            if shard := record.get("shard"):
+                record["shard"] = located.get(shard) or located.setdefault(shard, join(out, shard))
             yield record
 
 

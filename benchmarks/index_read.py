@@ -1,0 +1,95 @@
+"""Peak memory and time of reading index.jsonl into the training table, streamed in chunks (what
+``vivi pretrain`` does) against read whole (what it did up to session 15), on an index of
+``--videos`` records.
+
+    .venv/bin/python benchmarks/index_read.py --data DIR [--videos 100000]
+
+Writes an index of ``--videos`` records into a temporary ingest folder by copying those of the
+ingested folder ``DIR`` (new keys, the same shots, frames and shard spans; its ``shards/`` linked),
+then, each in a fresh process: ``training_videos(iter_index([folder]), ...)`` as ``pretrain`` calls
+it, with the index given to the parser as one chunk of the whole file (``whole``) or in 16 MiB
+chunks (``streamed``). Prints the process's peak resident memory above its resident memory just
+before (``ru_maxrss``, Linux), the seconds taken, and the ratios. Every process of a torchrun job
+reads the index, so the peak is paid once per GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise KeyError("VmRSS")
+
+
+def _one(mode: str, folder: str) -> dict:
+    """Runs in a fresh process: build the table from ``folder`` and measure it."""
+    import gc
+
+    from vivi.config import preset
+    from vivi.data import shards
+    from vivi.data.batches import training_videos
+
+    if mode == "whole":  # the whole file as one chunk, as read_bytes gave it before
+        shards.read_chunks = lambda path, size=0: iter([Path(path).read_bytes()])
+    gc.collect()
+    before = _rss_kib()
+    start = time.perf_counter()
+    table = training_videos(shards.iter_index([folder]), preset("VIVI-Ex(4)").data, folder)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"mode": mode, "videos": len(table), "peak_mib": (peak - before) / 1024, "seconds": seconds}
+
+
+def _write_index(data: Path, folder: Path, videos: int) -> int:
+    """``videos`` records copied from ``data``'s ok records into ``folder``; returns the index's bytes."""
+    from vivi.data.shards import INDEX_NAME, SHARDS_DIR, read_records
+
+    template = [r for r in read_records(data / INDEX_NAME) if r.get("status") == "ok"]
+    (folder / SHARDS_DIR).symlink_to((data / SHARDS_DIR).resolve())
+    with open(folder / INDEX_NAME, "w") as f:
+        for i in range(videos):
+            f.write(json.dumps({**template[i % len(template)], "key": f"video_{i:08d}-0123456789"}) + "\n")
+    return (folder / INDEX_NAME).stat().st_size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="an ingested folder whose records are copied")
+    ap.add_argument("--videos", type=int, default=100_000)
+    ap.add_argument("--one", nargs=2, metavar=("MODE", "FOLDER"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(_one(*a.one)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        size = _write_index(Path(a.data), Path(tmp), a.videos)
+        print(f"{a.videos} videos, index.jsonl {size / MiB:.0f} MiB (records copied from {a.data})")
+        rows = {}
+        for mode in ("whole", "streamed"):
+            out = subprocess.run([sys.executable, __file__, "--data", a.data, "--one", mode, tmp],
+                                 capture_output=True, text=True, check=True, env=os.environ)
+            rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{'index read':<12}{'peak MiB':>10}{'seconds':>10}{'videos':>10}")
+    for mode, row in rows.items():
+        print(f"{mode:<12}{row['peak_mib']:>10.0f}{row['seconds']:>10.1f}{row['videos']:>10}")
+    whole, streamed = rows["whole"], rows["streamed"]
+    print(f"ratio whole / streamed: peak memory {whole['peak_mib'] / max(streamed['peak_mib'], 1):.1f}x, "
+          f"time {whole['seconds'] / streamed['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

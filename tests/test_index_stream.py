@@ -1,0 +1,76 @@
+"""index.jsonl is streamed in chunks (an index of millions of videos is GBs, read by every
+process of a run): the records must not depend on where the chunks end, a torn last line is
+still ignored, and a bad line is still named by its number."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vivi.data import shards
+from vivi.data.remote import read_chunks
+from vivi.data.shards import INDEX_NAME, iter_index, iter_records
+from vivi.errors import UserError
+
+RECORDS = [{"key": f"v{i}", "status": "ok" if i % 3 else "error", "shots": [[0, i]], "note": "é" * i} for i in range(7)]
+
+
+def reference(data: bytes) -> list[dict]:
+    """What the index holds, read the slow way: every terminated non-blank line, then the last
+    line if it is whole."""
+    *lines, last = data.split(b"\n")
+    records = [json.loads(line) for line in lines if line.strip()]
+    try:
+        return records + [json.loads(last)] if last.strip() else records
+    except json.JSONDecodeError:
+        return records
+
+
+def chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("tail", [b"", b"\n", b'{"key": "torn", "sta', b'{"key": "whole"}', b"\n\n  \n"])
+def test_the_records_do_not_depend_on_where_the_chunks_end(tail):
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" + ("\n" if i == 3 else "") for i, r in enumerate(RECORDS))
+    data = data.encode() + tail
+    expected = reference(data)
+    assert len(expected) >= len(RECORDS)
+    for size in (1, 2, 3, 7, 50, len(data) - 1, len(data), 10 * len(data)):
+        assert list(iter_records(chunked(data, size), "i.jsonl")) == expected, size
+
+
+def test_a_bad_line_is_named_by_its_number_wherever_the_chunks_end():
+    data = b'{"key": "a"}\n\n{"key": "b"}\n{"key": \n{"key": "c"}\n'
+    for size in (1, 5, 13, len(data)):
+        records = iter_records(chunked(data, size), "i.jsonl")
+        assert [r["key"] for r in (next(records), next(records))] == ["a", "b"]
+        with pytest.raises(UserError, match=r"^i.jsonl: line 4 is not JSON$"):
+            next(records)
+
+
+def test_a_local_index_is_read_a_chunk_at_a_time(tmp_path, monkeypatch):
+    (tmp_path / INDEX_NAME).write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    pulled = []
+
+    def counting(path: str, size: int = 64):
+        chunks = read_chunks(path, size=64)
+        for chunk in chunks:
+            pulled.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(shards, "read_chunks", counting)
+    records = iter_index([tmp_path])
+    assert next(records) == RECORDS[0]
+    assert len(pulled) < (tmp_path / INDEX_NAME).stat().st_size // 64, "the first record came before the whole file"
+    assert [RECORDS[0], *records] == RECORDS
+
+
+def test_read_chunks_keeps_the_order_and_says_none_where_no_file_is(tmp_path):
+    assert read_chunks(str(tmp_path / "none.jsonl")) is None
+    assert read_chunks(str(tmp_path)) is None  # a folder is no index either
+    (tmp_path / "i.jsonl").write_bytes(b"x" * 10)
+    assert list(read_chunks(str(tmp_path / "i.jsonl"), size=4)) == [b"xxxx", b"xxxx", b"xx"]
+    with pytest.raises(UserError, match=f"^{tmp_path}: no {INDEX_NAME}"):
+        list(iter_index([tmp_path]))
