@@ -56,9 +56,25 @@ sys.exit(main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"])
 """
 
 
-def test_sigterm_stops_evaluate_like_ctrl_c():
-    """SIGTERM used to kill `vivi evaluate` silently; now it says how to resume, as Ctrl-C does."""
-    done = subprocess.run([sys.executable, "-c", SIGTERM_DURING_EVALUATE], capture_output=True, text=True, timeout=60)
+SIGTERM_DURING_CURATE = """
+import os, signal, sys, time
+from vivi.evaluate import classifier
+
+def fitting(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # as a batch system's time limit would, mid-fit
+    time.sleep(30)
+
+classifier.probe_classifier = fitting
+from vivi.cli import main
+sys.exit(main(["curate", "/nonexistent", "--classifier", "random:tiny", "--labelled", "imagefolder:/nonexistent",
+               "-o", "/tmp/list.txt"]))
+"""
+
+
+@pytest.mark.parametrize("script", [SIGTERM_DURING_EVALUATE, SIGTERM_DURING_CURATE], ids=["evaluate", "curate"])
+def test_sigterm_stops_a_command_like_ctrl_c(script):
+    """SIGTERM used to kill `vivi evaluate` and `vivi curate` silently; now it says how to resume, as Ctrl-C does."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().endswith("vivi: interrupted; re-run the same command to resume")
 

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "outs", nargs="+", metavar="OUT", help="ingest output folders or their URLs (e.g. the parts of an array job)"
     )
     s.add_argument("-o", metavar="DIR", help="where the PNG histograms go (default: the first OUT; needed for a URL)")
-    s.set_defaults(func=_ingest_stats)
+    s.set_defaults(func=_sigterm_as_sigint(_ingest_stats))
 
     s = sub.add_parser("pretrain", help="self-supervised pretraining with a paper preset")
     s.add_argument("--preset", required=True, help="a model name of the paper, e.g. VIVI-Ex(4); see `vivi presets`")
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("frames", nargs="+", help="image files or folders of images")
     s.add_argument("-o", required=True, metavar="DIR")
     s.add_argument("--max", type=_positive(int), default=16, help="at most this many frames")
-    s.set_defaults(func=_attention)
+    s.set_defaults(func=_sigterm_as_sigint(_attention))
 
     s = sub.add_parser("curate", help="select videos whose class histogram matches a target (VideoNet-style)")
     s.add_argument("outs", nargs="+", metavar="OUT", help="ingest folders whose videos are scored")
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="uniform", help="uniform | a JSON file of class -> weight")
     s.add_argument("--frames", type=int, default=8, help="frames scored per video (evenly spaced)")
     s.add_argument("-o", required=True, metavar="LIST", help="the selected sources, one per line (+ LIST.json)")
-    s.set_defaults(func=_curate)
+    s.set_defaults(func=_sigterm_as_sigint(_curate))
 
     s = sub.add_parser("study", help="the paper's ablation on the built-in world, seeds, medians, claims checked")
     s.add_argument("-o", required=True, metavar="DIR", help="everything goes here; re-running resumes")
