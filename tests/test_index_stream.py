@@ -74,3 +74,17 @@ def test_read_chunks_keeps_the_order_and_says_none_where_no_file_is(tmp_path):
     assert list(read_chunks(str(tmp_path / "i.jsonl"), size=4)) == [b"xxxx", b"xxxx", b"xx"]
     with pytest.raises(UserError, match=f"^{tmp_path}: no {INDEX_NAME}"):
         list(iter_index([tmp_path]))
+
+
+def test_a_line_longer_than_many_chunks_is_read_whole():
+    long = {"key": "long", "status": "ok", "shots": [[i, i + 1] for i in range(2000)]}
+    data = (json.dumps(RECORDS[0]) + "\n" + json.dumps(long) + "\n" + json.dumps(RECORDS[1])).encode()
+    for size in (1, 3, 1000):
+        assert list(iter_records(chunked(data, size), "i.jsonl")) == [RECORDS[0], long, RECORDS[1]]
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]", b'"key"', b"7"])
+def test_a_line_that_is_no_object_is_named(line):
+    for data in (b'{"key": "a"}\n' + line + b"\n", b'{"key": "a"}\n' + line):  # terminated or last
+        with pytest.raises(UserError, match=r"^i.jsonl: line 2 is JSON but not an object"):
+            list(iter_records(chunked(data, 4), "i.jsonl"))

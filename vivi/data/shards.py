@@ -188,27 +188,37 @@ def parse_records(data: bytes, index: str) -> list[dict]:
 def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
     """The records of index.jsonl ``index``, given as its bytes in consecutive chunks (the whole
     file, or a stream of it), one at a time; a torn last line is ignored."""
-    rest = b""
+    pending: list[bytes] = []  # the pieces of a line that no chunk has ended yet (joined once)
     number = 0  # of the last line read
     for chunk in chunks:
-        lines = (rest + chunk if rest else chunk).split(b"\n")
-        rest = lines.pop()  # the line the next chunk goes on with
+        lines = chunk.split(b"\n")
+        if pending:
+            pending.append(lines[0])
+            if len(lines) == 1:
+                continue
+            lines[0] = b"".join(pending)
+        pending = [lines.pop()]  # the line the next chunk goes on with
         for line in lines:
             number += 1
             if line.strip():
                 yield _record(line, number, index)
+    rest = b"".join(pending)
     if rest.strip():  # unterminated, so it may be torn
         try:
-            yield json.loads(rest)
+            record = json.loads(rest)
         except json.JSONDecodeError:
-            pass
+            return
+        yield _record(rest, number + 1, index) if not isinstance(record, dict) else record
 
 
 def _record(line: bytes, number: int, index: str) -> dict:
     try:
-        return json.loads(line)
+        record = json.loads(line)
     except json.JSONDecodeError:
         raise UserError(f"{index}: line {number} is not JSON") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{index}: line {number} is JSON but not an object (one record per line, as `vivi ingest` writes)")
+    return record
 
 
 def read_index(outs: Iterable[str | Path]) -> list[dict]:
