@@ -8,14 +8,19 @@ image size):
          workers), augmentation, backbone + heads + pooling + predictor, losses, backward, SGD
   fixed  the full step on one fixed batch (no loader): what the step costs beyond the backbone
          when nothing else wants the CPU
-  loader the loader alone: frames per second delivered with the default number of workers
+  loader the loader alone: frames per second delivered with the default number of workers, over
+         a run of batches (with N workers most draws find a batch waiting: a median draw would time
+         the queue)
 
   loop   the real ``vivi pretrain`` loop (``--loop-steps N``): the seconds per step it logs itself
          over the second half of an N-step run (logging, checkpoints and all), against the bare
          step measured just before and after it
 
 and printed as ratios: full / bare (target <= 1.15), fixed / bare (the same without the loader's
-CPU share), loop / bare, and loader / full consumption (target >= 2).
+CPU share), loop / bare, and loader / full consumption (target >= 2). A full block draws from a
+queue its workers refilled during the blocks before it (4 batches a worker), so it shows what the
+loader's CPU share costs the step; whether the loader keeps up is the loader ratio, and the real
+loop shows both together.
 
 ``--cpu-time`` counts work instead of wall time: one torch thread, the loader in the training
 process (``data.workers=0``) and the process's CPU time per step. On a shared VM whose wall times
