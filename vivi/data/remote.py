@@ -12,8 +12,8 @@ remote read becomes one :class:`UserError` line naming the URL and the reason.
 from __future__ import annotations
 
 import tarfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from vivi.errors import UserError
@@ -88,11 +88,9 @@ def read_chunks(path: str, size: int = 1 << 24) -> Iterator[bytes] | None:
     except FileNotFoundError:
         return None
     except Exception as e:
-        if not read_failed(path, e):
-            raise
-        raise UserError(f"{path}: cannot read ({reason(e)})") from None
+        raise _cannot_read(path, e) from None
     if total is None:
-        return _guarded(path, iter([fs.cat_file(inner)]))
+        return _guarded(path, (fs.cat_file(inner) for _ in range(1)))
     ranges = ((start, min(start + size, total)) for start in range(0, total, size))
     return _guarded(path, (fs.cat_file(inner, start=start, end=end) for start, end in ranges))
 
@@ -110,10 +108,16 @@ def _guarded(path: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         except StopIteration:
             return
         except Exception as e:
-            if not read_failed(path, e):
-                raise
-            raise UserError(f"{path}: cannot read ({reason(e)})") from None
+            raise _cannot_read(path, e) from None
         yield chunk
+
+
+def _cannot_read(path: str, error: Exception) -> UserError:
+    """The one line for a failure to read ``path``: no credentials, no such bucket, the network
+    (every backend has its own types). What only a bug raises is raised again as it is."""
+    if not read_failed(path, error):
+        raise error
+    return UserError(f"{path}: cannot read ({reason(error)})")
 
 
 def read_range(url: str, start: int, end: int) -> bytes:

@@ -203,12 +203,12 @@ def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
             if line.strip():
                 yield _record(line, number, index)
     rest = b"".join(pending)
-    if rest.strip():  # unterminated, so it may be torn
+    if rest.strip():  # unterminated, so it may be torn: skipped unless it is whole
         try:
-            record = json.loads(rest)
+            json.loads(rest)
         except json.JSONDecodeError:
             return
-        yield _record(rest, number + 1, index) if not isinstance(record, dict) else record
+        yield _record(rest, number + 1, index)
 
 
 def _record(line: bytes, number: int, index: str) -> dict:
