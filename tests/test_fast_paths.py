@@ -32,6 +32,32 @@ def test_fused_sgd_matches_the_per_op_loop():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_first_step_the_loss_scaler_skips_leaves_sgd_as_the_per_op_loop(monkeypatch):
+    """fp16's scaler skips a step whose gradients hold an inf (routine at its first, large scale).
+    torch's fused SGD left its momentum buffers uninitialised after such a first step; memory that
+    ``empty_like`` hands out holds anything, NaN here, so the next step would poison the weights."""
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+    fast, slow = _model(), _model()
+    opt_fast = sgd(param_groups(fast, 1e-2), lr=0.1, momentum=0.9)
+    opt_slow = torch.optim.SGD(param_groups(slow, 1e-2), lr=0.1, momentum=0.9, foreach=False)
+    assert opt_fast.defaults["fused"] is True
+    scalers = {id(opt_fast): torch.amp.GradScaler("cpu"), id(opt_slow): torch.amp.GradScaler("cpu")}
+    x = torch.randn(6, 3, 8, 8)
+    for step in range(4):
+        for model, opt in ((fast, opt_fast), (slow, opt_slow)):
+            scaler = scalers[id(opt)]
+            opt.zero_grad()
+            scaler.scale(model(x).square().mean()).backward()
+            if step in (0, 2):  # an overflow: the whole step is skipped and the scale halved
+                model[3].weight.grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        for a, b in zip(fast.parameters(), slow.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert scalers[id(opt_fast)].get_scale() == 2.0**16 / 4
+
+
 def test_sgd_of_meta_tensors_is_not_fused():
     p = nn.Parameter(torch.zeros(3, device="meta"))
     assert not sgd([p], lr=0.1, momentum=0.9).defaults["fused"]
