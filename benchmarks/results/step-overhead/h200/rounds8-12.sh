@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 16, the three device calls after round7.sh (logs round8_*, round9_*, round10_*), each one
+# Session 16, the five device calls after round7.sh (logs round8_* .. round12_*), each one
 # run(command=..., carry=[".bench"]) with the .bench of round7.sh. Written here as they ran.
 export PYTHONPATH=$PWD:$PWD/benchmarks:$PWD/.bench/stubs PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 B="python3 benchmarks/step_overhead.py --data .bench/D256 --scale paper"
@@ -21,5 +21,17 @@ round9() {  # after the fix of vivi/train/optimizer.py (zero momentum buffers): 
 round10() {  # is bf16's deficit a layout matter? both precisions without channels_last
   for a in bf16 fp16; do timeout 70 $B --set data.videos=8 --set amp=$a --set channels_last=false --steps 10 --rounds 2 \
       --warm-passes 1 > $OUT/v8_${a}_nchw.log 2>&1; done
+}
+# The CPU target on that machine's CPU (an Intel Xeon, 16 cores): 4 cores (taskset), the tiny step, the GPU hidden
+C="taskset -c 0-3 python3 benchmarks/step_overhead.py --data .bench/D96 --set device=cpu --warm-passes 5 --rounds 3 --steps 10"
+round11() {  # torch on 2 threads, 2 cores to spare: the augmentation in the process, then in 2 loader workers
+  export CUDA_VISIBLE_DEVICES=
+  OMP_NUM_THREADS=2 timeout 80 $C > $OUT/cpu4_device.log 2>&1
+  OMP_NUM_THREADS=2 timeout 80 $C --set augment.where=loader --set data.workers=2 > $OUT/cpu4_loader.log 2>&1
+}
+round12() {  # torch on all 4 threads: the augmentation in the process, then in 1 loader worker
+  export CUDA_VISIBLE_DEVICES=
+  timeout 60 $C > $OUT/cpu4_t4_device.log 2>&1
+  timeout 60 $C --set augment.where=loader --set data.workers=1 > $OUT/cpu4_t4_loader1.log 2>&1
 }
 "${1:-round8}"
