@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -50,7 +50,7 @@ from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
 from vivi.train.optimizer import sgd
 from vivi.train.prefetch import DevicePrefetcher
-from vivi.train.run_folder import check_processes_agree, check_resume_config, trim_metrics
+from vivi.train.run_folder import check_processes_agree, check_resume_config, hold_run_folder, trim_metrics
 from vivi.train.schedule import lr_schedule
 
 
@@ -225,13 +225,14 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
     cfg = copy.deepcopy(cfg)  # the labelled folder sets model.classes
     ctx = init_distributed(cfg.device)
     try:
-        try:
-            run = _pretrain(cfg, data, out, progress, ctx)
-        except JobError:  # raised alike by every rank (a stop, a NaN): they can still meet
+        with ExitStack() as held:  # rank 0's lock on the run folder, from when _pretrain takes it to the end
+            try:
+                run = _pretrain(cfg, data, out, progress, ctx, held)
+            except JobError:  # raised alike by every rank (a stop, a NaN): they can still meet
+                barrier()
+                raise
             barrier()
-            raise
-        barrier()
-        return run
+            return run
     finally:
         # after the barrier no rank tears the process group down while rank 0 still writes its last
         # files; a gloo rank that destroyed it early once aborted ("terminate called without an
@@ -240,7 +241,9 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
         shutdown(ctx)
 
 
-def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool, ctx: DistContext) -> Path:
+def _pretrain(
+    cfg: RunConfig, data: list[Path | str], out: Path, progress: bool, ctx: DistContext, held: ExitStack
+) -> Path:
     device = process_device(ctx, cfg.device)
     if device.type == "cpu":  # before the loader forks its workers: they inherit it
         reuse_freed_memory()
@@ -255,8 +258,11 @@ def _pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool,
     v = rank_slice(cfg.data.videos, ctx.rank, ctx.world, "data.videos")
     v = v.stop - v.start  # videos per rank
     k, f = cfg.data.shots, cfg.data.frames
-    ckpts = list_checkpoints(out)
     record = data_record(data, source, labelled)
+    # after the errors in the arguments and data, before the folder is read to resume or written:
+    # a second run on it stops here, changing nothing
+    hold_run_folder(out, ctx.main, held)
+    ckpts = list_checkpoints(out)
     if ctx.enabled:
         check_processes_agree(out, cfg, record, ckpts)
     if ckpts:  # every rank reads the same files here, so every rank stops alike or none does
