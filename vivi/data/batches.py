@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -196,8 +196,10 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
     last: dict[str, int] = {}
     canonical: dict[str, str] = {}  # a shard as the records give it -> _shard_path's string, made once
     ok = most = longest = 0
+    not_ok: Counter[str] = Counter()  # status -> videos, for the message when none is ok
     for position, r in enumerate(records):
         if r.get("status") != "ok":
+            not_ok[str(r.get("status"))] += 1
             continue
         ok += 1
         lengths = shot_lengths(r)
@@ -210,6 +212,10 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
             else:
                 first[key] = _Kept(lengths, "", None)
     if not ok:
+        if not_ok:  # ingested, but nothing came through: "run vivi ingest first" misled
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(not_ok.items()))
+            raise UserError(f"{where}: no video was ingested with status ok ({counts}); "
+                            f"`vivi ingest-stats {where}` lists the reasons")
         raise UserError(f"{where}: no ingested videos with status ok (run `vivi ingest SRC {where}` first)")
     if len(first) < ok:
         warn(f"{where}: {ok - len(first)} videos appear more than once (a folder given twice, or parts "

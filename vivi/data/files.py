@@ -13,16 +13,21 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from vivi.errors import warn
+
 # Clutter that is never data: left out of the "ignored files" notes.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
 
 
 def walk_files(root: Path) -> list[Path]:
     """Every non-hidden file under ``root`` at any depth, sorted. Symlinked folders are followed,
-    each real folder once (a link loop ends); broken links are kept so callers can report them."""
+    each real folder once (a link loop ends); broken links are kept so callers can report them.
+    A folder that cannot be read (no permission, a vanished mount) is named in a warning: its
+    files used to be left out without a word."""
     seen: set[str] = set()
     found: list[Path] = []
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    unreadable: list[OSError] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=unreadable.append):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders[:] = []
@@ -30,6 +35,11 @@ def walk_files(root: Path) -> list[Path]:
         seen.add(real)
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         found += [Path(folder) / f for f in files if not f.startswith(".")]
+    if unreadable:
+        first = unreadable[0]
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        reason = first.strerror or first.__class__.__name__
+        warn(f"{root}: cannot read the folder {first.filename} ({reason}){more}; the files in it are left out")
     return sorted(found)
 
 

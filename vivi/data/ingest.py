@@ -13,6 +13,7 @@ shards and the index, in the crash-safe order described in :mod:`vivi.data.shard
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -187,6 +189,8 @@ def ingest(
     done = {r["key"] for r in done_records}
     todo = [s for s in sources if s.key not in done]
     summary = IngestSummary(already_done=len(sources) - len(todo))
+    not_ok: list[dict] = []  # this run's first error and skipped records, named after the summary
+    not_ok_count = 0
     writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
     index = out / INDEX_NAME
     index.touch()  # an empty part is still a readable (empty) ingest output
@@ -202,6 +206,9 @@ def ingest(
                         append_records(index, writer.add(result.record, result.images))
                     else:
                         append_records(index, [result.record])
+                        not_ok_count += 1
+                        if len(not_ok) < SHOWN_NOT_OK:
+                            not_ok.append(result.record)
                     if isinstance(result.images, SpooledImages):
                         result.images.discard()
                 fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
@@ -224,7 +231,21 @@ def ingest(
     summary.seconds = time.perf_counter() - started
     if progress:
         print(summary, file=sys.stderr)
+        if not_ok:
+            print(not_ok_note(not_ok, not_ok_count, index), file=sys.stderr)
     return summary
+
+
+SHOWN_NOT_OK = 3  # error and skipped videos named after the summary; the index has them all
+
+
+def not_ok_note(records: list[dict], count: int, index: Path) -> str:
+    """The first few of the ``count`` videos that were not ingested, each with its reason, and where
+    the rest are: "4 errors" alone left a user to dig through the index for which files and why."""
+    lines = [f"  {r['status']}: {r['source']}: {r['error']}" for r in records[:SHOWN_NOT_OK]]
+    more = f"and {count - len(lines)} more; " if count > len(lines) else ""
+    lines.append(f"  ({more}every video's status and reason is in {index})")
+    return "\n".join(lines)
 
 
 SETTINGS_NAME = "ingest.json"  # the options that shape the data, checked when OUT is resumed
@@ -363,8 +384,17 @@ def _list_file_entries(path: Path) -> list[str]:
 def _source(given: str, base: Path, local: bool = False) -> Source:
     """Resolve a path against the list's folder (URLs stay as they are, unless ``local``: a file
     found in a folder is never a URL or a shell command) and derive its key."""
-    location = given if not local and is_remote(given) else str((base / given).resolve())
+    location = given if not local and is_remote(given) else _resolved(base / given)
     return Source(given, location, source_key(location))
+
+
+def _resolved(path: Path) -> str:
+    """The absolute path with links resolved; a link loop (``a.mp4 -> b.mp4 -> a.mp4``) stops
+    resolving rather than the whole listing (it becomes the video's error record)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # RuntimeError("Symlink loop ...") before Python 3.13
+        return os.path.abspath(path)
 
 
 def source_key(location: str) -> str:
@@ -423,8 +453,7 @@ def _openable(source: Source, options: Options) -> Iterator[str]:
 
     location = source.location
     if not is_remote(location):
-        if not os.path.exists(location):  # where it was looked for: a list's relative line, a link's target
-            raise VideoError(f"no such file: {location}")
+        _check_regular_file(location)
         yield location
         return
     if not location.startswith(PIPE) and location.split("://", 1)[0].lower() in FFMPEG_SCHEMES:
@@ -440,6 +469,28 @@ def _openable(source: Source, options: Options) -> Iterator[str]:
         yield tmp
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))  # fmt: skip
+
+
+def _check_regular_file(location: str) -> None:
+    """A local video must be a regular file: FFmpeg waits forever on a named pipe with no writer
+    (one named ``x.mp4`` in a folder stopped the whole run), and a link loop is no file at all."""
+    from vivi.data.video import VideoError
+
+    try:
+        mode = os.stat(location).st_mode
+    except FileNotFoundError:  # where it was looked for: a list's relative line, a link's target
+        raise VideoError(f"no such file: {location}") from None
+    except OSError as e:
+        loop = " (a symbolic link loop)" if e.errno == errno.ELOOP else ""
+        raise VideoError(f"cannot open: {e.strerror or e}{loop}") from None
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), None)
+    if kind is not None:
+        hint = "" if kind == "a folder" else "; a stream goes in a list file as a pipe:CMD line"
+        raise VideoError(f"not a regular file but {kind}{hint}")
 
 
 def _fetch(location: str, out: BinaryIO) -> None:
@@ -543,7 +594,7 @@ def _no_shot_reason(decoded: _Pass, fps: float) -> str:
 def _decode(source: Source, location: str, options: Options) -> _Pass:
     """The one pass: every frame feeds the shot detector as a small image made straight from
     the decoded YUV frame; only frames on the fps grid are converted at sample size, to JPEG."""
-    from vivi.data.video import Video, VideoError, display_size
+    from vivi.data.video import Video, VideoError
 
     times: array[float] = array("d")
     samples: list[_Sample] = []
@@ -556,7 +607,7 @@ def _decode(source: Source, location: str, options: Options) -> _Pass:
             width = 0
             for frame in video.frames():
                 if size is None:
-                    size, width = display_size(frame), detector.width(frame.raw.width, frame.raw.height)
+                    size, width = video.display_size(frame), detector.width(frame.raw.width, frame.raw.height)
                 times.append(frame.t)
                 detector.push(video.thumbnail(frame, width, detector.pixel_format), frame.t)
                 if frame.t >= next_t - 1e-6:  # the first frame at or after each grid time k / fps

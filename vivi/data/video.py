@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -51,6 +52,10 @@ class Video:
         if not self._container.streams.video:
             self._container.close()
             raise VideoError("no video stream")
+        image = _still_image_format(self._container.format.name)
+        if image:  # a photo named .mp4 read as a 0.04 s video was "skipped" as too short for a shot
+            self._container.close()
+            raise VideoError(f"a still image ({image}), not a video")
         # FFmpeg's choice (av_find_best_stream), not the first: a cover picture or thumbnail
         # (web downloads embed one) may come first and is a single frame
         self._stream = self._container.streams.best("video") or self._container.streams.video[0]
@@ -60,6 +65,7 @@ class Video:
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = threads
         self.fps = _nominal_fps(self._stream, _has_timestamps(self._container))
+        self.sample_aspect = _sample_aspect(self._stream)
         self.decode_errors = 0  # packets the decoder rejected (see :meth:`frames`)
         self.last_error: str | None = None
         # One scaler per output size: PyAV caches the swscale context between calls.
@@ -83,24 +89,50 @@ class Video:
         ``cat``, a recorder's clock reset), the frames after the restart continue one frame
         period after the last frame. Otherwise every frame past it would lie before the next
         sampling time, and the rest of the video would silently yield no samples.
+
+        A frame's time is FFmpeg's "best effort" timestamp (``guess_correct_pts``, what ``ffmpeg``
+        and players use): its pts, unless pts have gone backwards more often than the decoding
+        timestamps, then its dts. AVI stores no presentation times: H.264 with B-frames there
+        comes out in display order with pts shuffled (1, 4, 3, 5, 2, ...), and each step back was
+        taken for a restart, stretching a 36 s video to 62 s and sampling it ~1.7 times too often.
         """
-        first_pts: int | None = None
+        first: dict[str, int] = {}  # the first pts and the first dts seen
+        faulty = {"pts": 0, "dts": 0}  # how often each went backwards (or stood still)
+        last_ts: dict[str, int] = {}
         offset = 0.0  # added after a timestamp restart, so times keep increasing
         last_t = -math.inf
+        last_kind: str | None = None
         index = 0
         for raw in self._decoded():
-            pts, time_base = raw.pts, raw.time_base
-            if pts is None or time_base is None:
+            stamps = {"pts": raw.pts, "dts": raw.dts}
+            for kind, other in (("pts", "dts"), ("dts", "pts")):
+                value = stamps[kind] if stamps[kind] is not None else stamps[other]
+                if stamps[kind] is not None:
+                    first.setdefault(kind, stamps[kind])
+                    faulty[kind] += kind in last_ts and stamps[kind] <= last_ts[kind]
+                if value is not None:
+                    last_ts[kind] = value
+            pts_trusted = faulty["pts"] <= faulty["dts"]
+            kind = "pts" if stamps["pts"] is not None and (pts_trusted or stamps["dts"] is None) else "dts"
+            kind = kind if stamps[kind] is not None else None
+            time_base = raw.time_base
+            if not pts_trusted and stamps["dts"] is None and last_kind == "dts":
+                # the frames flushed from the decoder at the end carry no dts, and their pts are
+                # the shuffled ones: each shows one frame period after the last
+                kind, t = "dts", last_t - offset + 1 / self.fps
+            elif kind is None or time_base is None:
                 t = index / self.fps
             else:
-                first_pts = pts if first_pts is None else first_pts
-                # = float((pts - first_pts) * time_base): integer true division rounds correctly
+                # = float((ts - first ts) * time_base): integer true division rounds correctly
                 # too, without making a Fraction per frame
-                t = (pts - first_pts) * time_base.numerator / time_base.denominator
+                t = (stamps[kind] - first[kind]) * time_base.numerator / time_base.denominator
             if t + offset < last_t:
-                offset = last_t + 1 / self.fps - t
+                if kind == last_kind:  # a restart
+                    offset = last_t + 1 / self.fps - t
+                else:  # pts and dts differ by the decoder's delay: a switch between them is no restart
+                    t = last_t - offset
             t += offset
-            last_t = t
+            last_t, last_kind = t, kind
             yield Frame(index, t, raw)
             index += 1
 
@@ -135,13 +167,19 @@ class Video:
         return self._scale(self._thumbnails, raw, width, height, "FAST_BILINEAR", pixel_format)
 
     def upright_rgb(self, frame: Frame, short_side: int) -> np.ndarray:
-        """RGB array with its short side at most ``short_side`` (never upscaled), rotated for display."""
+        """RGB array with its short side at most ``short_side`` (never upscaled), as it is shown:
+        non-square pixels made square (see :meth:`display_size`) and rotated for display."""
         raw = frame.raw
-        scale = min(1.0, short_side / min(raw.width, raw.height))
-        width, height = max(1, round(raw.width * scale)), max(1, round(raw.height * scale))
+        shown_width = raw.width * self.sample_aspect
+        scale = min(1.0, short_side / min(shown_width, raw.height))
+        width, height = max(1, round(shown_width * scale)), max(1, round(raw.height * scale))
         rgb = self._scale(self._samples, raw, width, height, "AREA")
         k = rotation(frame) // 90
         return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
+
+    def display_size(self, frame: Frame) -> tuple[int, int]:
+        """Width and height as the frame is shown: :func:`display_size` with this stream's pixel shape."""
+        return display_size(frame, self.sample_aspect)
 
     @staticmethod
     def _scale(
@@ -160,10 +198,24 @@ def rotation(frame: Frame) -> int:
     return round(frame.raw.rotation / 90) * 90 % 360
 
 
-def display_size(frame: Frame) -> tuple[int, int]:
-    """Width and height as the frame is shown, i.e. after its display rotation."""
-    w, h = frame.raw.width, frame.raw.height
+def display_size(frame: Frame, sample_aspect: Fraction | int = 1) -> tuple[int, int]:
+    """Width and height as the frame is shown: its width times the pixels' aspect ratio
+    (``sample_aspect``), then its display rotation."""
+    w, h = max(1, round(frame.raw.width * sample_aspect)), frame.raw.height
     return (h, w) if rotation(frame) % 180 else (w, h)
+
+
+def _sample_aspect(stream: av.video.stream.VideoStream) -> Fraction | int:
+    """The shape of the stream's pixels (width / height), 1 where they are square or it says nothing.
+
+    Anamorphic video stores a wide picture in fewer columns: DVD 720x480 at 32:27 shows as
+    853x480 (16:9), HDV 1440x1080 at 4:3 as 1920x1080. Taken as square pixels, every frame was
+    squashed sideways (a circle an upright ellipse) and the record gave the coded size. Ratios
+    beyond 8:1 either way are taken for damage, not for a picture's shape."""
+    ratio = stream.sample_aspect_ratio  # FFmpeg's guess: the container's, else the codec's
+    if not ratio or ratio == 1 or not Fraction(1, 8) <= ratio <= 8:
+        return 1
+    return Fraction(ratio)
 
 
 def _nominal_fps(stream: av.video.stream.VideoStream, timestamps: bool = True) -> float:
@@ -191,6 +243,16 @@ def measured_fps(declared: float, times: Sequence[float]) -> float:
         return declared
     rate = 1.0 / steps[len(steps) // 2]
     return rate if max(rate / declared, declared / rate) > RATE_MISMATCH else declared
+
+
+def _still_image_format(name: str) -> str | None:
+    """The image type when FFmpeg reads the file as one still picture (its image demuxers: ``image2``
+    and ``jpeg_pipe``, ``png_pipe``, ...), else None. ``gif_pipe`` is left alone: GIFs animate."""
+    if name == "image2":
+        return "image"
+    if name.endswith("_pipe") and name != "gif_pipe":
+        return name.removesuffix("_pipe").upper()
+    return None
 
 
 def _has_timestamps(container: av.container.InputContainer) -> bool:

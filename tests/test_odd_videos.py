@@ -1,0 +1,164 @@
+"""`vivi ingest` on files the built-in world never makes: found by feeding it odd videos and folders.
+
+Every video is tiny (64x48, a few seconds at 5-10 fps) and written here with PyAV.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from test_ingest import check_shards_agree, run_ingest
+from vivi.data.ingest import ingest
+from vivi.data.shards import INDEX_NAME, read_records
+
+W, H = 64, 48
+COLOURS = [(200, 40, 30), (30, 60, 210), (30, 200, 60)]
+
+
+def picture(i: int, shot: int) -> np.ndarray:
+    """A flat colour per shot, a bright bar moving 3 px per frame, a green top-left corner."""
+    image = np.zeros((H, W, 3), np.uint8) + np.array(COLOURS[shot], np.uint8)
+    image[: H // 4, : W // 4] = (0, 220, 0)
+    image[:, (3 * i) % W] = 255
+    return image
+
+
+def write(path: Path, codec: str = "libx264", fps: int = 5, shots: int = 2, per_shot: int = 15,
+          options: dict | None = None, sample_aspect: Fraction | None = None) -> None:  # fmt: skip
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
+        for i in range(shots * per_shot):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture(i, i // per_shot), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def records_by_name(out: Path) -> dict[str, dict]:
+    return {Path(r["source"]).name: r for r in read_records(out / INDEX_NAME)}
+
+
+def test_a_symbolic_link_loop_in_a_folder_is_an_error_record(tmp_path):
+    """``a.mp4 -> b.mp4 -> a.mp4`` stopped the listing with ``RuntimeError: Symlink loop`` (a
+    traceback), so none of the folder's good videos was ingested."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "good.mp4")
+    (src / "loop_a.mp4").symlink_to("loop_b.mp4")
+    (src / "loop_b.mp4").symlink_to("loop_a.mp4")
+    summary = run_ingest(src, tmp_path / "out", fps=1.0)
+    records = records_by_name(tmp_path / "out")
+    assert (summary.videos_ok, summary.videos_error) == (1, 2)
+    for name in ("loop_a.mp4", "loop_b.mp4"):
+        assert records[name]["status"] == "error" and "symbolic link loop" in records[name]["error"]
+
+
+def test_a_named_pipe_named_like_a_video_is_an_error_record_not_a_hang(tmp_path):
+    """FFmpeg opening a FIFO with no writer waits forever: one ``x.mp4`` pipe in a folder hung the
+    whole run (without ``--timeout``; with it, the reason only said the time ran out)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "good.mp4")
+    os.mkfifo(src / "fifo.mp4")
+    summary = run_ingest(src, tmp_path / "out", fps=1.0, timeout=20)  # the timeout only guards the test
+    records = records_by_name(tmp_path / "out")
+    assert (summary.videos_ok, summary.videos_error) == (1, 1)
+    assert records["fifo.mp4"]["error"].startswith("not a regular file but a named pipe"), records["fifo.mp4"]
+
+
+def test_h264_with_b_frames_in_avi_is_timed_by_its_decoding_timestamps(tmp_path):
+    """AVI has no presentation times: B-frames come out in display order with pts shuffled
+    (1, 4, 3, 5, 2, ...). Each step back was taken for a timestamp restart, so a 6 s video was
+    timed as ~10 s and sampled ~1.7 times a second at --fps 1."""
+    path = tmp_path / "bframes.avi"
+    write(path, options={"bf": "3"})
+    with av.open(str(path)) as container:  # the file really is what the test claims
+        pts = [f.pts for f in container.decode(video=0)]
+    assert any(b < a for a, b in zip(pts, pts[1:]))
+    run_ingest(path, tmp_path / "out", fps=1.0)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert record["status"] == "ok" and record["num_frames"] == 30
+    assert record["duration_s"] == 6.0
+    assert [f["t"] for s in record["shots"] for f in s["frames"]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [(s["start_frame"], s["start_s"]) for s in record["shots"]] == [(0, 0.0), (15, 3.0)]
+
+
+def test_anamorphic_video_is_stored_as_it_is_shown(tmp_path):
+    """64x48 stored pixels 4:3 wide show as 85x48 (16:9), as DVDs (720x480 at 32:27) and HDV
+    (1440x1080 at 4:3) do: frames were stored squashed at 64x48."""
+    path = tmp_path / "anamorphic.mkv"
+    write(path, sample_aspect=Fraction(4, 3))
+    run_ingest(path, tmp_path / "out", fps=1.0)
+    [record] = check_shards_agree(tmp_path / "out")  # also: every JPEG has the record's aspect
+    assert (record["width"], record["height"]) == (85, 48)
+
+
+def test_a_still_image_named_like_a_video_is_an_error_not_a_short_video(tmp_path):
+    """A JPEG named .mp4 opened as a one-frame 0.04 s "video" and was skipped as too short for a shot."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "good.mp4")
+    buffer = io.BytesIO()
+    Image.fromarray(picture(0, 0)).save(buffer, "JPEG")
+    (src / "photo.mp4").write_bytes(buffer.getvalue())
+    summary = run_ingest(src, tmp_path / "out", fps=1.0)
+    assert (summary.videos_ok, summary.videos_error) == (1, 1)
+    assert records_by_name(tmp_path / "out")["photo.mp4"]["error"] == "a still image (JPEG), not a video"
+
+
+def test_a_folder_that_cannot_be_read_is_named_not_silently_left_out(tmp_path, monkeypatch, capsys):
+    """``os.walk`` drops a subfolder it may not read without a word: its videos were simply missing.
+    (Root reads every folder, so the refusal is made here rather than with chmod.)"""
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    write(src / "good.mp4")
+    write(src / "locked" / "hidden_from_us.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary = run_ingest(src, tmp_path / "out", fps=1.0)
+    assert summary.videos_ok == 1
+    err = capsys.readouterr().err
+    assert f"cannot read the folder {src / 'locked'} (Permission denied); the files in it are left out" in err
+
+
+def test_the_summary_names_the_videos_that_were_not_ingested(tmp_path, capsys):
+    """The run ended with "1 ok, 0 skipped, 4 errors" and no word of which files or why."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "good.mp4")
+    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+        (src / name).write_text("not a video\n")
+    ingest(src, tmp_path / "out", fps=1.0, progress=True)
+    err = capsys.readouterr().err
+    assert f"  error: {src / 'a.mp4'}: cannot open: Invalid data found when processing input\n" in err
+    assert f"  (and 1 more; every video's status and reason is in {tmp_path / 'out' / INDEX_NAME})" in err
+
+
+def test_pretrain_on_an_ingest_where_every_video_failed_names_the_counts(tmp_path, capsys):
+    """It said "run `vivi ingest SRC OUT` first" to a user who had: the ingest ran, nothing came through."""
+    from vivi.cli import main
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.mp4").write_text("not a video\n")
+    write(src / "short.mp4", shots=1, per_shot=3)  # 0.6 s: skipped, a shot lasts at least 1 s
+    ingest(src, out, fps=1.0, progress=False)
+    assert main(["pretrain", "--preset", "VIVI-Ex(4)", "--data", str(out), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"vivi: error: {out}: no video was ingested with status ok (1 error, 1 skipped); "
+                       f"`vivi ingest-stats {out}` lists the reasons")  # fmt: skip
+    assert not (tmp_path / "run").exists()
