@@ -18,8 +18,18 @@ from torch.utils.data import Dataset
 
 from vivi.data.batches import rank_slice, step_loader, step_positions
 from vivi.data.files import ignored_note, input_dir
-from vivi.data.frames import load_frame
-from vivi.data.tasks import IMAGE_EXTENSIONS, IMAGE_READ_ERRORS, UnreadableImage, _scan_classes, image_error
+from vivi.data.frames import centre_square, load_frame
+from vivi.data.tasks import (
+    EXIF_ERRORS,
+    IMAGE_EXTENSIONS,
+    IMAGE_READ_ERRORS,
+    UnreadableImage,
+    _scan_classes,
+    image_error,
+    is_hidden,
+    quiet_pil,
+    read_image,
+)
 from vivi.errors import UserError, listed, warn
 
 LABELLED_HELP = "use imagefolder:DIR with DIR/<class>/<image> or DIR/train/<class>/<image>"
@@ -50,7 +60,7 @@ def parse_labelled(spec: str) -> Path:
 def scan_images(root: Path, labelled: bool) -> ImageFolder:
     """The images of ``root`` (its ``train/`` when present); ``labelled`` insists on >= 2 class folders."""
     input_dir(root)
-    top = root / "train" if (root / "train").is_dir() else root
+    top = _image_root(root)
     by_class = _scan_classes(top)
     if labelled and len(by_class) < 2:
         found = "no class folders" if not by_class else "only one class folder"
@@ -68,6 +78,25 @@ def scan_images(root: Path, labelled: bool) -> ImageFolder:
     if note:
         warn(f"{top}: {note}")
     return ImageFolder(top, [""], paths, np.zeros(len(paths), dtype=np.int64))
+
+
+def _image_root(root: Path) -> Path:
+    """``root/train`` when it is the train split of ``root``, else ``root``.
+
+    ``train/`` is a class, not the split, when it holds images and no folders, beside other class
+    folders and no ``val/`` or ``test/`` (CIFAR-100 and many vehicle data sets have a class named
+    "train"): taking it for the split used to train on that one class alone, without a word."""
+    train = root / "train"
+    if not train.is_dir():
+        return root
+    if (root / "val").is_dir() or (root / "test").is_dir():
+        return train
+    beside = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name) and p.name != "train"]
+    inside = [p for p in train.iterdir() if not is_hidden(p.name)]
+    holds_only_images = bool(inside) and all(not p.is_dir() for p in inside) and any(
+        p.suffix.lower() in IMAGE_EXTENSIONS for p in inside
+    )
+    return root if beside and holds_only_images else train
 
 
 def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -97,9 +126,12 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     """An image file -> uint8 ``[3, size, size]``, short side resized and centre-cropped like a frame
     (upright by its EXIF orientation); :class:`UnreadableImage` names the file and the reason."""
     try:
-        return load_frame(path.read_bytes(), size)
+        with quiet_pil():  # as evaluation reads them
+            return load_frame(path.read_bytes(), size)
     except IMAGE_READ_ERRORS as e:
         raise image_error(path, e) from e
+    except EXIF_ERRORS:  # EXIF that PIL cannot rewrite after rotating: upright without it
+        return centre_square(read_image(path, size), size).contiguous()
 
 
 def load_readable(paths: Sequence[Path], size: int, where: str) -> tuple[torch.Tensor, list[int]]:

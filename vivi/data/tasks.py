@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import unicodedata
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from vivi.data.files import ignored_note, input_dir, walk_files
+from vivi.data.files import JUNK_NAMES, ignored_note, input_dir, walk_files
 from vivi.data.frames import to_rgb
 from vivi.errors import UserError, listed, warn
 
@@ -175,13 +179,27 @@ class UnreadableImage(UserError):
         self.path, self.reason = path, reason
 
 
-IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# RuntimeError: PIL's AVIF decoder (a web image saved under a .jpg name, say) raises it for a damaged file
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
 
 # PIL refuses images over 2x its MAX_IMAGE_PIXELS (~179 Mpx) as possible decompression bombs and
 # warns above 1x. A scan or panorama of one's own may be that large: the limit can be raised.
 MAX_PIXELS_ENV = "VIVI_MAX_IMAGE_PIXELS"
 if os.environ.get(MAX_PIXELS_ENV, "").isdigit():
     Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV]) // 2
+
+
+@contextmanager
+def quiet_pil() -> Iterator[None]:
+    """PIL's warnings about a file it reads anyway, silenced: an image over 1x but under 2x the
+    decompression-bomb limit (large, read), a palette image whose transparency is given per entry
+    (what PNG optimisers write for the web; its colours convert alike), and damaged metadata
+    ("Corrupt EXIF data", "Tag data larger than file": camera photos carry such). Each printed two
+    lines naming PIL's source file, not the image, in the middle of the progress bar."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
 
 
 def image_error(path: Path, error: BaseException) -> UnreadableImage:
@@ -205,15 +223,40 @@ def read_image(path: Path, at_least: int | None = None) -> torch.Tensor:
     With ``at_least``, a JPEG may be decoded at 1/2 .. 1/8 scale when both sides stay at least
     that large (a 12-megapixel phone photo decodes ~4x faster for a 64 px model)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large but under the limit: read it
-            with Image.open(path) as img:
-                if at_least:
-                    img.draft("RGB", (at_least, at_least))
+        with quiet_pil(), Image.open(path) as img:
+            if at_least:
+                img.draft("RGB", (at_least, at_least))
+            img.load()  # the pixels: what fails after this is the metadata
+            try:
                 rgb = to_rgb(img)
+            except EXIF_ERRORS:
+                rgb = to_rgb(upright_without_metadata(img))
     except IMAGE_READ_ERRORS as e:
         raise image_error(path, e) from e
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
+# What PIL's exif_transpose raises for a photo whose EXIF it reads but cannot write back after
+# rotating (a tag of an unexpected type, a rational of denominator 0: Pillow issues #4665, #6882,
+# #8605, #8965): the pixels are fine, and the command stopped with a traceback.
+EXIF_ERRORS = (TypeError, ZeroDivisionError, struct.error, ValueError, IndexError, KeyError)
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # fmt: skip
+
+
+def upright_without_metadata(img: Image.Image) -> Image.Image:
+    """``img`` turned upright by its EXIF orientation, without EXIF or XMP (none to rewrite)."""
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except EXIF_ERRORS:
+        orientation = 1
+    method = _TRANSPOSE.get(orientation)
+    upright = img.transpose(method) if method else img.copy()
+    for key in ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif"):
+        upright.info.pop(key, None)
+    upright.getexif().clear()
+    return upright
 
 
 def default_cache_dir() -> Path:
@@ -315,12 +358,22 @@ def _load_image_folder(root: Path) -> ImageTask:
     return ImageTask(name, "custom", classes, train, val, test, source=str(root))
 
 
+CLUTTER_FOLDERS = frozenset({"__MACOSX"})  # unzipping a macOS archive elsewhere: ._name copies only
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden entry (``.DS_Store``, ``._name``, ``.ipynb_checkpoints``) or a ``__MACOSX`` folder."""
+    return name.startswith(".") or name in CLUTTER_FOLDERS
+
+
 def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
     """Class folder name -> its image files (any depth, linked folders followed, hidden entries
     skipped), sorted. Other files are left out with a note counting them by extension; broken
     links to images are kept, so reading them reports them."""
     found, others = {}, []
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name)):
+        if not os.access(class_dir, os.R_OK | os.X_OK):  # else listed as empty: "no images" misleads
+            raise UserError(f"{class_dir}: cannot list the class folder (permission denied)")
         files = walk_files(class_dir)
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         others += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
@@ -330,10 +383,12 @@ def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
     note = ignored_note(others, "image")
     if note:
         warn(f"{split_dir}: {note}")
-    loose = [p for p in split_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")]
+    loose = sorted(p for p in split_dir.iterdir()
+                   if not p.is_dir() and not is_hidden(p.name) and p.name.lower() not in JUNK_NAMES)  # fmt: skip
     if found and loose:
-        warn(f"{split_dir}: ignored {len(loose)} files outside the class folders (<class>/<image>), "
-             f"e.g. {loose[0].name}")
+        images_first = sorted(loose, key=lambda p: p.suffix.lower() not in IMAGE_EXTENSIONS)
+        files = f"{len(loose)} files" if len(loose) != 1 else "1 file"
+        warn(f"{split_dir}: ignored {files} outside the class folders (<class>/<image>), e.g. {images_first[0].name}")
     return found
 
 
@@ -342,11 +397,24 @@ def _checked_classes(split_dir: Path, classes: list[str]) -> dict[str, list[Path
     found = _scan_classes(split_dir)
     extra = sorted(set(found) - set(classes))
     if extra:
-        raise UserError(f"{split_dir}: classes not present in train/: {', '.join(extra)}")
+        hint = _unicode_twins(extra, classes)
+        raise UserError(f"{split_dir}: classes not present in train/: {', '.join(extra)}{hint}")
     missing = sorted(set(classes) - set(found))
     if missing:
         raise UserError(f"{split_dir}: missing classes present in train/: {', '.join(missing)}")
     return found
+
+
+def _unicode_twins(names: list[str], classes: list[str]) -> str:
+    """A hint when a name differs from a train class only in its Unicode form: macOS writes "café"
+    decomposed (NFD), most other systems composed (NFC), so the two print alike and the error
+    "classes not present in train/: café" read as nonsense."""
+    by_form = {unicodedata.normalize("NFC", c): c for c in classes}
+    twins = [n for n in names if unicodedata.normalize("NFC", n) in by_form]
+    if not twins:
+        return ""
+    return (f" ({', '.join(twins)}: the same letters as a train/ class, written in another Unicode normalisation "
+            "form (NFD/NFC, e.g. one copied from macOS); rename the folder so both match)")
 
 
 def _file_split(files: dict[str, list[Path]], classes: list[str]) -> FileSplit:
