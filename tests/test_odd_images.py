@@ -187,3 +187,16 @@ def test_a_photo_whose_exif_pil_cannot_rewrite_is_read_upright(tmp_path):
     small = load_image(path, 16)  # decoded by PIL (both sides >= 2 x 16)
     assert small.shape == (3, 16, 16)
     assert small[0, :, -3:].float().mean() > 200 and small[0, :, :3].float().mean() < 50
+
+
+def test_a_long_strip_is_cropped_before_it_is_resized(tmp_path, monkeypatch):
+    """Pretraining's PIL path resized the whole image to its short side first: a 1 x 20000 strip
+    became 64 x 1.28M pixels (~370 MB more at the peak) to keep a 64 x 64 square."""
+    strip = np.random.default_rng(0).integers(0, 256, (20000, 1, 3)).astype(np.uint8)
+    path = tmp_path / "strip.png"
+    Image.fromarray(strip).save(path)
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    out = load_image(path, 64)
+    assert out.shape == (3, 64, 64) and sizes and max(w * h for w, h in sizes) <= 64 * 64

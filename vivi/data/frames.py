@@ -159,11 +159,15 @@ def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
         img.draft("RGB", (size, size))
         img = to_rgb(img)
         w, h = img.size
-        if min(w, h) != size:
-            w, h = _short_side_to(size, w, h)
-            img = img.resize((w, h), Image.BILINEAR, reducing_gap=None)
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        rw, rh = _short_side_to(size, w, h) if min(w, h) != size else (w, h)
+        left, top = (rw - size) // 2, (rh - size) // 2
+        if (rw, rh) == (w, h):
+            img = img.crop((left, top, left + size, top + size))
+        else:  # only the centre square is resized (the filter still reads past its edges, as in a
+            # whole resize): a 1 x 20000 strip made a 64 x 1.28M image first, ~1 GB, to keep 64 x 64
+            sx, sy = w / rw, h / rh
+            box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+            img = img.resize((size, size), Image.BILINEAR, box=box, reducing_gap=None)
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
