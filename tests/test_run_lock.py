@@ -1,6 +1,6 @@
-"""One run folder, one writer: a second `vivi pretrain` on a folder that another one trains stops at
-start with one line naming the holder and changes nothing; once the holder ends (or dies) the same
-command resumes; a filesystem without locks only warns."""
+"""One folder, one writer: a second `vivi pretrain` on a folder that another one trains (or a second
+`vivi ingest` into one being written) stops at start with one line naming the holder and changes
+nothing; once the holder ends (or dies) the same command resumes; a filesystem without locks only warns."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from vivi.cli import main
 from vivi.train.checkpoint import list_checkpoints
-from vivi.train.run_folder import LOCK_NAME
+from vivi.folder_lock import LOCK_NAME
 
 # optim.lr as the batch-size note suggests for 2 videos, so a refused run prints its one line alone
 SETTINGS = ["data.videos=2", "optim.lr=0.05", "data.workers=0", "optim.steps=4", "ckpt_every=2", "log_every=1",
@@ -149,3 +149,27 @@ def test_torchrun_ranks_all_stop_when_rank_0_cannot_lock(tiny_data, tmp_path):
     line = f"vivi: error: {run} is being trained by another vivi pretrain ({HOLDER}); wait for it to finish or stop it"
     assert err.count(line) == 1, err[-3000:]
     assert _snapshot(run) == before
+
+
+def test_a_second_ingest_into_a_held_folder_stops_with_one_line_and_changes_nothing(tiny_world, tmp_path, capsys):
+    """Two ingests into one OUT decoded the same videos into two sets of shards and indexed them twice."""
+    out = tmp_path / "out"
+    videos = sorted((tiny_world / "videos").glob("*.mp4"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for video in videos[:2]:
+        (src / video.name).symlink_to(video)
+    assert main(["ingest", str(src), str(out), "--workers", "1"]) == 0
+    (src / videos[2].name).symlink_to(videos[2])  # one more to ingest: the refused run must not
+    lock = _hold(out)
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["ingest", str(src), str(out), "--workers", "1"]) == 2
+    assert capsys.readouterr().err == (f"vivi: error: {out} is being written by another vivi ingest ({HOLDER}); "
+                                       "wait for it to finish or stop it\n")  # fmt: skip
+    assert _snapshot(out) == before, "the refused ingest changed the folder"
+
+    lock.close()
+    assert main(["ingest", str(src), str(out), "--workers", "1"]) == 0
+    records = [json.loads(row) for row in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["source"]).name for r in records) == sorted(v.name for v in videos[:3])

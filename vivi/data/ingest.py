@@ -46,6 +46,7 @@ from vivi.data.shards import (
 )
 from vivi.data.shots import DetectorParams, Shot, max_step_s, split_at_gaps
 from vivi.errors import Interrupts, UserError, warn
+from vivi.folder_lock import lock_folder
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".mkv", ".webm", ".avi", ".mov",  # tested
@@ -184,56 +185,59 @@ def ingest(
     if index_part is not None:
         sources = select_part(sources, *index_part)
     out = output_dir(Path(out))
-    _check_same_options(out, options)
-    done_records, next_shard = recover(out)
-    done = {r["key"] for r in done_records}
-    todo = [s for s in sources if s.key not in done]
-    summary = IngestSummary(already_done=len(sources) - len(todo))
-    not_ok: list[dict] = []  # this run's first error and skipped records, named after the summary
-    not_ok_count = 0
-    writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
-    index = out / INDEX_NAME
-    index.touch()  # an empty part is still a readable (empty) ingest output
-    from tqdm import tqdm  # here, not at the top: workers import this module and need no progress bar
+    # one ingest per folder: a second one into OUT would decode the same videos into other shards
+    # and append them to the index again; it stops here, before OUT is read or changed
+    with lock_folder(out, "ingest", "written") or contextlib.nullcontext():
+        _check_same_options(out, options)
+        done_records, next_shard = recover(out)
+        done = {r["key"] for r in done_records}
+        todo = [s for s in sources if s.key not in done]
+        summary = IngestSummary(already_done=len(sources) - len(todo))
+        not_ok: list[dict] = []  # this run's first error and skipped records, named after the summary
+        not_ok_count = 0
+        writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
+        index = out / INDEX_NAME
+        index.touch()  # an empty part is still a readable (empty) ingest output
+        from tqdm import tqdm  # here, not at the top: workers import this module and need no progress bar
 
-    with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar, Interrupts() as stop:
-        results = _results(todo, options, workers, timeout, isolate)
-        try:
-            for result in results:
-                with stop.deferred():  # a signal never cuts a shard member or an index line in half
-                    summary.add(result)
-                    if result.record["status"] == "ok":
-                        append_records(index, writer.add(result.record, result.images))
-                    else:
-                        append_records(index, [result.record])
-                        not_ok_count += 1
-                        if len(not_ok) < SHOWN_NOT_OK:
-                            not_ok.append(result.record)
-                    if isinstance(result.images, SpooledImages):
-                        result.images.discard()
-                fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error,
-                                frames=summary.frames_decoded, frames_per_s=f"{fps:.0f}", refresh=False)  # fmt: skip
-                bar.update()  # one redraw, count and counters together
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every finished video, then stop
+        with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar, Interrupts() as stop:
+            results = _results(todo, options, workers, timeout, isolate)
+            try:
+                for result in results:
+                    with stop.deferred():  # a signal never cuts a shard member or an index line in half
+                        summary.add(result)
+                        if result.record["status"] == "ok":
+                            append_records(index, writer.add(result.record, result.images))
+                        else:
+                            append_records(index, [result.record])
+                            not_ok_count += 1
+                            if len(not_ok) < SHOWN_NOT_OK:
+                                not_ok.append(result.record)
+                        if isinstance(result.images, SpooledImages):
+                            result.images.discard()
+                    fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error,
+                                    frames=summary.frames_decoded, frames_per_s=f"{fps:.0f}", refresh=False)  # fmt: skip
+                    bar.update()  # one redraw, count and counters together
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every finished video, then stop
+                with stop.deferred():
+                    results.close()  # stops the workers
+                    append_records(index, writer.close())
+                bar.close()
+                if progress:
+                    kept = f"kept the {summary.videos} videos finished in this run in {index}"
+                    print(f"Interrupted: {kept}.", file=sys.stderr)
+                raise
             with stop.deferred():
-                results.close()  # stops the workers
                 append_records(index, writer.close())
-            bar.close()
-            if progress:
-                kept = f"kept the {summary.videos} videos finished in this run in {index}"
-                print(f"Interrupted: {kept}.", file=sys.stderr)
-            raise
-        with stop.deferred():
-            append_records(index, writer.close())
-    with contextlib.suppress(OSError):
-        (out / SPOOL_DIR).rmdir()  # empty unless a video failed in a way that left a file
-    summary.seconds = time.perf_counter() - started
-    if progress:
-        print(summary, file=sys.stderr)
-        if not_ok:
-            print(not_ok_note(not_ok, not_ok_count, index), file=sys.stderr)
-    return summary
+        with contextlib.suppress(OSError):
+            (out / SPOOL_DIR).rmdir()  # empty unless a video failed in a way that left a file
+        summary.seconds = time.perf_counter() - started
+        if progress:
+            print(summary, file=sys.stderr)
+            if not_ok:
+                print(not_ok_note(not_ok, not_ok_count, index), file=sys.stderr)
+        return summary
 
 
 SHOWN_NOT_OK = 3  # error and skipped videos named after the summary; the index has them all

@@ -9,19 +9,15 @@ Only one run may write it at a time (:func:`lock_run_folder`).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 import socket
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
-from weakref import WeakSet
 
 from vivi.config import RunConfig, from_dict
-from vivi.errors import JobError, UserError, warn
+from vivi.errors import JobError, UserError
+from vivi.folder_lock import lock_folder
 from vivi.train.distributed import all_gather_objects, disagreements
 
 # How the run is executed, not what it computes (tested: any worker count and cache size give
@@ -33,9 +29,6 @@ RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile", "lo
 
 # What `vivi pretrain` writes into a run folder: one of them there makes the folder a run to resume.
 RUN_FILES = ("config.json", "data.json", "checkpoints", "metrics.jsonl", "tb", "backbone.safetensors")
-
-# Held by the process that writes the run folder (rank 0), for as long as it runs: see lock_run_folder.
-LOCK_NAME = ".lock"
 
 # What may differ between the processes of one run: a node's loader share of its cores and memory.
 PER_NODE = ("data.workers", "data.cache_mb")
@@ -109,51 +102,10 @@ def trim_metrics(path: Path, start: int) -> None:
         path.write_text("".join(kept))
 
 
-# The locks this process holds. A forked child (a loader worker) closes its copies: the lock lasts
-# until every copy is closed, and a worker orphaned by a killed run would otherwise keep it for seconds.
-_held: WeakSet[IO[str]] = WeakSet()
-
-
-def _close_held_locks() -> None:
-    for lock in list(_held):
-        lock.close()
-
-
-os.register_at_fork(after_in_child=_close_held_locks)
-
-
 def lock_run_folder(run: Path) -> IO[str] | None:
-    """Hold ``RUN/.lock`` exclusively for as long as the returned file stays open (rank 0, the whole run).
-
-    Two ``vivi pretrain`` on one ``--out`` (the same command in two terminals, a scheduler requeueing
-    a job whose first copy still runs) would both train, interleave ``metrics.jsonl`` and prune each
-    other's checkpoints. An advisory ``flock`` refuses the second before it changes anything there
-    (a :class:`UserError` naming the holder, whose pid, host and start time the file keeps); the
-    kernel releases it when the holder ends, however it ends, so there is no stale lock to remove.
-    ``None``, with a warning, on a filesystem without locks (some FUSE bucket mounts): training goes on.
-    """
-    run.mkdir(parents=True, exist_ok=True)
-    # created if missing, never truncated here: a refused run leaves the folder as it was
-    lock = (run / LOCK_NAME).open("a+", errors="replace")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # not held by another: no locks on this filesystem
-            lock.close()
-            warn(f"{run}: its filesystem does not support file locks ({e.strerror or e}); another vivi pretrain "
-                 "started on this folder at the same time would not be detected")
-            return None
-        lock.seek(0)
-        holder = lock.read(200).partition("\n")[0].strip()  # empty if read just as the holder rewrites it
-        lock.close()
-        raise UserError(f"{run} is being trained by another vivi pretrain{f' ({holder})' if holder else ''}; "
-                        "wait for it to finish or stop it") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M')}\n")
-    lock.flush()
-    _held.add(lock)
-    return lock
+    """Hold ``RUN/.lock`` for as long as the returned file stays open (rank 0, the whole run): a
+    second ``vivi pretrain`` on the folder stops before it changes anything (:mod:`vivi.folder_lock`)."""
+    return lock_folder(run, "pretrain", "trained")
 
 
 def hold_run_folder(run: Path, main: bool, held: ExitStack) -> None:
