@@ -158,6 +158,24 @@ def test_evaluate_tasks_writes_and_resumes(tmp_path, extraction_calls):
     assert calls == []
 
 
+def test_two_evaluations_into_one_file_keep_each_other_s_tasks(tmp_path, monkeypatch):
+    """Run side by side on other tasks, each wrote back the file as it had read it at its start: the
+    one that finished last dropped the other's tasks. Here "two" is written while "one" is running."""
+    out = tmp_path / "linear.json"
+    run = suite.PROTOCOLS["linear"]
+
+    def meanwhile(model, task, settings):
+        if task.name == "one":  # another evaluation finishes task "two" into the same file meanwhile
+            monkeypatch.setitem(suite.PROTOCOLS, "linear", run)
+            _run([_task("two", "structured", 10)], out)
+        return run(model, task, settings)
+
+    monkeypatch.setitem(suite.PROTOCOLS, "linear", meanwhile)
+    result = _run([_task("one", "natural", 0)], out)
+    assert [t["task"] for t in result["tasks"]] == ["two", "one"]
+    assert json.loads(out.read_text()) == result
+
+
 def test_evaluate_tasks_refuses_other_runs_file_and_unknown_protocol(tmp_path):
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"model": "other", "protocol": "linear", "image_size": 8, "tasks": []}))

@@ -2,13 +2,17 @@
 
 A run or an evaluation can be killed at any moment; a half-written JSON file would then stop
 the next resume with a parse error and lose what it held. Every such file is written beside
-its place and renamed over it (atomic on one filesystem).
+its place and renamed over it (atomic on one filesystem). Processes that add to one file take
+turns (:func:`file_lock`), so none writes back a copy that misses another's addition.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +33,34 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """One process at a time between entering and leaving: an exclusive ``flock`` on a hidden
+    ``.NAME.lock`` beside ``path``, waited for (a read-modify-write of a results file takes
+    milliseconds), and removed on leaving, so nothing is left beside the results. Not ``path``
+    itself: an atomic write replaces its inode, and a lock with it. A process that waited on a lock
+    file removed meanwhile tries again on the new one. On a filesystem without locks the block runs
+    unserialised, as it did before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.with_name(f".{path.name}.lock")
+    while True:
+        lock = name.open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # no locks here: nothing to wait for or to remove
+            lock.close()
+            yield
+            return
+        try:
+            if os.stat(name).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()  # removed by the holder before us: the next one is a new file
+    try:
+        yield
+    finally:
+        name.unlink(missing_ok=True)  # still holding it: a waiter sees it gone and starts again
+        lock.close()

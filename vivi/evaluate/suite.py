@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vivi.data.tasks import ImageTask, check_readable, skipped_images, skipped_text
-from vivi.atomic import write_json_atomic
+from vivi.atomic import file_lock, write_json_atomic
 from vivi.errors import UserError, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
@@ -187,8 +187,21 @@ def evaluate_tasks(
         if progress:
             tqdm.write(f"{task.name}: {metrics['accuracy']:.1f}% ({protocol})")
         if out_json is not None:
-            write_json_atomic(out_json, _results(header, entries))
+            entries = _add_entry(out_json, header, entries[-1])
     return _results(header, entries)
+
+
+def _add_entry(path: Path, header: dict, entry: dict) -> list[dict]:
+    """Write ``entry`` into the results file ``path`` beside the entries it holds now; returns them all.
+
+    Read again under the file's lock, not taken from this run's start: two evaluations of other
+    tasks into one ``--out`` (run side by side to use a machine's cores or GPUs) each wrote back
+    the file as it had read it, and the one that finished last silently dropped the other's tasks.
+    """
+    with file_lock(path):
+        entries = [e for e in _previous_entries(path, header) if e["task"] != entry["task"]] + [entry]
+        write_json_atomic(path, _results(header, entries))
+    return entries
 
 
 def _evaluate_vtab1k(
