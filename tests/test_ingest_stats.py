@@ -173,3 +173,19 @@ def test_reasons_that_differ_only_in_their_numbers_are_one_kind():
     records = [{"key": f"k{i}", "status": "skipped", "error": short.format(d), "duration_s": float(d)}
                for i, d in enumerate(("0.10", "0.50"))]
     assert compute_stats(records).reasons["skipped"].most_common(1)[0][1] == 2
+
+
+def test_videos_cut_short_are_counted(tmp_path):
+    """Ok videos whose index record holds ``declared_s`` (they end well before the length their file
+    declares) are counted in the totals and under ok; skipped ones carry the field but are no ok video."""
+    records = [
+        _record("a", "ok", duration_s=4.0, shots=[_shot(0, 2, 2)]) | {"declared_s": 10.0},
+        _record("b", "ok", duration_s=10.0, shots=[_shot(0, 2, 2)]),
+        _record("c", "skipped", "0 shots with kept frames", duration_s=0.6) | {"declared_s": 10.0},
+    ]
+    (tmp_path / INDEX_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats, _ = ingest_stats([tmp_path])
+    assert stats.summary.videos_short == 1
+    text = format_stats(stats)
+    assert "3 videos: 2 ok (1 shorter than its file declares), 1 skipped, 0 errors;" in text
+    assert "     1  end well before the length their files declare (cut short? index field declared_s)" in text

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from PIL import Image
 
 from test_ingest import check_shards_agree, run_ingest
@@ -31,15 +32,35 @@ def picture(i: int, shot: int) -> np.ndarray:
 
 
 def write(path: Path, codec: str = "libx264", fps: int = 5, shots: int = 2, per_shot: int = 15,
-          options: dict | None = None, sample_aspect: Fraction | None = None) -> None:  # fmt: skip
-    with av.open(str(path), "w") as container:
+          options: dict | None = None, sample_aspect: Fraction | None = None, container_options: dict | None = None,
+          times: list[float] | None = None, fade: int = 0) -> None:  # fmt: skip
+    """``times``: each frame's time (s), a variable frame rate, instead of ``fps``'s even steps;
+    ``fade``: the last that many frames fade to black."""
+    frames = shots * per_shot
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         if sample_aspect is not None:
             stream.codec_context.sample_aspect_ratio = sample_aspect
-        for i in range(shots * per_shot):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture(i, i // per_shot), format="rgb24")))
+        if times is not None:
+            stream.time_base = Fraction(1, 1000)
+        for i in range(frames):
+            image = picture(i, i // per_shot)
+            if i >= frames - fade:
+                image = (image * ((frames - 1 - i) / fade)).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def cut_in_half(path: Path) -> Path:
+    """The file's first half of bytes, as an interrupted download or copy leaves it."""
+    data = path.read_bytes()
+    cut = path.with_name(f"cut_{path.name}")
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
 
 
 def records_by_name(out: Path) -> dict[str, dict]:
@@ -162,3 +183,78 @@ def test_pretrain_on_an_ingest_where_every_video_failed_names_the_counts(tmp_pat
     assert err[-1] == (f"vivi: error: {out}: no video was ingested with status ok (1 error, 1 skipped); "
                        f"`vivi ingest-stats {out}` lists the reasons")  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+# (extension, codec, extra container options): 10 s at 10 fps, two 5 s shots. AVI with MPEG-4 part 2:
+# its 5.7 kB header leaves an H.264 AVI this small under 1 s once cut in half (then skipped)
+CUT_SHORT = [("mkv", "libx264", None), ("webm", "libvpx-vp9", None), ("avi", "mpeg4", None),
+             ("mp4", "libx264", {"movflags": "faststart"})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ext", "codec", "container_options"), CUT_SHORT, ids=[c[0] for c in CUT_SHORT])
+def test_a_video_cut_short_keeps_its_frames_and_says_so(tmp_path, capsys, ext, codec, container_options):
+    """Cut in half, an mkv, webm or avi (or an mp4 with its index first) plays up to the cut: it was
+    ingested as an ok video of about half its frames with decode_errors 0 and not a word said."""
+    src = tmp_path / "src"
+    src.mkdir()
+    full = src / f"full.{ext}"
+    write(full, codec=codec, fps=10, shots=2, per_shot=50, container_options=container_options)
+    cut = cut_in_half(full)
+    full.unlink()
+    summary = ingest(src, tmp_path / "out", fps=1.0, progress=True)
+    [record] = check_shards_agree(tmp_path / "out")
+    assert record["status"] == "ok" and record["shots"] and record["decode_errors"] == 0
+    assert record["duration_s"] < 6.0 and record["declared_s"] == 10.0
+    assert summary.videos_short == 1 and "1 ok (1 shorter than its file declares)" in str(summary)
+    err = capsys.readouterr().err
+    assert "warning: 1 video ends well before the length its file declares" in err
+    assert f"  {cut}: decoded {record['duration_s']:g} s of the 10 s declared\n" in err
+
+
+INTACT = [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "libx264"), ("avi", "mpeg4"), ("ts", "libx264"),
+          ("mp4", "libx264"), ("mov", "libx264")]  # fmt: skip
+
+
+def test_intact_videos_are_not_taken_for_cut_short(tmp_path, capsys):
+    """No false alarms: every container at a constant rate, a variable frame rate (a still picture
+    held for 2 s, bursts at 20 fps), a video ending in a fade to black (frames the detector leaves
+    out of every shot), and a live WebM (browser MediaRecorder: no duration at all), whole or cut."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for ext, codec in INTACT:
+        write(src / f"{codec}.{ext}", codec=codec, fps=10, shots=2, per_shot=50)
+    steps = [0.1] * 20 + [2.0] + [0.05] * 20 + [0.3] * 19  # 60 frames over 9.7 s
+    vfr_times = [sum(steps[:i]) for i in range(60)]
+    for ext, codec in [("mkv", "libx264"), ("webm", "libvpx-vp9")]:
+        write(src / f"vfr.{ext}", codec=codec, shots=2, per_shot=30, times=vfr_times)
+        write(src / f"fade.{ext}", codec=codec, fps=10, shots=2, per_shot=50, fade=30)
+    write(src / "live.webm", codec="libvpx-vp9", fps=10, shots=2, per_shot=50, container_options={"live": "1"})
+    cut_in_half(src / "live.webm")  # declares no length, so a cut cannot be told from an end
+    with av.open(str(src / "sound_runs_on.mkv"), "w") as container:  # 5 s of picture, 10 s of sound:
+        video = container.add_stream("libx264", rate=10)  # the segment's 10 s is no length of the video
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        audio = container.add_stream("aac", rate=8000, layout="mono")
+        for i in range(50):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(picture(i, i // 25), format="rgb24")))
+        for k in range(80):
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1000), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 8000, 1000 * k
+            container.mux(audio.encode(sound))
+        container.mux(video.encode() + audio.encode())
+    summary = ingest(src, tmp_path / "out", fps=1.0, progress=True)
+    records = records_by_name(tmp_path / "out")
+    assert len(records) == len(INTACT) + 7
+    assert all(r["status"] == "ok" for r in records.values()), records
+    assert not [name for name, r in records.items() if "declared_s" in r]
+    assert records["vfr.mkv"]["duration_s"] > 9.0 and records["fade.mkv"]["duration_s"] == 10.0
+    assert summary.videos_short == 0 and "shorter than" not in capsys.readouterr().err
+
+
+def test_a_truncated_mp4_with_its_index_at_the_end_is_still_an_error(tmp_path):
+    """What a cut costs an ordinary mp4 (its moov written last): the file cannot be opened at all."""
+    write(tmp_path / "full.mp4", fps=10, shots=2, per_shot=50)
+    cut = cut_in_half(tmp_path / "full.mp4")
+    summary = run_ingest(cut, tmp_path / "out", fps=1.0)
+    [record] = records_by_name(tmp_path / "out").values()
+    assert record["status"] == "error" and record["error"].startswith("cannot open: ")
+    assert "declared_s" not in record and summary.videos_short == 0

@@ -55,6 +55,11 @@ VIDEO_EXTENSIONS = (
 )
 MiB = 1 << 20
 MIN_SHOT_S = DetectorParams().min_shot_s  # shared by every detector
+# A video is taken to end before the length its file declares (cut short: an interrupted download
+# or copy) when its decoded frames end more than max(SHORT_MIN_S, SHORT_FRACTION x declared)
+# seconds early; see :func:`declared_short`.
+SHORT_MIN_S = 1.0
+SHORT_FRACTION = 0.05
 # Tests only: "kill:NAME" (SIGKILL, as the OOM killer sends) or "hang:NAME" makes the worker
 # ingesting the file named NAME die or never finish, to check that the run survives it.
 FAULT_ENV = "VIVI_TEST_INGEST_FAULT"
@@ -98,6 +103,7 @@ class IngestSummary:
     videos_ok: int = 0
     videos_skipped: int = 0
     videos_error: int = 0
+    videos_short: int = 0  # of the ok videos: those ending well before their declared length
     already_done: int = 0
     shots: int = 0
     frames: int = 0  # kept frames written to shards
@@ -124,6 +130,7 @@ class IngestSummary:
         self.videos_ok += status == "ok"
         self.videos_skipped += status == "skipped"
         self.videos_error += status == "error"
+        self.videos_short += status == "ok" and record.get("declared_s") is not None
         self.shots += len(record.get("shots") or [])
         self.frames += sum(len(s["frames"]) for s in record.get("shots") or [])
         self.video_hours += (record.get("duration_s") or 0.0) / 3600
@@ -132,9 +139,16 @@ class IngestSummary:
         """``N videos: a ok, b skipped, c errors; S shots, F frames kept from H hours of video``."""
         return (
             f"{self.videos} video{'s' if self.videos != 1 else ''}{already_done}: "
-            f"{self.videos_ok} ok, {self.videos_skipped} skipped, {self.videos_error} errors; "
+            f"{self.videos_ok} ok{self._short()}, {self.videos_skipped} skipped, {self.videos_error} errors; "
             f"{self.shots} shots, {self.frames} frames kept from {self.video_hours:.2f} hours of video"
         )
+
+    def _short(self) -> str:
+        """" (2 shorter than their files declare)": said only where there are some."""
+        if not self.videos_short:
+            return ""
+        n = self.videos_short
+        return f" ({n} shorter than {'their files declare' if n != 1 else 'its file declares'})"
 
     def __str__(self) -> str:
         done = f" ({self.already_done} already in the index)" if self.already_done else ""
@@ -195,6 +209,7 @@ def ingest(
         summary = IngestSummary(already_done=len(sources) - len(todo))
         not_ok: list[dict] = []  # this run's first error and skipped records, named after the summary
         not_ok_count = 0
+        short: list[dict] = []  # this run's first videos that end before their declared length
         writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
         index = out / INDEX_NAME
         index.touch()  # an empty part is still a readable (empty) ingest output
@@ -206,6 +221,9 @@ def ingest(
                 for result in results:
                     with stop.deferred():  # a signal never cuts a shard member or an index line in half
                         summary.add(result)
+                        if result.record["status"] == "ok" and result.record.get("declared_s") is not None \
+                                and len(short) < SHOWN_NOT_OK:
+                            short.append(result.record)
                         if result.record["status"] == "ok":
                             append_records(index, writer.add(result.record, result.images))
                         else:
@@ -237,6 +255,8 @@ def ingest(
             print(summary, file=sys.stderr)
             if not_ok:
                 print(not_ok_note(not_ok, not_ok_count, index), file=sys.stderr)
+            if short:
+                print(short_note(short, summary.videos_short), file=sys.stderr)
         return summary
 
 
@@ -250,6 +270,35 @@ def not_ok_note(records: list[dict], count: int, index: Path) -> str:
     more = f"and {count - len(lines)} more; " if count > len(lines) else ""
     lines.append(f"  ({more}every video's status and reason is in {index})")
     return "\n".join(lines)
+
+
+def short_note(records: list[dict], count: int) -> str:
+    """The first few of the ``count`` videos whose frames end well before the length their file
+    declares (cut short, most likely), each with both lengths: a truncated mkv/webm/avi used to be
+    ingested as far as it goes without a word. Their frames are kept; ``declared_s`` marks them."""
+    lines = [f"warning: {count} video{'s end' if count != 1 else ' ends'} well before the length "
+             f"{'their files declare' if count != 1 else 'its file declares'} (cut short? the frames "
+             "up to the end are kept; their index records hold \"declared_s\"):"]  # fmt: skip
+    lines += [f"  {r['source']}: decoded {r['duration_s']:g} s of the {r['declared_s']:g} s declared"
+              for r in records[:SHOWN_NOT_OK]]  # fmt: skip
+    if count > len(lines) - 1:
+        lines.append(f"  (and {count - len(lines) + 1} more)")
+    return "\n".join(lines)
+
+
+def declared_short(decoded_end_s: float, declared_s: float | None) -> bool:
+    """Whether frames ending at ``decoded_end_s`` end clearly before a declared length.
+
+    The margin is max(:data:`SHORT_MIN_S`, :data:`SHORT_FRACTION` x declared). Intact files differ
+    from their declaration by far less: a frame period or two (the last frame's shown duration, a
+    decoder's first frames), an audio priming delay or edit, millisecond rounding. 1 s is one sample
+    at the default 1 Hz, so a video losing less is not worth a warning; 5% covers the looser
+    declarations of long files (a variable-rate recording whose last frame is held for a while, a
+    rate declared slightly off, timestamp drift) while a cut, a download stopped at a random byte,
+    loses half the video on average."""
+    if declared_s is None:
+        return False
+    return decoded_end_s < declared_s - max(SHORT_MIN_S, SHORT_FRACTION * declared_s)
 
 
 SETTINGS_NAME = "ingest.json"  # the options that shape the data, checked when OUT is resumed
@@ -562,6 +611,16 @@ class _Pass:
     shots: list[Shot]
     decode_errors: int = 0  # packets skipped because the decoder rejected them
     spool: str = ""  # the file holding the samples' JPEGs, if spooled
+    declared_s: float | None = None  # the video's length as its file declares it, if it does
+    last_shown_s: float = 0.0  # how long the last frame is shown, where its packet says so
+    start_s: float = 0.0  # the first frame's own timestamp (s); declared lengths count from 0
+
+    @property
+    def end_s(self) -> float:
+        """When the last decoded frame stops showing, on the file's clock (declared lengths count
+        from its 0, not from the first frame): a screen recording may hold its last frame for
+        seconds, which :attr:`duration`'s one frame period leaves out."""
+        return max(self.start_s, 0.0) + self.times[-1] + max(1 / self.fps, self.last_shown_s)
 
     @property
     def duration(self) -> float:
@@ -574,6 +633,8 @@ def _process(source: Source, location: str, options: Options) -> VideoResult:
         fps=round(decoded.fps, 3), num_frames=len(decoded.times), duration_s=round(decoded.duration, 3),
         width=decoded.size[0], height=decoded.size[1], decode_errors=decoded.decode_errors,
     )
+    if declared_short(decoded.end_s, decoded.declared_s):
+        meta["declared_s"] = round(decoded.declared_s, 3)  # type: ignore[arg-type]
     shots, images = _assign(source.key, decoded)
     if len(shots) < options.min_shots:
         if isinstance(images, SpooledImages):
@@ -633,7 +694,14 @@ def _decode(source: Source, location: str, options: Options) -> _Pass:
     shots = detector.shots()
     if video.decode_errors:  # frames lost to damage: a long step between two frames may hide shots never seen
         shots = split_at_gaps(shots, times, detector.fps)
-    return _Pass(detector.fps, size, times, samples, shots, video.decode_errors, str(spool.path) if spool else "")
+    return _Pass(detector.fps, size, times, samples, shots, video.decode_errors, str(spool.path) if spool else "",
+                 video.declared_s, _shown_seconds(frame.raw), video.start_s or 0.0)
+
+
+def _shown_seconds(raw: object) -> float:
+    """How long a decoded frame is shown, from its packet's duration; 0 where that is unknown."""
+    duration, time_base = getattr(raw, "duration", None), getattr(raw, "time_base", None)
+    return float(duration * time_base) if duration and duration > 0 and time_base else 0.0
 
 
 class _RateCheckedDetector:

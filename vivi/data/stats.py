@@ -93,6 +93,9 @@ def format_stats(stats: DatasetStats, top: int = TOP_REASONS) -> str:
         reasons = stats.reasons.get(status, Counter())
         lines.append(f"  {status:<8} {sum(reasons.values())}")
         if status == "ok":
+            if s.videos_short:  # kept, but their files declare more: cut short, most likely
+                lines.append(f"    {s.videos_short:>6}  end well before the length their files declare "
+                             "(cut short? index field declared_s)")  # fmt: skip
             continue
         shown = len(reasons) if len(reasons) <= top + 1 else top  # a lone reason fits where "(1 other)" would
         for reason, count in reasons.most_common(shown):

@@ -68,6 +68,9 @@ class Video:
         self.sample_aspect = _sample_aspect(self._stream)
         self.decode_errors = 0  # packets the decoder rejected (see :meth:`frames`)
         self.last_error: str | None = None
+        # how long the file says its video lasts, where it says so (see :func:`declared_seconds`)
+        self.declared_s = declared_seconds(self._container, self._stream)
+        self.start_s: float | None = None  # the first decoded frame's own timestamp, in seconds
         # One scaler per output size: PyAV caches the swscale context between calls.
         self._thumbnails = VideoReformatter()
         self._samples = VideoReformatter()
@@ -133,6 +136,8 @@ class Video:
                     t = last_t - offset
             t += offset
             last_t, last_kind = t, kind
+            if index == 0 and kind is not None and time_base is not None:
+                self.start_s = float(stamps[kind] * time_base)
             yield Frame(index, t, raw)
             index += 1
 
@@ -243,6 +248,64 @@ def measured_fps(declared: float, times: Sequence[float]) -> float:
         return declared
     rate = 1.0 / steps[len(steps) // 2]
     return rate if max(rate / declared, declared / rate) > RATE_MISMATCH else declared
+
+
+# Containers whose duration FFmpeg measures from the file's own last timestamps (MPEG program and
+# transport streams) rather than reads from a header: a file cut short measures as long as it is,
+# and a live capture or joined files (timestamp restarts) measure wrong, so nothing is declared.
+_MEASURED_DURATION = ("mpeg", "mpegts", "mpegtsraw")
+
+
+def declared_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """How long the file says its video stream lasts, from a header its muxer wrote when it finished
+    the file, or None where it says nothing of the video's own length.
+
+    Read per container, because the generic ``container.duration`` covers every stream (an mkv
+    whose audio runs on after the picture ends is no damaged video) and for some formats is no
+    declaration at all but a measurement or a guess:
+
+    - Matroska/WebM: the video track's ``DURATION`` tag (FFmpeg and mkvmerge write one), else the
+      segment's duration where the video is the only stream. Live WebMs (browser MediaRecorder)
+      declare nothing.
+    - AVI: the stream header's frame count (``dwLength``) times the frame period.
+    - MP4/MOV: the track's own duration (``mdhd``, after its edit list). A file whose index sits
+      at its end cannot be opened when cut short, but a "fast start" one (index first) can.
+    - Other containers with timestamps (FLV, ASF, ...): the container's duration where the video
+      is the only stream, unless FFmpeg measured it from the file's end (MPEG-PS/TS, see
+      :data:`_MEASURED_DURATION`). Raw elementary streams declare nothing (FFmpeg's duration for
+      them is a guess from the file size).
+    """
+    name = container.format.name
+    if name in _MEASURED_DURATION or not _has_timestamps(container):
+        return None
+    time_base = stream.time_base
+    alone = len(container.streams) == 1
+    seconds: float | None = None
+    if name == "avi":
+        if stream.frames > 0 and time_base:
+            seconds = float(stream.frames * time_base)
+    elif name.startswith("matroska"):
+        seconds = _clock_seconds(stream.metadata.get("DURATION") or stream.metadata.get("duration") or "")
+        if seconds is None and alone and container.duration is not None:
+            seconds = container.duration / av.time_base
+    elif name.startswith("mov,"):
+        if stream.duration is not None and time_base:
+            seconds = float(stream.duration * time_base)
+    elif alone and container.duration is not None:
+        seconds = container.duration / av.time_base
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
+
+
+def _clock_seconds(text: str) -> float | None:
+    """``"01:02:03.5"`` (Matroska's duration tags) in seconds; None if it is not such a time."""
+    parts = text.strip().split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if not 1 <= len(values) <= 3 or any(v < 0 for v in values):
+        return None
+    return sum(v * 60**i for i, v in enumerate(reversed(values)))
 
 
 def _still_image_format(name: str) -> str | None:
