@@ -237,3 +237,32 @@ def test_ingest_stats_reads_a_bucket(tiny_data, bucket, tmp_path):
     assert remote == local and all(p.is_file() for p in pngs)
     with pytest.raises(UserError, match="give -o DIR"):
         ingest_stats([f"memory://{bucket}"])
+
+
+def test_an_http_video_from_a_server_without_range_requests_says_how_to_read_it(tiny_world, tmp_path):
+    """FFmpeg reads an http(s) URL itself and seeks in it; Python's http.server ignores ranges, and the
+    record said only "no decodable video frames (... Input/output error)"."""
+    import http.server
+    import threading
+
+    from vivi.data.ingest import ingest
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tiny_world / "videos"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        video = sorted((tiny_world / "videos").glob("*.mp4"))[0].name
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"http://127.0.0.1:{server.server_port}/{video}\n")
+        ingest(listing, tmp_path / "out", progress=False)
+    finally:
+        server.shutdown()
+    (record,) = read_records(tmp_path / "out" / INDEX_NAME)
+    assert record["status"] == "error"
+    assert "Input/output error" in record["error"], record["error"]
+    assert record["error"].endswith("; if the server does not allow range requests, list it as a pipe:curl -sL URL "
+                                    "line (read whole)")  # fmt: skip

@@ -485,7 +485,16 @@ def process_video(source: Source, options: Options) -> VideoResult:
         with _openable(source, options) as location:
             return _process(source, location, options)
     except VideoError as e:
-        return VideoResult(_record(source, "error", str(e)))
+        return VideoResult(_record(source, "error", str(e) + _stream_hint(source.location, str(e))))
+
+
+def _stream_hint(location: str, error: str) -> str:
+    """Why an http(s) URL that FFmpeg read itself may fail with a bare I/O error: it seeks within the
+    file (an mp4's index often sits at its end), which a server without range requests (Python's
+    ``http.server``, some CDNs' signed URLs) cannot serve."""
+    if location.split("://", 1)[0].lower() not in ("http", "https") or "Input/output error" not in error:
+        return ""
+    return "; if the server does not allow range requests, list it as a pipe:curl -sL URL line (read whole)"
 
 
 PIPE = "pipe:"  # webdataset's convention: "pipe:CMD" is what the shell command CMD writes to stdout
