@@ -203,6 +203,8 @@ def _evaluate(a: argparse.Namespace) -> None:
     if a.protocol == "robustness":
         from vivi.evaluate.robustness import evaluate_robustness, format_robustness
 
+        if out is not None:
+            _check_robustness_out(out, name, a.task)
         head = None
         if a.head:
             from vivi.evaluate.classifier import head_classifier
@@ -223,6 +225,27 @@ def _evaluate(a: argparse.Namespace) -> None:
         model_source=str(Path(a.model).resolve()) if Path(a.model).is_dir() else None,
     )
     print(results_table([results]))
+
+
+def _check_robustness_out(out: Path, model: str, task: str) -> None:
+    """Refuse an --out that holds other results: the robustness protocol writes one task per file,
+    and replaced whatever was there (a linear suite's results, another model's) without a word."""
+    if not out.exists():
+        return
+    try:
+        previous = json.loads(out.read_text())
+        kept = (previous["protocol"], previous["model"], [t["task"] for t in previous["tasks"]])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out}: exists and is not a vivi results file ({e}); choose another --out") from None
+    protocol, other, tasks = kept
+    if protocol != "robustness" or other != model:
+        raise UserError(f"{out}: holds {protocol} results of {other}, which this robustness evaluation of {model} "
+                        "would replace; choose another --out")  # fmt: skip
+    source = task.partition(":")[2] if ":" in task else None
+    same = [t for t in previous["tasks"] if source is None or Path(str(t.get("source", ""))) == Path(source)]
+    if not same:
+        raise UserError(f"{out}: holds the robustness result of {', '.join(tasks)}, which a result of {task} "
+                        "would replace (one robustness task per file); choose another --out")
 
 
 def _sigterm_as_sigint(command: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
@@ -385,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--labelled", help="imagefolder:DIR to fit a linear classifier on the encoder's features")
     s.add_argument("--target", default="uniform", help="uniform | a JSON file of class -> weight")
-    s.add_argument("--frames", type=int, default=8, help="frames scored per video (evenly spaced)")
+    s.add_argument("--frames", type=_positive(int), default=8, help="frames scored per video (evenly spaced)")
     s.add_argument("-o", required=True, metavar="LIST", help="the selected sources, one per line (+ LIST.json)")
     s.set_defaults(func=_sigterm_as_sigint(_curate))
 
@@ -451,9 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="synth -> ingest -> pretrain Ex-YT-F and VIVI-Ex(4) -> evaluate -> table")
     s.add_argument("--out", default="demo_out")
-    s.add_argument("--seeds", type=int, default=1, help="repeat pretraining and evaluation with this many seeds")
-    s.add_argument("--videos", type=int, default=None)
-    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--seeds", type=_positive(int), default=1, help="repeat pretraining and evaluation with this many seeds")
+    s.add_argument("--videos", type=_positive(int), default=None)
+    s.add_argument("--steps", type=_positive(int), default=None)
     s.set_defaults(func=_demo)
     return p
 

@@ -45,6 +45,8 @@ def model_config(name: str, overrides: Sequence[str] = ()):
     for change in changes:
         if "=" not in change:
             raise UserError(f"{where}: expected PRESET@section.field=value, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
+        if change.partition("=")[0].strip() == "seed":  # it overrode the study's seed: every "seed" trained alike
+            raise UserError(f"{where}: a variant cannot set seed; the study's seeds are chosen with --seeds")
     try:
         return apply_overrides(preset(base.strip(), "tiny"), [*overrides, *changes])
     except UserError as e:
@@ -167,6 +169,8 @@ def run_study(out: Path, size: StudySize) -> Path:
         model_config(name, [f"optim.steps={size.steps}"])  # an unknown name or setting stops here, before any work
     if unknown := [p for p in size.protocols if p not in ALL_PROTOCOLS]:
         raise UserError(f"--protocols {','.join(unknown)}: unknown protocol (available: {', '.join(ALL_PROTOCOLS)})")
+    if not size.protocols:  # "--protocols ," evaluated nothing and marked every run done
+        raise UserError("--protocols: no protocol given (e.g. --protocols linear)")
     if size.seeds < 1:
         raise UserError(f"--seeds {size.seeds}: expected at least 1")
     check_same_study(out, size)

@@ -37,7 +37,7 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
                  f"pass timm:{name}:WEIGHTS.safetensors to evaluate trained weights")  # fmt: skip
             name = f"{name} {RANDOM_INIT}"
         return Encoder(name, model, size)
-    if spec.startswith("random"):
+    if spec == "random" or spec.startswith("random:"):  # not a run folder or file named random-...
         scale = spec.partition(":")[2] or "tiny"
         cfg = preset("VIVI-Ex(4)", scale)
         torch.manual_seed(seed)
@@ -74,6 +74,14 @@ def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Modul
     if weights is None:
         return model
     state = _read_weights(weights)
+    for key, tensor in state.items():  # as vivi's own backbone files: NaN weights made every feature NaN
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{weights}: tensor {key!r} holds NaN or inf values; the file is damaged or the run diverged")
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (timm:{name}: {tuple(expected[k].shape)})"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    if wrong:  # load_state_dict raises RuntimeError on these even with strict=False
+        raise UserError(f"{weights}: does not fit timm:{name} ({len(wrong)} tensors of another shape, e.g. {wrong[0]})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     head = ("fc.", "head.", "classifier.", "head.fc.", "last_linear.")
     unexpected = [k for k in unexpected if not k.startswith(head)]

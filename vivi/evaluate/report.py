@@ -89,16 +89,21 @@ def _has_type(value: object, want: type | str) -> bool:
     return isinstance(value, (int, float)) if want == _NUMBER else isinstance(value, want)
 
 
+# Joined into one row only when all agree: two models of one name (two weights files of one timm
+# architecture, say) were merged into one row, each one's tasks passing for the other's.
+_SAME_EVALUATION = ("model", "protocol", "image_size", "model_source", "weights")
+
+
 def merge_results(results: Sequence[dict]) -> list[dict]:
     """One row per evaluation: results of the same model, protocol and image size written to
     several files (e.g. mini-vtab and an image folder, evaluated separately) are joined when
     their tasks do not overlap; overlapping ones (repeats) stay separate rows."""
     merged: list[dict] = []
     for result in results:
-        key = [result.get(k) for k in ("model", "protocol", "image_size", "model_source")]
+        key = [result.get(k) for k in _SAME_EVALUATION]
         names = {t["task"] for t in result["tasks"]}
         for row in merged:
-            if [row.get(k) for k in ("model", "protocol", "image_size", "model_source")] == key and not (
+            if [row.get(k) for k in _SAME_EVALUATION] == key and not (
                 names & {t["task"] for t in row["tasks"]}
             ):
                 row["tasks"] = row["tasks"] + result["tasks"]

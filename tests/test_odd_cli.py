@@ -1,0 +1,98 @@
+"""Odd command-line inputs found by a user's test session: each once produced a traceback, a wrong
+model, or lost results without a word."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vivi.cli import main
+from vivi.config import preset
+
+
+def _backbone(path: Path) -> Path:
+    from vivi.models.backbone import build_backbone, save_backbone
+
+    spec = preset("VIVI-Ex(4)", "tiny").model.backbone
+    save_backbone(build_backbone(spec), spec, path, extra={"image_size": "64"})
+    return path
+
+
+def test_a_file_named_random_something_is_that_file_not_a_random_encoder(tmp_path, monkeypatch):
+    from vivi.evaluate.encoders import load_encoder
+
+    monkeypatch.chdir(tmp_path)  # as typed in the folder that holds it
+    _backbone(tmp_path / "randomized.safetensors")
+    enc = load_encoder("randomized.safetensors")
+    assert enc.name == "randomized"  # was "random-tiny": an untrained encoder evaluated in its place
+    assert load_encoder("random").name == "random-tiny"
+
+
+def _timm_weights(tmp_path: Path, edit) -> Path:
+    import timm
+    from safetensors.torch import save_file
+
+    state = {k: v.clone().contiguous() for k, v in timm.create_model("resnet18", num_classes=0).state_dict().items()}
+    edit(state)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+def test_timm_weights_of_another_shape_are_one_line_not_a_traceback(tmp_path, capsys):
+    path = _timm_weights(tmp_path, lambda s: s.__setitem__("conv1.weight", torch.zeros(32, 3, 7, 7)))
+    assert main(["evaluate", f"timm:resnet18:{path}", "--task", "imagefolder:/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "conv1.weight" in err and "Traceback" not in err
+
+
+def test_timm_weights_holding_nan_are_refused_naming_the_tensor(tmp_path, capsys):
+    def poison(state):
+        state["bn1.weight"][0] = float("nan")
+
+    path = _timm_weights(tmp_path, poison)
+    assert main(["evaluate", f"timm:resnet18:{path}", "--task", "imagefolder:/nonexistent"]) == 2
+    assert "'bn1.weight' holds NaN" in capsys.readouterr().err
+
+
+def _result(model: str, task: str, weights: str) -> dict:
+    entry = {"task": task, "group": "custom", "protocol": "linear", "accuracy": 50.0}
+    return {"model": model, "protocol": "linear", "image_size": 32, "weights": weights, "tasks": [entry]}
+
+
+def test_report_keeps_two_models_of_one_name_apart(tmp_path):
+    from vivi.evaluate.report import merge_results
+
+    rows = merge_results([_result("resnet18", "a", "1111"), _result("resnet18", "b", "2222")])
+    assert len(rows) == 2  # was one row: each model's task passed for the other's
+    assert len(merge_results([_result("m", "a", "1111"), _result("m", "b", "1111")])) == 1
+
+
+def test_robustness_does_not_overwrite_other_results(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(_result("random-tiny", "IF", "1111")))
+    before = out.read_text()
+    assert main(["evaluate", "random:tiny", "--task", "world:/nonexistent", "--protocol", "robustness",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "holds linear results" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_study_refuses_an_empty_protocol_list_and_a_variant_seed(tmp_path, capsys):
+    assert main(["study", "-o", str(tmp_path / "s"), "--quick", "--protocols", ","]) == 2
+    assert main(["study", "-o", str(tmp_path / "s"), "--quick", "--models", "VIVI-Ex(4)@seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert "no protocol given" in err and "cannot set seed" in err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("argv", [["demo", "--seeds", "0"], ["demo", "--videos", "0"], ["demo", "--steps", "-5"],
+                                  ["curate", "D", "--classifier", "R", "-o", "L", "--frames", "0"]])  # fmt: skip
+def test_counts_that_cannot_work_are_refused_before_any_work(argv, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, *(["--out", str(tmp_path / "d")] if argv[0] == "demo" else [])])
+    assert e.value.code == 2
+    assert not (tmp_path / "d").exists()
