@@ -96,3 +96,27 @@ def test_counts_that_cannot_work_are_refused_before_any_work(argv, tmp_path):
         main([*argv, *(["--out", str(tmp_path / "d")] if argv[0] == "demo" else [])])
     assert e.value.code == 2
     assert not (tmp_path / "d").exists()
+
+
+def test_a_torn_last_metrics_row_is_left_out_on_resume_and_in_the_report(tiny_data, tmp_path, capsys, one_thread):
+    """A power loss mid-write leaves half a row at the end of metrics.jsonl: the resume stopped with a
+    JSON traceback in trim_metrics, and `vivi report` refused the run."""
+    from vivi.evaluate.report import load_metrics
+    from vivi.train.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    settings = ["data.videos=2", "optim.lr=0.05", "data.workers=0", "optim.steps=4", "ckpt_every=2", "log_every=1"]
+    argv = ["pretrain", "--preset", "VIVI-Ex(4)", "--data", str(tiny_data), "--out", str(run),
+            *[arg for s in settings for arg in ("--set", s)]]  # fmt: skip
+    assert main(argv) == 0
+    list_checkpoints(run)[-1].unlink()  # the crash came after step 3's row, before step 4's checkpoint
+    (run / "backbone.safetensors").unlink()
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:3]) + '{"loss": 0.5, "st')
+
+    capsys.readouterr()
+    assert [r["step"] for r in load_metrics(run)] == [1, 2, 3]
+    assert capsys.readouterr().err == f"vivi: warning: {metrics}: its last line was cut short (the run stopped " \
+                                      "while writing it); left out\n"  # fmt: skip
+    assert main(argv) == 0
+    assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [1, 2, 3, 4]

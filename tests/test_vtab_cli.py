@@ -37,13 +37,18 @@ def test_timm_backbone_with_local_weights(tmp_path, capsys):
 
 
 def test_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+
     class Evil:
         def __reduce__(self):
-            return (print, ("unpickled!",))
+            return (marker.touch, ())
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(UserError, match="unreadable weights"):
+    with pytest.raises(UserError, match=r"evil\.pth: not a plain state dict of tensors \(.*GLOBAL.*\); vivi loads "
+                                        r"\.pth files with weights_only=True and never runs code from one") as e:
         load_encoder(f"timm:test_resnet:{tmp_path / 'evil.pth'}")
+    assert "False" not in str(e.value), "torch's advice to load it with weights_only=False is not passed on"
+    assert not marker.exists()
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +95,17 @@ def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Modul
     return model
 
 
+def _refused_global(e: BaseException) -> str | None:
+    """The object torch's restricted unpickler refused ("... unsupported GLOBAL posix.system ..."),
+    if that is why it failed; its advice in the line before, to load the file with
+    weights_only=False, is not passed on."""
+    return next((line.strip() for line in str(e).splitlines()[1:] if "GLOBAL" in line), None)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{path}: no such weights file")
@@ -101,9 +114,18 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's own advice here is to load it with weights_only=False
+        if refused := _refused_global(e):
+            raise UserError(f"{path}: not a plain state dict of tensors ({refused}); vivi loads .pth files with "
+                            "weights_only=True and never runs code from one: save model.state_dict(), or use "
+                            ".safetensors") from e
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        raise UserError(f"{path}: unreadable weights (not a file torch.save wrote{': ' if detail else ''}{detail})") from e
     except Exception as e:  # corrupt files raise many types; all mean the same to the user
-        raise UserError(f"{path}: unreadable weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        raise UserError(f"{path}: unreadable weights ({_first_line(e)})") from e
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -15,8 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from vivi.errors import UserError
+from vivi.errors import UserError, warn
 from vivi.evaluate.suite import GROUP_ORDER, summarize
+from vivi.train.run_folder import metrics_lines
 
 MISSING = "-"
 
@@ -271,9 +272,12 @@ def load_metrics(run: Path) -> list[dict]:
     """Rows of ``RUN/metrics.jsonl`` (what the training loop logs every log_every steps)."""
     path = Path(run) / "metrics.jsonl" if Path(run).is_dir() else Path(run)
     try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines, torn = metrics_lines(path)
+        rows = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a run's metrics.jsonl ({e})") from e
+    if torn:  # the row being written when the run died: the curves end one row earlier
+        warn(f"{path}: its last line was cut short (the run stopped while writing it); left out")
     if not rows or not all(isinstance(r, dict) and "step" in r for r in rows):
         raise UserError(f"{path}: no metrics rows with a step")
     return rows

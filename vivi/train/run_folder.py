@@ -92,13 +92,23 @@ def check_processes_agree(out: Path, cfg: RunConfig, record: dict, ckpts: list[P
     raise JobError(f"{n} were started with different settings ({listed}); start every process with the same command")
 
 
+def metrics_lines(path: Path) -> tuple[list[str], bool]:
+    """The complete lines of ``metrics.jsonl`` (each ending in a newline) and whether a torn last
+    line was left out: a power loss or a full disk can cut the row being written, and that tail
+    stopped the resume (and ``vivi report``) with a JSON error."""
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    torn = bool(lines) and not lines[-1].endswith("\n")
+    return (lines[:-1] if torn else lines), torn
+
+
 def trim_metrics(path: Path, start: int) -> None:
-    """Drop metric rows past the checkpoint resumed from (a crash may have logged steps it then lost)."""
+    """Drop metric rows past the checkpoint resumed from (a crash may have logged steps it then lost),
+    and a torn last row."""
     if not path.is_file():
         return
-    rows = path.read_text().splitlines(keepends=True)
+    rows, torn = metrics_lines(path)
     kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= start]
-    if len(kept) != len(rows):
+    if torn or len(kept) != len(rows):
         path.write_text("".join(kept))
 
 
