@@ -102,3 +102,17 @@ def test_the_curated_list_can_be_ingested_from_anywhere(tmp_path, monkeypatch):
     listing, _ = write_curation(result, tmp_path / "elsewhere" / "list.txt")
     assert sorted(Path(p).name for p in listing.read_text().splitlines()) == ["a.mp4", "b.mp4"]
     assert ingest(listing, tmp_path / "again", fps=2.0, progress=False).videos_ok == 2
+
+
+@pytest.mark.parametrize(("text", "said"), [("[1, 2]", "expected a JSON object of class -> weight"),
+                                            ('{"a": "x"}', "the weight of a is 'x'; expected a finite number >= 0"),
+                                            ('{"a": NaN, "b": 1}', "the weight of a is nan"),
+                                            ('{"a": true}', "the weight of a is True")])  # fmt: skip
+def test_a_bad_target_is_one_line_before_any_video_is_scored(text, said, tmp_path):
+    """These raised TypeError/ValueError tracebacks, and only once every video had been scored."""
+    (tmp_path / "t.json").write_text(text)
+    scored = []
+    with pytest.raises(UserError, match=f"t.json: {said}"):
+        curate([tmp_path / "no-such-ingest"], lambda frames: scored.append(frames), ["a", "b"], 8,
+               target=str(tmp_path / "t.json"), progress=False)  # fmt: skip
+    assert scored == []

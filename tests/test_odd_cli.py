@@ -120,3 +120,13 @@ def test_a_torn_last_metrics_row_is_left_out_on_resume_and_in_the_report(tiny_da
                                       "while writing it); left out\n"  # fmt: skip
     assert main(argv) == 0
     assert [json.loads(r)["step"] for r in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("flags", "protocol", "named"), [(["--head", "--k", "3"], "linear", "--k and --head"),
+                                                          (["--lr", "0.5"], "knn", "--lr"),
+                                                          (["--steps", "5"], "robustness", "--steps")])  # fmt: skip
+def test_a_setting_the_protocol_does_not_use_is_refused_not_ignored(flags, protocol, named, capsys):
+    """`evaluate ... --protocol linear --head --k 3 --lr 0.5` ran a linear probe and said nothing of them."""
+    assert main(["evaluate", "random:tiny", "--task", "mini-vtab:object", "--protocol", protocol, *flags]) == 2
+    assert capsys.readouterr().err == (f"vivi: error: {named}: not used by --protocol {protocol} (--lr and --steps "
+                                       "set finetune, --k and --head robustness)\n")  # fmt: skip

@@ -191,6 +191,12 @@ def _evaluate(a: argparse.Namespace) -> None:
     protocols = (*ALL_PROTOCOLS, "robustness")
     if a.protocol not in protocols:
         raise UserError(f"--protocol {a.protocol}: unknown protocol (available: {', '.join(protocols)})")
+    unused = [flag for flag, given, protocol in (("--lr", a.lr is not None, "finetune"),
+              ("--steps", a.steps is not None, "finetune"), ("--k", a.k is not None, "robustness"),
+              ("--head", a.head, "robustness")) if given and a.protocol != protocol]  # fmt: skip
+    if unused:  # silently ignored, they left a user believing the setting was used
+        raise UserError(f"{' and '.join(unused)}: not used by --protocol {a.protocol} (--lr and --steps set "
+                        "finetune, --k and --head robustness)")
     scale = vtab1k_scale(a.scale)
     if a.out is not None and not a.out.strip():  # "" evaluated everything and wrote it nowhere
         raise UserError("--out '': expected a results file name, e.g. --out results/model.json")
@@ -210,7 +216,7 @@ def _evaluate(a: argparse.Namespace) -> None:
             from vivi.evaluate.classifier import head_classifier
 
             head = head_classifier(Path(a.model))
-        result = evaluate_robustness(enc, a.task, k=a.k, device=a.device, out_json=out, model_name=name,
+        result = evaluate_robustness(enc, a.task, k=4 if a.k is None else a.k, device=a.device, out_json=out, model_name=name,
                                      cache_dir=cache, head=head)  # fmt: skip
         print(format_robustness(result))
         return
@@ -441,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=_positive(float), help="finetune: learning rate (default: the scale's first)")
     s.add_argument("--steps", type=_positive(int), help="finetune: steps (default: the scale's first)")
     s.add_argument(
-        "--k", type=_positive(int, minimum=0), default=4, help="robustness: neighbours within k frames must be right too"
+        "--k", type=_positive(int, minimum=0), help="robustness: neighbours within k frames must be right too (default 4)"
     )
     s.add_argument(
         "--head", action="store_true",

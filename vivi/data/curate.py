@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,9 +55,14 @@ def parse_target(spec: str, classes: Sequence[str]) -> np.ndarray:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{spec}: expected 'uniform' or a JSON file of class -> weight ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object of class -> weight, e.g. {{\"dog\": 2, \"cat\": 1}}")
     unknown = sorted(set(raw) - set(classes))
     if unknown:
         raise UserError(f"{path}: classes the classifier does not know: {', '.join(unknown[:5])} (known: {', '.join(classes[:10])}...)")
+    bad = [c for c, w in raw.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)]
+    if bad:
+        raise UserError(f"{path}: the weight of {bad[0]} is {raw[bad[0]]!r}; expected a finite number >= 0")
     target = np.array([float(raw.get(c, 0.0)) for c in classes])
     if (target < 0).any() or target.sum() <= 0:
         raise UserError(f"{path}: weights must be >= 0 with a positive sum")
@@ -108,6 +114,7 @@ def curate(
     per_video: int = 8, progress: bool = True,
 ) -> Curation:
     """Score the ok videos of ingest folders ``outs`` and choose the matching selection."""
+    goal = parse_target(target, classes)  # before the scoring: a bad target file used to cost all of it
     records = [r for r in read_index(outs) if r.get("status") == "ok" and r.get("shard")]
     if not records:
         raise UserError(f"{', '.join(map(str, outs))}: no ingested videos with status ok")
@@ -126,7 +133,6 @@ def curate(
                 bar.update(1)
     p = np.stack(probs)
     labels, confidence = p.argmax(1), p.max(1)
-    goal = parse_target(target, classes)
     selected, weights = match_distribution(labels, confidence, goal, classes)
     return Curation(classes, sources, labels, confidence, selected, weights, goal, locations)
 
