@@ -130,3 +130,15 @@ def test_a_setting_the_protocol_does_not_use_is_refused_not_ignored(flags, proto
     assert main(["evaluate", "random:tiny", "--task", "mini-vtab:object", "--protocol", protocol, *flags]) == 2
     assert capsys.readouterr().err == (f"vivi: error: {named}: not used by --protocol {protocol} (--lr and --steps "
                                        "set finetune, --k and --head robustness)\n")  # fmt: skip
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`vivi presets --json | head -1` ended in a BrokenPipeError traceback once head had what it wanted."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "vivi", "presets", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == ""

@@ -7,6 +7,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -512,6 +513,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vivi presets --json | head`: the reader has all it wanted
+        # Python would flush stdout again at exit, into the closed pipe, and print a second error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command the pipe stopped
     except (MemoryError, RuntimeError) as e:
         if not _out_of_memory(e):  # any other RuntimeError is a bug: keep the traceback
             raise
