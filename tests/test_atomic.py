@@ -60,3 +60,18 @@ def test_processes_adding_to_one_file_take_turns_and_leave_nothing_beside_it(tmp
     assert [w.exitcode for w in workers] == [0, 0, 0]
     assert json.loads(path.read_text()) == {"count": 75}, "an update was lost"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_without_file_locks_the_write_still_happens_and_leaves_nothing_beside_it(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / "results.json"
+    with file_lock(path):
+        write_json_atomic(path, {"count": 1})
+    assert json.loads(path.read_text()) == {"count": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def write_json_atomic(path: Path, data: Any, indent: int = 2) -> None:
@@ -45,22 +45,28 @@ def file_lock(path: Path) -> Iterator[None]:
     unserialised, as it did before."""
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.with_name(f".{path.name}.lock")
+    lock = _held_lock(name)
+    try:
+        yield
+    finally:
+        name.unlink(missing_ok=True)  # while still holding it: a waiter sees it gone and starts again
+        if lock is not None:
+            lock.close()
+
+
+def _held_lock(name: Path) -> IO[str] | None:
+    """``name`` opened and exclusively locked, once it is the file at that name (not one a holder
+    removed while we waited); None on a filesystem without locks."""
     while True:
         lock = name.open("a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError:  # no locks here: nothing to wait for or to remove
+        except OSError:  # no locks here: nothing to wait for
             lock.close()
-            yield
-            return
+            return None
         try:
             if os.stat(name).st_ino == os.fstat(lock.fileno()).st_ino:
-                break
+                return lock
         except FileNotFoundError:
             pass
         lock.close()  # removed by the holder before us: the next one is a new file
-    try:
-        yield
-    finally:
-        name.unlink(missing_ok=True)  # still holding it: a waiter sees it gone and starts again
-        lock.close()
