@@ -142,3 +142,15 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and err == ""
+
+
+def test_head_on_a_run_without_one_says_what_evaluate_offers(tiny_data, tiny_world, tmp_path, capsys, one_thread):
+    """It suggested --labelled, an option of curate and pretrain that evaluate does not have."""
+    run = tmp_path / "run"
+    settings = ["data.videos=2", "optim.lr=0.05", "data.workers=0", "optim.steps=1"]
+    assert main(["pretrain", "--preset", "VIVI-Ex(4)", "--data", str(tiny_data), "--out", str(run),
+                 *[arg for s in settings for arg in ("--set", s)]]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--task", f"world:{tiny_world}", "--protocol", "robustness", "--head"]) == 2
+    assert capsys.readouterr().err == (f"vivi: error: {run}: has no classification head (not co-trained); leave out "
+                                       "--head to score it with a probe\n")  # fmt: skip

@@ -216,7 +216,7 @@ def _evaluate(a: argparse.Namespace) -> None:
         if a.head:
             from vivi.evaluate.classifier import head_classifier
 
-            head = head_classifier(Path(a.model))
+            head = head_classifier(Path(a.model), instead="leave out --head to score it with a probe")
         result = evaluate_robustness(enc, a.task, k=4 if a.k is None else a.k, device=a.device, out_json=out, model_name=name,
                                      cache_dir=cache, head=head)  # fmt: skip
         print(format_robustness(result))

@@ -28,12 +28,13 @@ class ImageClassifier:
     probabilities: Callable[[torch.Tensor], np.ndarray]
 
 
-def head_classifier(run: Path) -> ImageClassifier:
-    """A co-trained run (``VIVI-Ex(4)-Co(...)``): its backbone and linear classification head."""
+def head_classifier(run: Path, instead: str = "add --labelled imagefolder:DIR to fit one") -> ImageClassifier:
+    """A co-trained run (``VIVI-Ex(4)-Co(...)``): its backbone and linear classification head.
+    ``instead``: what the command offers for a run without one."""
     model, cfg = load_run_model(run)
     head = getattr(model, "classifier", None)
     if head is None:
-        raise UserError(f"{run}: has no classification head (not co-trained); add --labelled imagefolder:DIR to fit one")
+        raise UserError(f"{run}: has no classification head (not co-trained); {instead}")
     classes = list(cfg.model.class_names) or [f"class{i}" for i in range(head.out_features)]
     if not cfg.model.class_names and cfg.data.labelled:  # runs from before class names were saved
         try:
