@@ -144,13 +144,46 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     assert proc.wait(60) == 141 and err == ""
 
 
-def test_head_on_a_run_without_one_says_what_evaluate_offers(tiny_data, tiny_world, tmp_path, capsys, one_thread):
-    """It suggested --labelled, an option of curate and pretrain that evaluate does not have."""
+@pytest.fixture
+def tiny_run(tiny_data, tmp_path, one_thread) -> Path:
     run = tmp_path / "run"
     settings = ["data.videos=2", "optim.lr=0.05", "data.workers=0", "optim.steps=1"]
     assert main(["pretrain", "--preset", "VIVI-Ex(4)", "--data", str(tiny_data), "--out", str(run),
                  *[arg for s in settings for arg in ("--set", s)]]) == 0  # fmt: skip
+    return run
+
+
+def test_head_on_a_run_without_one_says_what_evaluate_offers(tiny_run, tiny_world, capsys):
+    """It suggested --labelled, an option of curate and pretrain that evaluate does not have."""
+    run = tiny_run
     capsys.readouterr()
     assert main(["evaluate", str(run), "--task", f"world:{tiny_world}", "--protocol", "robustness", "--head"]) == 2
     assert capsys.readouterr().err == (f"vivi: error: {run}: has no classification head (not co-trained); leave out "
                                        "--head to score it with a probe\n")  # fmt: skip
+
+
+def test_a_damaged_or_edited_run_config_is_one_line(tiny_run, tiny_data, tmp_path, capsys):
+    """vivi attention and curate (load_run_model) gave a JSONDecodeError or a load_state_dict traceback."""
+    config = tiny_run / "config.json"
+    good = config.read_text()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    capsys.readouterr()
+    config.write_text(good[: len(good) // 2])
+    assert main(["attention", str(tiny_run), str(frames), "-o", str(tmp_path / "att")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vivi: error: {config}: not a vivi run config (") and err.count("\n") == 1
+    edited = json.loads(good)
+    edited["model"]["video_dim"] = 64  # the heads the checkpoint holds are 512 wide
+    config.write_text(json.dumps(edited))
+    assert main(["curate", str(tiny_data), "--classifier", str(tiny_run), "-o", str(tmp_path / "list.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "was config.json edited after training?" in err and err.count("\n") == 1
+
+
+def test_curate_refuses_a_folder_as_its_list_before_scoring(tiny_run, tiny_data, tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    capsys.readouterr()
+    assert main(["curate", str(tiny_data), "--classifier", str(tiny_run), "-o", str(tmp_path / "adir")]) == 2
+    assert capsys.readouterr().err == (f"vivi: error: -o {tmp_path / 'adir'}: is a folder; -o names the list file "
+                                       f"to write, e.g. {tmp_path / 'adir' / 'selected.txt'}\n")  # fmt: skip

@@ -58,6 +58,8 @@ def _curate(a: argparse.Namespace) -> None:
     from vivi.evaluate.classifier import head_classifier, probe_classifier
 
     output_dir(Path(a.o).parent, create=False)  # before the scoring, not after it
+    if Path(a.o).is_dir():
+        raise UserError(f"-o {a.o}: is a folder; -o names the list file to write, e.g. {Path(a.o) / 'selected.txt'}")
     clf = probe_classifier(a.classifier, a.labelled) if a.labelled else head_classifier(Path(a.classifier))
     result = curate([Path(o) for o in a.outs], clf.probabilities, clf.classes, clf.size, a.target, a.frames)
     listing, details = write_curation(result, Path(a.o))

@@ -65,12 +65,20 @@ def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:
     config = run / "config.json"
     if not config.is_file():
         raise UserError(f"{run}: not a run folder (no config.json)")
-    cfg = from_dict(json.loads(config.read_text()))
+    try:
+        cfg = from_dict(json.loads(config.read_text()))
+    except (ValueError, TypeError, KeyError) as e:  # a damaged or hand-edited file: a traceback before
+        raise UserError(f"{config}: not a vivi run config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise UserError(f"{run}: no checkpoint yet (checkpoints/step_*.pt)")
     from vivi.models import build_model
 
     model = build_model(cfg)
-    model.load_state_dict(load_checkpoint(ckpts[-1])["model"])
+    try:
+        model.load_state_dict(load_checkpoint(ckpts[-1])["model"])
+    except RuntimeError as e:  # the config was changed after training (pooling, sizes): the weights do not fit
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{ckpts[-1]}: does not fit the model {config} describes ({first}); was config.json "
+                        "edited after training?") from e
     return model.eval(), cfg
