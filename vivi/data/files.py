@@ -17,6 +17,13 @@ from vivi.errors import warn
 
 # Clutter that is never data: left out of the "ignored files" notes.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+CLUTTER_FOLDERS = frozenset({"__MACOSX"})  # unzipping a macOS archive elsewhere: ._name copies only
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden entry (``.DS_Store``, ``._name``, ``.ipynb_checkpoints``) or a ``__MACOSX`` folder:
+    searched nowhere, taken for a class nowhere."""
+    return name.startswith(".") or name in CLUTTER_FOLDERS
 
 
 def walk_files(root: Path) -> list[Path]:
@@ -33,8 +40,8 @@ def walk_files(root: Path) -> list[Path]:
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        found += [Path(folder) / f for f in files if not f.startswith(".")]
+        subfolders[:] = [d for d in subfolders if not is_hidden(d)]
+        found += [Path(folder) / f for f in files if not is_hidden(f)]
     if unreadable:
         first = unreadable[0]
         more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vivi.data.batches import rank_slice, step_loader, step_positions
-from vivi.data.files import ignored_note, input_dir
+from vivi.data.files import ignored_note, input_dir, is_hidden
 from vivi.data.frames import centre_square, load_frame
 from vivi.data.tasks import (
     EXIF_ERRORS,
@@ -26,7 +26,6 @@ from vivi.data.tasks import (
     UnreadableImage,
     _scan_classes,
     image_error,
-    is_hidden,
     quiet_pil,
     read_image,
 )

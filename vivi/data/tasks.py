@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from vivi.data.files import JUNK_NAMES, ignored_note, input_dir, walk_files
+from vivi.data.files import JUNK_NAMES, ignored_note, input_dir, is_hidden, walk_files
 from vivi.data.frames import to_rgb
 from vivi.errors import UserError, listed, warn
 
@@ -356,14 +356,6 @@ def _load_image_folder(root: Path) -> ImageTask:
         train, val = train.subset(train_idx), train.subset(val_idx)
     name = root.resolve().name
     return ImageTask(name, "custom", classes, train, val, test, source=str(root))
-
-
-CLUTTER_FOLDERS = frozenset({"__MACOSX"})  # unzipping a macOS archive elsewhere: ._name copies only
-
-
-def is_hidden(name: str) -> bool:
-    """A hidden entry (``.DS_Store``, ``._name``, ``.ipynb_checkpoints``) or a ``__MACOSX`` folder."""
-    return name.startswith(".") or name in CLUTTER_FOLDERS
 
 
 def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
