@@ -53,6 +53,20 @@ def listed(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of ``error``'s message (its type's name if it has none): the reason
+    in a one-line error, without the traceback-like detail torch and FFmpeg add below it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def detail_line(error: BaseException) -> str:
+    """The first non-blank line below the first, else :func:`first_line`: torch's
+    ``load_state_dict`` heads its error with a sentence and names the tensor that does not fit below."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else first_line(error)
+
+
 class Interrupts:
     """SIGINT and SIGTERM raise KeyboardInterrupt, except inside :meth:`deferred` blocks, which
     finish first (ingest defers around a shard write, so the shard is closed and its videos kept)."""

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from vivi.config import preset
-from vivi.errors import UserError, warn
-from vivi.models.backbone import build_backbone, load_backbone_and_metadata
+from vivi.errors import UserError, first_line, warn
+from vivi.models.backbone import build_backbone, check_finite, load_backbone_and_metadata
 
 
 @dataclass
@@ -76,9 +76,7 @@ def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Modul
     if weights is None:
         return model
     state = _read_weights(weights)
-    for key, tensor in state.items():  # as vivi's own backbone files: NaN weights made every feature NaN
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UserError(f"{weights}: tensor {key!r} holds NaN or inf values; the file is damaged or the run diverged")
+    check_finite(weights, state)  # as vivi's own backbone files: NaN weights made every feature NaN
     expected = model.state_dict()
     wrong = [f"{k} {tuple(v.shape)} (timm:{name}: {tuple(expected[k].shape)})"
              for k, v in state.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
@@ -102,10 +100,6 @@ def _refused_global(e: BaseException) -> str | None:
     return next((line.strip() for line in str(e).splitlines()[1:] if "GLOBAL" in line), None)
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{path}: no such weights file")
@@ -125,7 +119,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise UserError(f"{path}: unreadable weights (not a file torch.save wrote{': ' if detail else ''}{detail})") from e
     except Exception as e:  # corrupt files raise many types; all mean the same to the user
-        raise UserError(f"{path}: unreadable weights ({_first_line(e)})") from e
+        raise UserError(f"{path}: unreadable weights ({first_line(e)})") from e
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -21,7 +21,7 @@ from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
 from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, NORMS, BackboneConfig
-from vivi.errors import UserError, listed
+from vivi.errors import UserError, detail_line, first_line, listed
 
 FORMAT = "vivi-backbone/1"
 
@@ -147,14 +147,14 @@ def load_backbone_and_metadata(path: str | Path, device: str | torch.device = "c
             meta = f.metadata() or {}
         state = load_file(str(p), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{p}: not a readable safetensors file ({first_line(e)})") from None
     if meta.get("format") != FORMAT or "backbone" not in meta:
         raise UserError(f"{p}: not a vivi backbone (metadata lacks format={FORMAT!r})")
     spec = _spec_from_metadata(p, meta["backbone"])
     if "image_size" in meta:
         metadata_image_size(p, meta)
     _check_fits(p, spec, state)
-    _check_finite(p, state)
+    check_finite(p, state)
     model = build_backbone(spec)  # now as large as the weights in the file, no larger
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
@@ -167,8 +167,7 @@ def _check_fits(path: Path, spec: BackboneConfig, state: dict[str, torch.Tensor]
         with torch.device("meta"):
             model = build_backbone(spec)
     except (ValueError, TypeError, RuntimeError) as e:  # values of the right types that timm still refuses
-        reason = str(e).splitlines()[0]
-        raise UserError(f"{path}: metadata field 'backbone' does not build a ResNet v2 ({reason})") from None
+        raise UserError(f"{path}: metadata field 'backbone' does not build a ResNet v2 ({first_line(e)})") from None
     missing = sorted(set(model.state_dict()) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:  # torch's own message has only its heading on the first line
@@ -177,11 +176,10 @@ def _check_fits(path: Path, spec: BackboneConfig, state: dict[str, torch.Tensor]
     try:
         model.load_state_dict(state, strict=True, assign=True)  # checks names and shapes only
     except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
-        raise UserError(f"{path}: weights do not match the stored architecture ({detail})") from None
+        raise UserError(f"{path}: weights do not match the stored architecture ({detail_line(e)})") from None
 
 
-def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+def check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Refuse weights holding NaN or inf (a damaged file, a diverged run), naming the first such
     tensor: they made every feature NaN and the probe failed with scikit-learn's traceback."""
     for name, tensor in state.items():

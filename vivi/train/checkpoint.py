@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vivi.config import RunConfig, from_dict
-from vivi.errors import UserError
+from vivi.errors import UserError, detail_line, first_line
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
@@ -53,8 +53,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({reason[:160]})") from None
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({first_line(e)[:160]})") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{path}: not a vivi checkpoint (missing model/step)")
     return state
@@ -68,7 +67,7 @@ def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:
     try:
         cfg = from_dict(json.loads(config.read_text()))
     except (ValueError, TypeError, KeyError) as e:  # a damaged or hand-edited file: a traceback before
-        raise UserError(f"{config}: not a vivi run config ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        raise UserError(f"{config}: not a vivi run config ({first_line(e)})") from e
     ckpts = list_checkpoints(run)
     if not ckpts:
         raise UserError(f"{run}: no checkpoint yet (checkpoints/step_*.pt)")
@@ -78,7 +77,6 @@ def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:
     try:
         model.load_state_dict(load_checkpoint(ckpts[-1])["model"])
     except RuntimeError as e:  # the config was changed after training (pooling, sizes): the weights do not fit
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise UserError(f"{ckpts[-1]}: does not fit the model {config} describes ({first}); was config.json "
+        raise UserError(f"{ckpts[-1]}: does not fit the model {config} describes ({detail_line(e)}); was config.json "
                         "edited after training?") from e
     return model.eval(), cfg
