@@ -207,9 +207,8 @@ def ingest(
         done = {r["key"] for r in done_records}
         todo = [s for s in sources if s.key not in done]
         summary = IngestSummary(already_done=len(sources) - len(todo))
-        not_ok: list[dict] = []  # this run's first error and skipped records, named after the summary
-        not_ok_count = 0
-        short: list[dict] = []  # this run's first videos that end before their declared length
+        not_ok = _FirstFew()  # this run's error and skipped records, named after the summary
+        short = _FirstFew()  # this run's ok videos that end before their declared length
         writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
         index = out / INDEX_NAME
         index.touch()  # an empty part is still a readable (empty) ingest output
@@ -221,16 +220,13 @@ def ingest(
                 for result in results:
                     with stop.deferred():  # a signal never cuts a shard member or an index line in half
                         summary.add(result)
-                        if result.record["status"] == "ok" and result.record.get("declared_s") is not None \
-                                and len(short) < SHOWN_NOT_OK:
-                            short.append(result.record)
                         if result.record["status"] == "ok":
                             append_records(index, writer.add(result.record, result.images))
+                            if result.record.get("declared_s") is not None:
+                                short.add(result.record)
                         else:
                             append_records(index, [result.record])
-                            not_ok_count += 1
-                            if len(not_ok) < SHOWN_NOT_OK:
-                                not_ok.append(result.record)
+                            not_ok.add(result.record)
                         if isinstance(result.images, SpooledImages):
                             result.images.discard()
                     fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
@@ -253,36 +249,53 @@ def ingest(
         summary.seconds = time.perf_counter() - started
         if progress:
             print(summary, file=sys.stderr)
-            if not_ok:
-                print(not_ok_note(not_ok, not_ok_count, index), file=sys.stderr)
-            if short:
-                print(short_note(short, summary.videos_short), file=sys.stderr)
+            if not_ok.count:
+                print(not_ok_note(not_ok, index), file=sys.stderr)
+            if short.count:
+                print(short_note(short), file=sys.stderr)
         return summary
 
 
-SHOWN_NOT_OK = 3  # error and skipped videos named after the summary; the index has them all
+SHOWN_NOT_OK = 3  # videos named after the summary (not ingested, cut short); the index has them all
 
 
-def not_ok_note(records: list[dict], count: int, index: Path) -> str:
-    """The first few of the ``count`` videos that were not ingested, each with its reason, and where
-    the rest are: "4 errors" alone left a user to dig through the index for which files and why."""
-    lines = [f"  {r['status']}: {r['source']}: {r['error']}" for r in records[:SHOWN_NOT_OK]]
-    more = f"and {count - len(lines)} more; " if count > len(lines) else ""
+@dataclass
+class _FirstFew:
+    """The first :data:`SHOWN_NOT_OK` records of a kind, and how many there were."""
+
+    records: list[dict] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, record: dict) -> None:
+        self.count += 1
+        if len(self.records) < SHOWN_NOT_OK:
+            self.records.append(record)
+
+    def more(self) -> int:
+        return self.count - len(self.records)
+
+
+def not_ok_note(not_ok: _FirstFew, index: Path) -> str:
+    """The first few videos that were not ingested, each with its reason, and where the rest are:
+    "4 errors" alone left a user to dig through the index for which files and why."""
+    lines = [f"  {r['status']}: {r['source']}: {r['error']}" for r in not_ok.records]
+    more = f"and {not_ok.more()} more; " if not_ok.more() else ""
     lines.append(f"  ({more}every video's status and reason is in {index})")
     return "\n".join(lines)
 
 
-def short_note(records: list[dict], count: int) -> str:
-    """The first few of the ``count`` videos whose frames end well before the length their file
-    declares (cut short, most likely), each with both lengths: a truncated mkv/webm/avi used to be
-    ingested as far as it goes without a word. Their frames are kept; ``declared_s`` marks them."""
-    lines = [f"warning: {count} video{'s end' if count != 1 else ' ends'} well before the length "
-             f"{'their files declare' if count != 1 else 'its file declares'} (cut short? the frames "
+def short_note(short: _FirstFew) -> str:
+    """The first few videos whose frames end well before the length their file declares (cut short,
+    most likely), each with both lengths: a truncated mkv/webm/avi used to be ingested as far as it
+    goes without a word. Their frames are kept; ``declared_s`` marks them."""
+    n = short.count
+    lines = [f"warning: {n} video{'s end' if n != 1 else ' ends'} well before the length "
+             f"{'their files declare' if n != 1 else 'its file declares'} (cut short? the frames "
              "up to the end are kept; their index records hold \"declared_s\"):"]  # fmt: skip
     lines += [f"  {r['source']}: decoded {r['duration_s']:g} s of the {r['declared_s']:g} s declared"
-              for r in records[:SHOWN_NOT_OK]]  # fmt: skip
-    if count > len(lines) - 1:
-        lines.append(f"  (and {count - len(lines) + 1} more)")
+              for r in short.records]  # fmt: skip
+    if short.more():
+        lines.append(f"  (and {short.more()} more)")
     return "\n".join(lines)
 
 
