@@ -126,3 +126,19 @@ def test_auto_loader_workers_leave_torchs_cores_alone(monkeypatch, cores, thread
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
     assert loader_workers("auto", torch.device(device)) == expected
     assert loader_workers(3, torch.device(device)) == 3
+
+
+def test_presets_show_the_pooling(capsys):
+    """+Attn presets pool shots with attention (VITO-style); `vivi presets` did not show it."""
+    from vivi.cli import main
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "pooling=mean " in lines["VIVI-Ex(4)"] and "pooling=attention " in lines["VITO"]
+    assert "append +Attn to a name with a video loss for VITO's attention pooling (pooling=attention)" in out
+    assert main(["presets", "VIVI-Ex(4)+Attn"]) == 0
+    assert "pooling=attention " in capsys.readouterr().out.splitlines()[0]
+    assert main(["presets", "VIVI-Ex(4)+Attn", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["VIVI-Ex(4)+Attn"]
+    assert shown["model"]["pooling"] == "attention" and shown["data"]["shots"] == 4  # every field still there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -23,8 +24,8 @@ def test_match_distribution_by_hand():
     np.testing.assert_allclose(weights[[0, 4, 6]], [(1 / 3) / (4 / 9), (1 / 3) / (2 / 9), (1 / 3) / (3 / 9)])
     selected, _ = match_distribution(labels, confidence, np.array([0.5, 0.5, 0.0]))
     assert selected.tolist() == [0, 2, 4, 5]
-    with pytest.raises(UserError, match=r"class\(es\) \[1\]"):
-        match_distribution(np.array([0, 0, 2]), np.ones(3), np.full(3, 1 / 3))
+    selected, _ = match_distribution(np.array([0, 0, 2]), np.ones(3), np.full(3, 1 / 3))
+    assert selected.tolist() == [0, 2]  # class 1 has no video: uniform over classes 0 and 2 instead
 
 
 def test_target_file(tmp_path):
@@ -116,3 +117,86 @@ def test_a_bad_target_is_one_line_before_any_video_is_scored(text, said, tmp_pat
         curate([tmp_path / "no-such-ingest"], lambda frames: scored.append(frames), ["a", "b"], 8,
                target=str(tmp_path / "t.json"), progress=False)  # fmt: skip
     assert scored == []
+
+
+def _copy_ingest(tiny_data: Path, to: Path) -> tuple[Path, Path, list[dict]]:
+    """A copy of the tiny ingest folder to damage: (folder, its one shard, its ok records in shard order)."""
+    import shutil
+
+    shutil.copytree(tiny_data, to)
+    records = [r for r in read_index([to]) if r["status"] == "ok"]
+    (shard,) = {r["shard"] for r in records}
+    return to, Path(shard), records
+
+
+def _score_all(outs: list[Path]):
+    return curate(outs, lambda images: np.ones((len(images), 1)), ["all"], size=16, progress=False)
+
+
+def test_an_ok_video_without_frames_in_its_shard_is_named_in_one_warning(tiny_data, tmp_path, capsys):
+    """It was left out without a word: the selection silently came from fewer videos."""
+    import tarfile
+
+    data, shard, records = _copy_ingest(tiny_data, tmp_path / "data")
+    gone = {records[0]["key"], records[1]["key"]}
+    with tarfile.open(shard) as tar:
+        frames_of_gone = [m for m in tar if m.name.split(".")[0] in gone and m.name.endswith(".jpg")]
+        kept = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m not in frames_of_gone]
+    with tarfile.open(shard, "w") as tar:
+        for m, data_bytes in kept:
+            tar.addfile(m, io.BytesIO(data_bytes))
+    capsys.readouterr()
+    result = _score_all([data])
+    assert result.sources == [records[2]["source"]]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vivi: warning: {shard}: holds no frames of {records[0]['source']}")
+    assert "(and of 1 more); left out" in err
+
+
+@pytest.mark.parametrize("where", ["mid-member", "at-a-header"])
+def test_a_shard_cut_short_keeps_the_videos_before_the_cut(tiny_data, tmp_path, capsys, where):
+    """A .tar cut in the middle was a tarfile.ReadError traceback (or, cut at a header, read as whole)."""
+    import tarfile
+
+    data, shard, records = _copy_ingest(tiny_data, tmp_path / "data")
+    with tarfile.open(shard) as tar:
+        starts = [m for m in tar if m.name.startswith(records[1]["key"] + ".") and m.name.endswith(".jpg")]
+    second = starts[-1]  # the second video's last frame: the cut leaves it incomplete
+    cut = second.offset_data + 100 if where == "mid-member" else second.offset + 10
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[:cut])
+    capsys.readouterr()
+    result = _score_all([data])
+    assert result.sources == [records[0]["source"]]  # whole before the cut; the second is cut, the third is gone
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vivi: warning: {shard}: unreadable (")
+    assert f"left out 2 video(s) whose frames it did not give whole, the first {records[1]['source']}" in err
+    assert "Traceback" not in err
+
+
+def test_a_shard_cut_before_any_whole_video_is_one_line(tiny_data, tmp_path):
+    data, shard, _ = _copy_ingest(tiny_data, tmp_path / "data")
+    shard.write_bytes(shard.read_bytes()[:300])
+    with pytest.raises(UserError, match="none of the 3 ok videos has frames that could be read"):
+        _score_all([data])
+
+
+def test_a_target_class_no_video_has_keeps_the_closest_selection(capsys):
+    """It was an error after all the scoring: nothing kept, and the user had to write a target by hand."""
+    labels, confidence = np.array([0, 0, 2, 2, 2]), np.array([0.5, 0.9, 0.3, 0.8, 0.6])
+    selected, weights = match_distribution(labels, confidence, np.full(3, 1 / 3), ["a", "b", "c"])
+    assert selected.tolist() == [0, 1, 3, 4]  # a's two, and c's two most confident: a and c alike
+    err = capsys.readouterr().err
+    assert err == ("vivi: warning: --target cannot be met: no video is classified as b (33%); kept the closest "
+                   "selection, the target over the other 2 classes in the same ratios\n")  # fmt: skip
+    np.testing.assert_allclose(weights, [0.5 / 0.4] * 2 + [0.5 / 0.6] * 3)
+    with pytest.raises(UserError) as info:
+        match_distribution(labels, confidence, np.array([0.0, 1.0, 0.0]), ["a", "b", "c"])
+    assert str(info.value) == ("--target: no video is classified as any class it asks for (b (100%)); the videos "
+                               "are classified as c (3), a (2): give --target a JSON of weights for those")  # fmt: skip
+
+
+def test_a_share_that_rounds_to_no_video_is_named(capsys):
+    selected, _ = match_distribution(np.array([0, 1, 1, 1]), np.ones(4), np.array([0.9, 0.1]), ["big", "small"])
+    assert selected.tolist() == [0]
+    assert "the share of small rounds to no video in the largest selection" in capsys.readouterr().err

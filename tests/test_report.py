@@ -68,7 +68,7 @@ def test_plot_and_report_files(tmp_path):
 def test_load_results(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(RESULTS[0]))
-    assert load_results([good]) == [RESULTS[0]]
+    assert load_results([good]) == [{**RESULTS[0], "results_file": str(good)}]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"tasks": [{"task": "x"}]}))
     with pytest.raises(UserError, match="bad.json: not a vivi results file"):
@@ -154,3 +154,39 @@ def test_default_differences_skip_models_without_a_shared_task(tmp_path):
     assert "No difference plot for other: no task in common with Ex-YT-F." in md.read_text()
     with pytest.raises(UserError, match="share no task"):  # asked for explicitly: an error
         write_report(results, tmp_path / "report", pairs=[(0, 1)])
+
+
+def test_rows_of_one_name_are_told_apart_and_diff_refuses_to_guess(tmp_path, capsys):
+    """Two weights files of one architecture, or one model evaluated twice, were two rows labelled
+    alike, and --diff took the first of them without a word."""
+    from vivi.cli import main
+
+    paths = []
+    for folder, acc in (("a", 50.0), ("b", 70.0)):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "results.json")
+        paths[-1].write_text(json.dumps({**_result("resnet18", {("natural", "objects"): acc}), "weights": folder * 4}))
+    results = load_results(paths)
+    rows = [line.split("|")[1].strip() for line in results_table(results).splitlines()[4:]]
+    assert rows == ["resnet18 [a/results.json]", "resnet18 [b/results.json]"]
+    assert find_pair(results, ["resnet18 [b/results.json]", "resnet18 [a/results.json]"]) == (1, 0)
+    with pytest.raises(UserError) as info:
+        find_pair(results, ["resnet18", "resnet18 [a/results.json]"])
+    assert str(info.value) == ("--diff resnet18: names 2 rows; give one of their labels: 'resnet18 [a/results.json]', "
+                               "'resnet18 [b/results.json]'")  # fmt: skip
+    capsys.readouterr()
+    assert main(["report", *map(str, paths), "-o", str(tmp_path / "r"), "--diff", "resnet18", "Ex-YT-F"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    repeat = [RESULTS[0], RESULTS[0]]  # no file to tell them apart: numbered
+    rows = [line.split("|")[1].strip() for line in results_table(repeat).splitlines()[4:]]
+    assert rows == ["Ex-YT-F #1", "Ex-YT-F #2"]
+
+
+def test_a_nan_accuracy_reads_nan_not_as_not_evaluated():
+    """A NaN accuracy (a diverged model) was shown as "-", which the caption explains as "not evaluated"."""
+    results = [RESULTS[1], _result("diverged", {("natural", "objects"): float("nan"), ("structured", "count"): 40.0})]
+    table = results_table(results)
+    row = [c.strip() for c in table.splitlines()[5].strip("|").split("|")]
+    assert row == ["diverged", "nan", "40.0", "-", "nan", "40.0*", "nan"]  # depth not evaluated: "-"
+    assert "nan: evaluated, but the accuracy is not a number" in table.splitlines()[0]
+    assert "nan" not in results_table(RESULTS)

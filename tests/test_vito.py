@@ -166,3 +166,23 @@ def test_attention_frames_skip_hidden_files_and_broken_images(tmp_path, capsys):
     pixels, kept = load_readable(files, 8, "vivi attention")
     assert pixels.shape == (1, 3, 8, 8) and kept == [1]
     assert f"skipped 1 unreadable image: {tmp_path / 'broken.png'} (empty file (0 bytes))" in capsys.readouterr().err
+
+
+def test_attention_frames_say_what_they_leave_out(tmp_path, capsys):
+    """A folder's other files were dropped, and --max cut the frames, without a word."""
+    from PIL import Image
+
+    from vivi.evaluate.attention import frame_files
+
+    for i in range(3):
+        Image.new("RGB", (12, 10), (200, 30, 30)).save(tmp_path / f"f{i}.jpg")
+    (tmp_path / "notes.txt").write_text("shot list")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    files = frame_files([tmp_path], limit=2)
+    assert [f.name for f in files] == ["f0.jpg", "f1.jpg"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith(f"vivi: warning: {tmp_path / 'clip.mp4'}: not an image (extensions: ")
+    assert err[0].endswith("; left out, with 1 more file(s) of other extensions")
+    assert err[1] == "vivi: warning: showing 2 of 3 frames (--max 2; the first 2 in name order)"
+    assert frame_files([tmp_path / "f0.jpg"], limit=2) == [tmp_path / "f0.jpg"] and capsys.readouterr().err == ""

@@ -165,7 +165,7 @@ def _presets(a: argparse.Namespace) -> None:
         d, o = c.data, c.optim
         print(
             f"{n:<24} V={d.videos:<4} K={d.shots} F={d.frames} mode={d.mode:<5} frame_loss={c.loss.frame_loss:<8} "
-            f"predictor={c.model.predictor:<4} "
+            f"predictor={c.model.predictor:<4} pooling={c.model.pooling:<9} "
             f"video_loss={c.loss.video_loss if c.loss.video_loss == 'none' else f'{c.loss.video_loss}*{c.loss.video_weight}'} lr={o.lr} steps={o.steps} "
             f"warmup={o.warmup_steps} decay@{o.decay_steps} wd={o.weight_decay} width={c.model.backbone.width_factor} "
             f"autoaugment={'on' if c.augment.autoaugment else 'off'}"
@@ -179,6 +179,7 @@ def _presets(a: argparse.Namespace) -> None:
     print(
         "\nco-trained presets (-Co) need --labelled imagefolder:DIR; Ex-/Rot-ImageNet train on --images DIR"
         "\nappend -AA to any name for AutoAugment (video loss weight halved), e.g. VIVI-Ex(4)-AA"
+        "\nappend +Attn to a name with a video loss for VITO's attention pooling (pooling=attention), e.g. VIVI-Ex(4)+Attn"
         "\n`vivi presets NAME --json` shows every field; override any with --set section.field=value"
     )
 
@@ -416,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a co-trained run (its head), or with --labelled any encoder: RUN | BACKBONE.safetensors | timm:NAME",
     )
     s.add_argument("--labelled", help="imagefolder:DIR to fit a linear classifier on the encoder's features")
-    s.add_argument("--target", default="uniform", help="uniform | a JSON file of class -> weight")
+    s.add_argument("--target", default="uniform", help="uniform | a JSON file of class -> weight; a class no video "
+                   "is classified as is left out of it, with a warning (the closest selection is kept)")
     s.add_argument("--frames", type=_positive(int), default=8, help="frames scored per video (evenly spaced)")
     s.add_argument("-o", required=True, metavar="LIST", help="the selected sources, one per line (+ LIST.json)")
     s.set_defaults(func=_sigterm_as_sigint(_curate))

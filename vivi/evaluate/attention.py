@@ -18,7 +18,7 @@ from vivi.data.augment import network_input
 from vivi.data.files import walk_files
 from vivi.data.images import load_readable
 from vivi.data.tasks import IMAGE_EXTENSIONS
-from vivi.errors import UserError
+from vivi.errors import UserError, warn
 from vivi.models.pooling import MultiScaleAttentionPool
 from vivi.train.checkpoint import load_run_model
 
@@ -41,17 +41,26 @@ def attention_maps(model: nn.Module, images: Tensor) -> list[Tensor]:
 
 
 def frame_files(spec: Sequence[Path], limit: int) -> list[Path]:
-    """Image files given directly or found (sorted, recursively) in folders; at most ``limit``."""
+    """Image files given directly or found (sorted, recursively) in folders; at most ``limit``.
+    What is left out is said: a folder's other files, and the frames past ``limit``."""
     files: list[Path] = []
+    others: list[Path] = []
     for p in spec:
-        if p.is_dir():  # hidden files (e.g. macOS ._name.png) and other files left out, as in image folders
-            files += [f for f in walk_files(p) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        if p.is_dir():  # hidden files (e.g. macOS ._name.png) left out quietly, as in image folders
+            found = walk_files(p)
+            files += [f for f in found if f.suffix.lower() in IMAGE_EXTENSIONS]
+            others += [f for f in found if f.suffix.lower() not in IMAGE_EXTENSIONS]
         elif p.is_file():
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or folder")
+    if others:
+        more = f", with {len(others) - 1} more file(s) of other extensions" if len(others) > 1 else ""
+        warn(f"{others[0]}: not an image (extensions: {' '.join(IMAGE_EXTENSIONS)}); left out{more}")
     if not files:
         raise UserError(f"{', '.join(map(str, spec))}: no images (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    if len(files) > limit:
+        warn(f"showing {limit} of {len(files)} frames (--max {limit}; the first {limit} in name order)")
     return files[:limit]
 
 

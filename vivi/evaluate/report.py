@@ -20,6 +20,7 @@ from vivi.evaluate.suite import GROUP_ORDER, summarize
 from vivi.train.run_folder import metrics_lines
 
 MISSING = "-"
+RESULTS_FILE = "results_file"  # the file a row was read from, added by load_results
 
 
 def load_results(paths: Sequence[Path]) -> list[dict]:
@@ -41,6 +42,7 @@ def load_results(paths: Sequence[Path]) -> list[dict]:
         if bad := _bad_field(data):
             raise UserError(f"{path}: not a vivi results file ({bad})")
         data.setdefault("model", path.stem)
+        data[RESULTS_FILE] = str(path)  # tells apart rows the table would otherwise label alike
         results.append(data)
     return merge_results(results)
 
@@ -109,6 +111,8 @@ def merge_results(results: Sequence[dict]) -> list[dict]:
             ):
                 row["tasks"] = row["tasks"] + result["tasks"]
                 row["groups"], row["mean"] = summarize(row["tasks"])
+                if RESULTS_FILE in result:
+                    row[RESULTS_FILE] = f"{row.get(RESULTS_FILE)}+{Path(result[RESULTS_FILE]).name}"
                 break
         else:
             merged.append(dict(result))
@@ -128,18 +132,47 @@ def _columns(results: Sequence[dict]) -> list[tuple[str, list[str]]]:
 
 
 def _labels(results: Sequence[dict]) -> list[str]:
-    """Row names: the model, plus the protocol when the results mix protocols."""
+    """Row names: the model, plus the protocol when the results mix protocols; rows still named
+    alike (one model's repeats, two weights files of one architecture) get their results file,
+    then a number: otherwise a reader, and --diff, could not tell them apart."""
     mixed = len({r.get("protocol") for r in results}) > 1
-    return [f"{r['model']} ({r.get('protocol')})" if mixed else str(r["model"]) for r in results]
+    labels = [f"{r['model']} ({r.get('protocol')})" if mixed else str(r["model"]) for r in results]
+    for same in _alike(labels):
+        files = _short_paths([str(results[i].get(RESULTS_FILE) or results[i].get("weights") or "") for i in same])
+        for i, f in zip(same, files):
+            labels[i] += f" [{f}]" if f else ""
+    for same in _alike(labels):
+        for n, i in enumerate(same, 1):
+            labels[i] += f" #{n}"
+    return labels
 
 
-def _row_values(result: dict, columns: list[tuple[str, list[str]]]) -> list[float]:
-    """Per-task accuracies, then group means, then the mean; NaN where a value is missing."""
+def _alike(labels: Sequence[str]) -> list[list[int]]:
+    """Indices of each label that more than one row has."""
+    where: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        where.setdefault(label, []).append(i)
+    return [same for same in where.values() if len(same) > 1]
+
+
+def _short_paths(paths: Sequence[str]) -> list[str]:
+    """Each path's last parts, as few as tell them apart (``a/results.json``, ``b/results.json``)."""
+    parts = [p.replace("\\", "/").split("/") for p in paths]
+    for n in range(1, max(map(len, parts), default=1) + 1):
+        tails = ["/".join(p[-n:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return ["/".join(p) for p in parts]
+
+
+def _row_values(result: dict, columns: list[tuple[str, list[str]]]) -> list[float | None]:
+    """Per-task accuracies, then group means, then the mean; None where a value is missing (not
+    evaluated), kept apart from an accuracy that is NaN (evaluated, and it went wrong)."""
     acc = {t["task"]: t["accuracy"] for t in result["tasks"]}
     groups, mean = summarize(result["tasks"])
-    tasks = [acc.get(name, math.nan) for _, names in columns for name in names]
-    means = [groups.get(g, math.nan) for g, _ in columns]
-    return tasks + means + [math.nan if mean is None else mean]
+    tasks = [acc.get(name) for _, names in columns for name in names]
+    means = [groups.get(g) for g, _ in columns]
+    return tasks + means + [mean]
 
 
 def _header(columns: list[tuple[str, list[str]]]) -> list[str]:
@@ -167,10 +200,13 @@ def results_table(results: Sequence[dict]) -> str:
     caption = f"Accuracy (%), protocol {protocols}. " + "; ".join(f"{g}: {', '.join(n)}" for g, n in columns) + "."
     if any(cell.endswith(PARTIAL) for row in rows for cell in row[1:]):
         caption += f" {PARTIAL} a mean over only the tasks that row has ({MISSING}: not evaluated), not comparable."
+    if any(cell == NOT_A_NUMBER for row in rows for cell in row[1:]):
+        caption += f" {NOT_A_NUMBER}: evaluated, but the accuracy is not a number (a diverged model?)."
     return "\n".join([caption, "", line(header), rule, *(line(row) for row in rows)]) + "\n"
 
 
 PARTIAL = "*"
+NOT_A_NUMBER = "nan"
 
 
 def _cells(result: dict, columns: list[tuple[str, list[str]]]) -> list[str]:
@@ -178,21 +214,28 @@ def _cells(result: dict, columns: list[tuple[str, list[str]]]) -> list[str]:
     (a partial evaluation's mean would otherwise read as comparable with the others)."""
     values = _row_values(result, columns)
     n_tasks = sum(len(names) for _, names in columns)
-    missing = [math.isnan(v) for v in values[:n_tasks]]
+    missing = [v is None for v in values[:n_tasks]]
     partial, start = [], 0
     for _, names in columns:
         partial.append(any(missing[start : start + len(names)]))
         start += len(names)
     partial.append(any(missing))
     marks = [False] * n_tasks + partial
-    return [MISSING if math.isnan(v) else f"{v:.1f}{PARTIAL if m else ''}" for v, m in zip(values, marks)]
+    return [_cell(v, m) for v, m in zip(values, marks)]
+
+
+def _cell(value: float | None, partial: bool) -> str:
+    """``-`` for a task not evaluated, ``nan`` for one evaluated to NaN (read as "not run" before)."""
+    if value is None:
+        return MISSING
+    return NOT_A_NUMBER if math.isnan(value) else f"{value:.1f}{PARTIAL if partial else ''}"
 
 
 def bar_plot(results: Sequence[dict], path: Path) -> Path:
     """PNG of per-task accuracy bars (one colour per model), then group means and the mean."""
     columns = _columns(results)
     names = _header(columns)
-    values = np.array([_row_values(r, columns) for r in results], dtype=float)
+    values = np.array([[math.nan if v is None else v for v in _row_values(r, columns)] for r in results], dtype=float)
     n_models, n_cols = values.shape
     width = 0.8 / n_models
     fig = Figure(figsize=(min(40.0, 3.0 + n_cols * (0.35 + 0.15 * n_models)), 5.5))
@@ -359,9 +402,13 @@ def find_pair(results: Sequence[dict], names: Sequence[str]) -> tuple[int, int]:
     labels = _labels(results)
     found = []
     for name in names:
-        hits = [i for i, r in enumerate(results) if name in (labels[i], str(r["model"]))]
+        hits = [i for i, label in enumerate(labels) if label == name]
+        hits = hits or [i for i, r in enumerate(results) if name == str(r["model"])]
         if not hits:
             raise UserError(f"--diff {name}: no such model (available: {', '.join(labels)})")
+        if len(hits) > 1:  # the first was taken without a word, perhaps the other run's results
+            raise UserError(f"--diff {name}: names {len(hits)} rows; give one of their labels: "
+                            + ", ".join(repr(labels[i]) for i in hits))  # fmt: skip
         found.append(hits[0])
     return found[0], found[1]
 
