@@ -620,10 +620,10 @@ def test_ctrl_c_keeps_the_videos_finished_so_far(videos, tmp_path, monkeypatch):
     root, _ = videos
     real = ingest_module._process
 
-    def interrupted_on_the_third(source, location, options):
+    def interrupted_on_the_third(source, location, options, on_progress=None):
         if location.endswith("clip2.mp4"):
             raise KeyboardInterrupt
-        return real(source, location, options)
+        return real(source, location, options, on_progress)
 
     monkeypatch.setattr(ingest_module, "_process", interrupted_on_the_third)
     with pytest.raises(KeyboardInterrupt):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import Image
 from test_ingest import check_shards_agree, run_ingest
 from vivi.data.ingest import ingest
 from vivi.data.shards import INDEX_NAME, read_records
+from vivi.errors import UserError
 
 W, H = 64, 48
 COLOURS = [(200, 40, 30), (30, 60, 210), (30, 200, 60)]
@@ -204,7 +206,8 @@ def test_a_video_cut_short_keeps_its_frames_and_says_so(tmp_path, capsys, ext, c
     summary = ingest(src, tmp_path / "out", fps=1.0, progress=True)
     [record] = check_shards_agree(tmp_path / "out")
     assert record["status"] == "ok" and record["shots"] and record["decode_errors"] == 0
-    assert record["duration_s"] < 6.0 and record["declared_s"] == 10.0
+    played, declared = record["duration_s"], record["declared_s"]  # seconds of video, not a timing
+    assert played < 6.0 and declared == 10.0
     assert summary.videos_short == 1 and "1 ok (1 shorter than its file declares)" in str(summary)
     err = capsys.readouterr().err
     assert "warning: 1 video ends well before the length its file declares" in err
@@ -258,3 +261,75 @@ def test_a_truncated_mp4_with_its_index_at_the_end_is_still_an_error(tmp_path):
     [record] = records_by_name(tmp_path / "out").values()
     assert record["status"] == "error" and record["error"].startswith("cannot open: ")
     assert "declared_s" not in record and summary.videos_short == 0
+
+
+def write_ts(path: Path, width: int, height: int, frames: int = 30, shot: int = 0) -> None:
+    """An MPEG-TS segment of one flat colour, ``width`` x ``height``: two joined with ``cat`` make one
+    stream whose size changes midway, as a broadcast capture or an adaptive stream's recording does."""
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            image = np.zeros((height, width, 3), np.uint8) + np.array(COLOURS[shot], np.uint8)
+            image[:, (3 * i) % width] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_a_stream_that_changes_size_midway_stores_frames_of_one_size(tmp_path):
+    """A 64x48 stream that turns 48x64 after 3 s: the frames after the change were stored at their own
+    size and shape (24x32 beside 32x24) while the record said 64x48. Now every frame has the first
+    size (a frame of another shape centre-cropped, not stretched) and the record names both sizes."""
+    write_ts(tmp_path / "a.ts", 64, 48, shot=0)
+    write_ts(tmp_path / "b.ts", 48, 64, shot=1)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes((tmp_path / "a.ts").read_bytes() + (tmp_path / "b.ts").read_bytes())
+    run_ingest(joined, tmp_path / "out", fps=2.0, short_side=24)
+    [record] = check_shards_agree(tmp_path / "out")  # each stored frame's aspect is the record's
+    assert record["status"] == "ok" and (record["width"], record["height"]) == (64, 48)
+    assert record["frame_sizes"] == [[64, 48], [48, 64]] and len(record["shots"]) == 2
+    sizes = set()
+    with tarfile.open(record["shard"]) as tar:
+        for member in tar:
+            if member.name.endswith(".jpg"):
+                sizes.add(Image.open(io.BytesIO(tar.extractfile(member).read())).size)
+    assert sizes == {(32, 24)}
+    run_ingest(tmp_path / "a.ts", tmp_path / "plain", fps=2.0, short_side=24)
+    assert "frame_sizes" not in read_records(tmp_path / "plain" / INDEX_NAME)[0]  # said only where it happens
+
+
+def test_hidden_videos_are_skipped_but_counted(tmp_path):
+    """``.clip.mp4`` is hidden and stays out, but was not counted either: a folder of hidden videos
+    said "no videos" and nothing more. AppleDouble ``._clip.mp4`` files are no videos: not counted."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write(src / "good.mp4")
+    (src / ".hidden.mp4").write_bytes((src / "good.mp4").read_bytes())
+    (src / "._good.mp4").write_bytes(b"AppleDouble")
+    summary = run_ingest(src, tmp_path / "out", fps=1.0)
+    assert (summary.videos, summary.hidden_skipped) == (1, 1)
+    assert str(summary).endswith("; 1 hidden video file skipped (names starting with '.' are hidden; "
+                                 "rename them to ingest them).")  # fmt: skip
+    (src / "good.mp4").rename(src / ".good.mp4")
+    with pytest.raises(UserError, match=r"in this folder; skipped 2 hidden video files, e.g. \.good\.mp4 \(names "):
+        run_ingest(src, tmp_path / "again", fps=1.0)
+
+
+def test_an_ingest_where_every_video_failed_exits_1_and_keeps_its_records(tmp_path, capsys):
+    """It exited 0, so a script went on to pretrain on nothing. A partly failed ingest still exits 0."""
+    from vivi.cli import main
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.mp4").write_text("not a video\n")
+    write(src / "short.mp4", shots=1, per_shot=3)  # 0.6 s: skipped, not failed
+    assert main(["ingest", str(src), str(out)]) == 1
+    expected = (f"vivi: error: {out}: no video was ingested: 1 of 2 failed (the first: {src / 'a.mp4'}: cannot open: "
+                f"Invalid data found when processing input); `vivi ingest-stats {out}` lists every reason")  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected
+    assert [r["status"] for r in read_records(out / INDEX_NAME)] == ["error", "skipped"]  # kept
+    assert main(["ingest", str(src), str(out)]) == 1  # a re-run has nothing left to do: still failed
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected
+    write(src / "good.mp4")
+    partly = run_ingest(src, out, fps=1.0)
+    assert partly.videos_ok == 1 and partly.nothing_ingested is None

@@ -26,13 +26,13 @@ def _synth(a: argparse.Namespace) -> None:
 
 
 def _ingest(a: argparse.Namespace) -> None:
-    from vivi.data.ingest import ingest
+    from vivi.data.ingest import check_ingested, ingest
 
-    ingest(
+    check_ingested(ingest(
         a.src, Path(a.out), workers=a.workers, fps=a.fps, short_side=a.short_side, min_shots=a.min_shots,
         shard_max_bytes=math.ceil(a.shard_mb * 2**20), jpeg_quality=a.jpeg_quality, detector=a.detector,
         part=a.part, timeout=a.timeout, isolate=True,
-    )
+    ))  # every video failed: exit 1, the records kept
 
 
 def _ingest_stats(a: argparse.Namespace) -> None:
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if rank_zero() or not e.same_on_every_rank:
             print(f"vivi: {e.prefix}{e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 1 where the work itself failed (ingest.NothingIngested)
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -31,8 +31,15 @@ def walk_files(root: Path) -> list[Path]:
     each real folder once (a link loop ends); broken links are kept so callers can report them.
     A folder that cannot be read (no permission, a vanished mount) is named in a warning: its
     files used to be left out without a word."""
+    return walk_files_and_hidden(root)[0]
+
+
+def walk_files_and_hidden(root: Path) -> tuple[list[Path], list[Path]]:
+    """:func:`walk_files`, and the hidden files it left out of the folders it searched (sorted;
+    hidden folders are not searched), so a caller can say how many it skipped."""
     seen: set[str] = set()
     found: list[Path] = []
+    hidden: list[Path] = []
     unreadable: list[OSError] = []
     for folder, subfolders, files in os.walk(root, followlinks=True, onerror=unreadable.append):
         real = os.path.realpath(folder)
@@ -42,12 +49,13 @@ def walk_files(root: Path) -> list[Path]:
         seen.add(real)
         subfolders[:] = [d for d in subfolders if not is_hidden(d)]
         found += [Path(folder) / f for f in files if not is_hidden(f)]
+        hidden += [Path(folder) / f for f in files if is_hidden(f)]
     if unreadable:
         first = unreadable[0]
         more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
         reason = first.strerror or first.__class__.__name__
         warn(f"{root}: cannot read the folder {first.filename} ({reason}){more}; the files in it are left out")
-    return sorted(found)
+    return sorted(found), sorted(hidden)
 
 
 def ignored_note(files: Iterable[Path], kind: str) -> str | None:

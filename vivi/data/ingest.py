@@ -26,10 +26,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import BinaryIO
 import numpy as np
 
 from vivi.data.detectors import check_detector, make_frame_detector
-from vivi.data.files import ignored_note, output_dir, walk_files
+from vivi.data.files import ignored_note, output_dir, walk_files_and_hidden
 from vivi.data.pool import Failure, isolated_map
 from vivi.data.shards import (
     INDEX_NAME, SHARDS_DIR, SPOOL_DIR, Images, JpegSpool, ShardWriter, SpooledImages, append_records, image_name,
@@ -54,6 +55,7 @@ VIDEO_EXTENSIONS = (
     ".h264", ".264", ".h265", ".265", ".hevc",  # raw elementary streams (camera and robot dumps)
 )
 MiB = 1 << 20
+HIDDEN_NOTE = "names starting with '.' are hidden; rename them to ingest them"
 MIN_SHOT_S = DetectorParams().min_shot_s  # shared by every detector
 # A video is taken to end before the length its file declares (cut short: an interrupted download
 # or copy) when its decoded frames end more than max(SHORT_MIN_S, SHORT_FRACTION x declared)
@@ -110,6 +112,10 @@ class IngestSummary:
     frames_decoded: int = 0
     video_hours: float = 0.0
     seconds: float = 0.0
+    hidden_skipped: int = 0  # hidden video files (".clip.mp4") left out of a folder's listing
+    # why OUT holds no ingested video although some failed (this run's or earlier ones'), else None;
+    # set by :func:`ingest`, turned into an exit status by :func:`check_ingested`
+    nothing_ingested: str | None = None
 
     @property
     def throughput(self) -> float:
@@ -154,8 +160,41 @@ class IngestSummary:
         done = f" ({self.already_done} already in the index)" if self.already_done else ""
         return (
             f"Ingested {self.counts(done)} "
-            f"in {self.seconds:.1f} s ({self.throughput:.0f} frames decoded/s)."
+            f"in {self.seconds:.1f} s ({self.throughput:.0f} frames decoded/s){self._hidden()}."
         )
+
+    def _hidden(self) -> str:
+        """"; 3 hidden video files skipped (...)": a user whose videos were named ".x.mp4" learnt
+        nothing of them."""
+        if not self.hidden_skipped:
+            return ""
+        return f"; {_hidden_count(self.hidden_skipped)} skipped ({HIDDEN_NOTE})"
+
+
+class NothingIngested(UserError):
+    """Every video of an ingest failed (or none was ingested and some failed): the command failed,
+    while a partly failed ingest succeeds with warnings."""
+
+    exit_code = 1  # the work failed; 2 is for bad input the command refused (a UserError)
+
+
+def check_ingested(summary: IngestSummary) -> None:
+    """Raise :class:`NothingIngested` where :func:`ingest` found OUT without an ingested video
+    although some failed: the CLI exited 0 on such a run, so a script went on to pretrain."""
+    if summary.nothing_ingested:
+        raise NothingIngested(summary.nothing_ingested)
+
+
+def _nothing_ingested(out: Path, counts: dict[str, int], first_error: dict | None) -> str | None:
+    """The one-line reason for :class:`NothingIngested`, from OUT's status counts (earlier runs'
+    records included: re-running a failed ingest has nothing left to do, and fails again)."""
+    if counts["ok"] or not counts["error"] or first_error is None:
+        return None
+    total = sum(counts.values())
+    return (
+        f"{out}: no video was ingested: {counts['error']} of {total} failed "
+        f"(the first: {first_error['source']}: {first_error['error']}); `vivi ingest-stats {out}` lists every reason"
+    )
 
 
 def ingest(
@@ -184,6 +223,9 @@ def ingest(
     ``part`` (``"i/N"`` or ``(i, N)``) ingests only that slice of the sources: see
     :func:`select_part`. Each part should get its own OUT (e.g. ``OUT/part-i``); read them
     back together with ``read_index([...])`` or ``vivi ingest-stats``.
+
+    Where no video of OUT was ingested and some failed, the summary's ``nothing_ingested`` says so
+    (the records are kept); :func:`check_ingested` makes it the error the CLI exits 1 with.
     """
     started = time.perf_counter()
     options = Options(fps, short_side, min_shots, jpeg_quality, detector, str(Path(out).resolve() / SPOOL_DIR))
@@ -195,7 +237,7 @@ def ingest(
     if timeout is not None and not isolate:
         raise UserError("timeout needs isolate=True: only a worker process can be stopped")
     index_part = parse_part(part) if isinstance(part, str) else part
-    sources = list_sources(src)
+    sources, hidden = _list_sources(src)
     if index_part is not None:
         sources = select_part(sources, *index_part)
     out = output_dir(Path(out))
@@ -205,8 +247,10 @@ def ingest(
         _check_same_options(out, options)
         done_records, next_shard = recover(out)
         done = {r["key"] for r in done_records}
+        statuses = {status: sum(r["status"] == status for r in done_records) for status in ("ok", "skipped", "error")}
+        first_error = next((r for r in done_records if r["status"] == "error"), None)
         todo = [s for s in sources if s.key not in done]
-        summary = IngestSummary(already_done=len(sources) - len(todo))
+        summary = IngestSummary(already_done=len(sources) - len(todo), hidden_skipped=hidden)
         not_ok = _FirstFew()  # this run's error and skipped records, named after the summary
         short = _FirstFew()  # this run's ok videos that end before their declared length
         writer = ShardWriter(out / SHARDS_DIR, shard_max_bytes, next_shard)
@@ -214,12 +258,21 @@ def ingest(
         index.touch()  # an empty part is still a readable (empty) ingest output
         from tqdm import tqdm  # here, not at the top: workers import this module and need no progress bar
 
-        with tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar, Interrupts() as stop:
+        with (
+            tqdm(total=len(todo), unit="video", desc="ingest", disable=not progress) as bar,
+            Interrupts() as stop,
+            _LiveBar(bar, Path(options.spool_dir), summary, started) as live,
+        ):
             results = _results(todo, options, workers, timeout, isolate)
             try:
                 for result in results:
                     with stop.deferred():  # a signal never cuts a shard member or an index line in half
-                        summary.add(result)
+                        with live.lock:  # the video leaves the in-flight count as it joins the summary
+                            summary.add(result)
+                            _progress_path(options, result.record["key"]).unlink(missing_ok=True)
+                        statuses[result.record["status"]] += 1
+                        if result.record["status"] == "error" and first_error is None:
+                            first_error = result.record
                         if result.record["status"] == "ok":
                             append_records(index, writer.add(result.record, result.images))
                             if result.record.get("declared_s") is not None:
@@ -229,11 +282,10 @@ def ingest(
                             not_ok.add(result.record)
                         if isinstance(result.images, SpooledImages):
                             result.images.discard()
-                    fps = summary.frames_decoded / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error,
-                                    frames=summary.frames_decoded, frames_per_s=f"{fps:.0f}", refresh=False)  # fmt: skip
+                    live.show(refresh=False)
                     bar.update()  # one redraw, count and counters together
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every finished video, then stop
+                live.stop()
                 with stop.deferred():
                     results.close()  # stops the workers
                     append_records(index, writer.close())
@@ -247,6 +299,7 @@ def ingest(
         with contextlib.suppress(OSError):
             (out / SPOOL_DIR).rmdir()  # empty unless a video failed in a way that left a file
         summary.seconds = time.perf_counter() - started
+        summary.nothing_ingested = _nothing_ingested(out, statuses, first_error)
         if progress:
             print(summary, file=sys.stderr)
             if not_ok.count:
@@ -254,6 +307,99 @@ def ingest(
             if short.count:
                 print(short_note(short), file=sys.stderr)
         return summary
+
+
+PROGRESS_SUFFIX = ".progress"  # spool/<key>.progress: how far the worker on that video has decoded
+PROGRESS_STEP_S = 1.0  # seconds of video between two reports of a video's progress
+REDRAW_S = 1.0  # how often the bar is redrawn with the progress of the videos in flight
+
+
+class _ProgressFile:
+    """How far a worker is into its video, for the main process's bar: the bar counted whole videos,
+    so one 40-minute film left it still for minutes. Workers are separate processes (see
+    :mod:`vivi.data.pool`) and the main one blocks until one finishes, so the worker overwrites one
+    line of a small file once per :data:`PROGRESS_STEP_S` of video (a write that costs microseconds
+    against the ~25 frames decoded in between) and a thread of the main process reads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __call__(self, seconds: float, frames: int) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        # fixed width, both numbers only grow: an overwrite in place never leaves old digits behind
+        os.pwrite(self._fd, f"{seconds:16.3f} {frames:12d}\n".encode(), 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _progress_path(options: Options, key: str) -> Path:
+    return Path(options.spool_dir) / f"{key}{PROGRESS_SUFFIX}"
+
+
+def in_flight(spool: Path) -> tuple[float, int]:
+    """Seconds of video and frames decoded so far by the videos still being worked on (their
+    :class:`_ProgressFile`); a file being replaced or just removed counts as nothing."""
+    seconds, frames = 0.0, 0
+    for path in spool.glob(f"*{PROGRESS_SUFFIX}"):
+        try:
+            s, f = path.read_text().split()
+            seconds, frames = seconds + float(s), frames + int(f)
+        except (OSError, ValueError):
+            continue
+    return seconds, frames
+
+
+class _LiveBar:
+    """The bar's counters, with the video time decoded so far (finished videos and those in flight),
+    redrawn every :data:`REDRAW_S` by a thread while the main loop waits for a worker. ``lock`` keeps
+    a finished video from being counted twice: the loop adds it to the summary and removes its
+    progress file under it."""
+
+    def __init__(self, bar: object, spool: Path, summary: IngestSummary, started: float) -> None:
+        self.lock = threading.Lock()
+        self._bar, self._spool, self._summary, self._started = bar, spool, summary, started
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _LiveBar:
+        if not self._bar.disable:  # type: ignore[attr-defined]
+            self._thread = threading.Thread(target=self._run, name="ingest-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def show(self, refresh: bool = True) -> None:
+        """Set the counters; ``refresh``: redraw now (the main loop's ``bar.update()`` redraws)."""
+        from tqdm import tqdm
+
+        with self.lock:
+            seconds, frames = in_flight(self._spool) if self._thread is not None else (0.0, 0)
+            summary = self._summary
+            frames += summary.frames_decoded
+            seconds += summary.video_hours * 3600
+        rate = frames / max(time.perf_counter() - self._started, 1e-9)
+        self._bar.set_postfix(  # type: ignore[attr-defined]
+            ok=summary.videos_ok, skipped=summary.videos_skipped, errors=summary.videos_error, frames=frames,
+            frames_per_s=f"{rate:.0f}", video=tqdm.format_interval(seconds), refresh=refresh,
+        )
+
+    def _run(self) -> None:
+        while not self._stopped.wait(REDRAW_S):
+            self.show()
 
 
 SHOWN_NOT_OK = 3  # videos named after the summary (not ingested, cut short); the index has them all
@@ -398,16 +544,23 @@ def select_part(sources: list[Source], i: int, n: int) -> list[Source]:
 
 def list_sources(src: str | Path) -> list[Source]:
     """Videos named by SRC: a folder (recursive, sorted), a text list of paths/URLs, or one video."""
+    return _list_sources(src)[0]
+
+
+def _list_sources(src: str | Path) -> tuple[list[Source], int]:
+    """:func:`list_sources`, and how many hidden video files a folder holds (skipped, but counted)."""
     src = Path(src)
+    hidden = 0
     if not src.exists():
         raise UserError(f"{src}: no such file or folder")
     base = Path(".")  # what relative entries are relative to
     local = True  # a folder's files and SRC itself are files, even one named "pipe:CMD.mp4"
     if src.is_dir():  # linked folders followed; broken links kept, to become error records
-        files = walk_files(src)
+        files, dotted = walk_files_and_hidden(src)
+        hidden = len(_hidden_videos(dotted))
         paths = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
         if not paths:
-            raise UserError(f"{src}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
+            raise UserError(f"{src}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in this folder{_hidden_note(dotted)}")
         note = ignored_note([p for p in files if p.suffix.lower() not in VIDEO_EXTENSIONS], "video")
         if note:
             warn(f"{src}: {note}")
@@ -428,7 +581,23 @@ def list_sources(src: str | Path) -> list[Source]:
         given, first = repeats[0]
         more = f" (and {len(repeats) - 1} more)" if len(repeats) > 1 else ""
         warn(f"{src}: {given} is the video {first} again{more} (a link or a repeated entry): each video is ingested once")
-    return list(sources.values())
+    return list(sources.values()), hidden
+
+
+def _hidden_note(hidden: list[Path]) -> str:
+    """"; skipped 2 hidden video files, e.g. .a.mp4 (...)", or "" where there are none."""
+    videos = _hidden_videos(hidden)
+    return f"; skipped {_hidden_count(len(videos))}, e.g. {videos[0].name} ({HIDDEN_NOTE})" if videos else ""
+
+
+def _hidden_count(n: int) -> str:
+    return f"{n} hidden video file{'s' if n != 1 else ''}"
+
+
+def _hidden_videos(hidden: list[Path]) -> list[Path]:
+    """The hidden files that look like videos (``.clip.mp4``); ``._clip.mp4`` is no video but the
+    macOS metadata (AppleDouble) copied beside every clip on a non-Mac disk, and is not counted."""
+    return [p for p in hidden if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("._")]
 
 
 def _list_file_entries(path: Path) -> list[str]:
@@ -494,11 +663,15 @@ def process_video(source: Source, options: Options) -> VideoResult:
     from vivi.data.video import VideoError  # decoding modules load in workers only (start-up time)
 
     _injected_fault(source)
+    report = _ProgressFile(_progress_path(options, source.key)) if options.spool_dir else None
     try:
         with _openable(source, options) as location:
-            return _process(source, location, options)
+            return _process(source, location, options, report)
     except VideoError as e:
         return VideoResult(_record(source, "error", str(e) + _stream_hint(source.location, str(e))))
+    finally:
+        if report is not None:
+            report.close()  # the file stays until the main process has counted the video
 
 
 def _stream_hint(location: str, error: str) -> str:
@@ -636,6 +809,9 @@ class _Pass:
     declared_s: float | None = None  # the video's length as its file declares it, if it does
     last_shown_s: float = 0.0  # how long the last frame is shown, where its packet says so
     start_s: float = 0.0  # the first frame's own timestamp (s); declared lengths count from 0
+    # every frame size the stream had, as shown, where it changed midway (``size`` is the first;
+    # every image was made at that size, see :meth:`vivi.data.video.Video._fit`)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def end_s(self) -> float:
@@ -649,14 +825,19 @@ class _Pass:
         return self.times[-1] + 1 / self.fps
 
 
-def _process(source: Source, location: str, options: Options) -> VideoResult:
-    decoded = _decode(source, location, options)
+Progress = Callable[[float, int], None]  # (seconds of video decoded, frames decoded) within one video
+
+
+def _process(source: Source, location: str, options: Options, on_progress: Progress | None = None) -> VideoResult:
+    decoded = _decode(source, location, options, on_progress)
     meta = dict(
         fps=round(decoded.fps, 3), num_frames=len(decoded.times), duration_s=round(decoded.duration, 3),
         width=decoded.size[0], height=decoded.size[1], decode_errors=decoded.decode_errors,
     )
     if declared_short(decoded.end_s, decoded.declared_s):
         meta["declared_s"] = round(decoded.declared_s, 3)  # type: ignore[arg-type]
+    if len(decoded.sizes) > 1:  # width and height are the first size, which every stored frame has
+        meta["frame_sizes"] = [list(size) for size in decoded.sizes]
     shots, images = _assign(source.key, decoded)
     if len(shots) < options.min_shots:
         if isinstance(images, SpooledImages):
@@ -678,14 +859,16 @@ def _no_shot_reason(decoded: _Pass, fps: float) -> str:
     return f"no frame sampled at --fps {fps:g} falls inside its {len(decoded.shots)} shot(s)"
 
 
-def _decode(source: Source, location: str, options: Options) -> _Pass:
+def _decode(source: Source, location: str, options: Options, on_progress: Progress | None = None) -> _Pass:
     """The one pass: every frame feeds the shot detector as a small image made straight from
-    the decoded YUV frame; only frames on the fps grid are converted at sample size, to JPEG."""
+    the decoded YUV frame; only frames on the fps grid are converted at sample size, to JPEG.
+    ``on_progress`` hears how far the pass is, once per :data:`PROGRESS_STEP_S` of video."""
     from vivi.data.video import Video, VideoError
 
     times: array[float] = array("d")
     samples: list[_Sample] = []
     next_t = 0.0
+    next_report = PROGRESS_STEP_S
     size: tuple[int, int] | None = None
     spool = JpegSpool(_spool_path(options, source)) if options.spool_dir else None
     try:
@@ -701,6 +884,9 @@ def _decode(source: Source, location: str, options: Options) -> _Pass:
                     jpeg = _jpeg(video.upright_rgb(frame, options.short_side), options.jpeg_quality)
                     samples.append(_Sample(frame.index, frame.t, spool.append(jpeg) if spool else jpeg))
                     next_t = (math.floor(frame.t * options.fps + 1e-6) + 1) / options.fps
+                if on_progress is not None and frame.t >= next_report:
+                    on_progress(frame.t, len(times))
+                    next_report = (math.floor(frame.t / PROGRESS_STEP_S) + 1) * PROGRESS_STEP_S
     except BaseException:
         if spool:
             spool.close()
@@ -717,7 +903,7 @@ def _decode(source: Source, location: str, options: Options) -> _Pass:
     if video.decode_errors:  # frames lost to damage: a long step between two frames may hide shots never seen
         shots = split_at_gaps(shots, times, detector.fps)
     return _Pass(detector.fps, size, times, samples, shots, video.decode_errors, str(spool.path) if spool else "",
-                 video.declared_s, _shown_seconds(frame.raw), video.start_s or 0.0)
+                 video.declared_s, _shown_seconds(frame.raw), video.start_s or 0.0, video.shown_sizes(frame))
 
 
 def _shown_seconds(raw: object) -> float:

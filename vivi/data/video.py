@@ -71,6 +71,10 @@ class Video:
         # how long the file says its video lasts, where it says so (see :func:`declared_seconds`)
         self.declared_s = declared_seconds(self._container, self._stream)
         self.start_s: float | None = None  # the first decoded frame's own timestamp, in seconds
+        # every coded frame size seen, in order (width, height); the first sets the images' sizes,
+        # see :meth:`_fit`. More than one: the stream changed size midway (joined captures, a
+        # broadcast or adaptive stream switching resolution)
+        self.coded_sizes: list[tuple[int, int]] = []
         # One scaler per output size: PyAV caches the swscale context between calls.
         self._thumbnails = VideoReformatter()
         self._samples = VideoReformatter()
@@ -138,6 +142,9 @@ class Video:
             last_t, last_kind = t, kind
             if index == 0 and kind is not None and time_base is not None:
                 self.start_s = float(stamps[kind] * time_base)
+            if not self.coded_sizes or (raw.width, raw.height) != self.coded_sizes[-1]:
+                if (raw.width, raw.height) not in self.coded_sizes:
+                    self.coded_sizes.append((raw.width, raw.height))
             yield Frame(index, t, raw)
             index += 1
 
@@ -165,26 +172,52 @@ class Video:
     def thumbnail(self, frame: Frame, width: int, pixel_format: str = "rgb24") -> np.ndarray:
         """A small array (``width`` wide, aspect kept, ``rgb24`` or ``bgr24``) for shot detection;
         rotation is ignored."""
-        raw = frame.raw
-        height = max(1, round(raw.height * width / max(raw.width, 1)))
+        coded_width, coded_height = self._first_size(frame.raw)
+        height = max(1, round(coded_height * width / max(coded_width, 1)))
         # Fast bilinear samples sparsely when shrinking a lot; colour histograms barely notice,
         # and it is ~50x cheaper than area averaging on HD frames (which would rival decoding).
-        return self._scale(self._thumbnails, raw, width, height, "FAST_BILINEAR", pixel_format)
+        return self._fit(self._thumbnails, frame.raw, width, height, "FAST_BILINEAR", pixel_format)
 
     def upright_rgb(self, frame: Frame, short_side: int) -> np.ndarray:
         """RGB array with its short side at most ``short_side`` (never upscaled), as it is shown:
         non-square pixels made square (see :meth:`display_size`) and rotated for display."""
-        raw = frame.raw
-        shown_width = raw.width * self.sample_aspect
-        scale = min(1.0, short_side / min(shown_width, raw.height))
-        width, height = max(1, round(shown_width * scale)), max(1, round(raw.height * scale))
-        rgb = self._scale(self._samples, raw, width, height, "AREA")
+        coded_width, coded_height = self._first_size(frame.raw)
+        shown_width = coded_width * self.sample_aspect
+        scale = min(1.0, short_side / min(shown_width, coded_height))
+        width, height = max(1, round(shown_width * scale)), max(1, round(coded_height * scale))
+        rgb = self._fit(self._samples, frame.raw, width, height, "AREA")
         k = rotation(frame) // 90
         return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
+
+    def shown_sizes(self, frame: Frame) -> list[tuple[int, int]]:
+        """:attr:`coded_sizes` as shown (see :meth:`display_size`), turned as ``frame`` is."""
+        sizes = [(max(1, round(w * self.sample_aspect)), h) for w, h in self.coded_sizes]
+        return [(h, w) for w, h in sizes] if rotation(frame) % 180 else sizes
 
     def display_size(self, frame: Frame) -> tuple[int, int]:
         """Width and height as the frame is shown: :func:`display_size` with this stream's pixel shape."""
         return display_size(frame, self.sample_aspect)
+
+    def _first_size(self, raw: av.VideoFrame) -> tuple[int, int]:
+        """The coded size of the stream's first frame, which sets every image's size."""
+        return self.coded_sizes[0] if self.coded_sizes else (raw.width, raw.height)
+
+    def _fit(
+        self, scaler: VideoReformatter, raw: av.VideoFrame, width: int, height: int, interpolation: str,
+        pixel_format: str = "rgb24",
+    ) -> np.ndarray:
+        """``raw`` at ``width`` x ``height``. A frame of another size than the first (the stream changed
+        size midway) is scaled to cover that size, its aspect kept, and centre-cropped: its images
+        came out at their own size and shape, so one video's stored frames disagreed with each other
+        and with the record's width and height. Cropping, not stretching: the loader centre-crops too."""
+        if (raw.width, raw.height) == self._first_size(raw):
+            return self._scale(scaler, raw, width, height, interpolation, pixel_format)
+        shown_width = raw.width * self.sample_aspect
+        scale = max(width / shown_width, height / raw.height)
+        cover_w, cover_h = max(width, round(shown_width * scale)), max(height, round(raw.height * scale))
+        image = self._scale(scaler, raw, cover_w, cover_h, interpolation, pixel_format)
+        top, left = (cover_h - height) // 2, (cover_w - width) // 2
+        return np.ascontiguousarray(image[top : top + height, left : left + width])
 
     @staticmethod
     def _scale(
