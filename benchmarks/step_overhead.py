@@ -62,8 +62,10 @@ from vivi.config import apply_overrides, preset
 from vivi.data.augment import StepAugment, augment
 from vivi.data.batches import loader_workers, make_loader, training_videos
 from vivi.data.shards import read_index
+from vivi.models import build_model
 from vivi.models.backbone import build_backbone
-from vivi.models.vivi import VIVIModel, param_groups
+from vivi.models.vito import VITOModel
+from vivi.models.vivi import param_groups
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.distributed import DistContext, process_device
 from vivi.train.loop import amp_mode, augment_in_loader, autocast_context, loss_scaler
@@ -165,10 +167,13 @@ def bare_step(cfg, frames: torch.Tensor, phases: Phases | None = None):
 
 def full_step(cfg, batches, in_loader: bool, device: torch.device, phases: Phases | None = None):
     """``batches``: uint8 clips, or (``in_loader``) frames the loader already augmented; copied to
-    ``device`` one step ahead, during the backward, as ``vivi pretrain`` does (DevicePrefetcher)."""
+    ``device`` one step ahead, during the backward, as ``vivi pretrain`` does (DevicePrefetcher).
+    The preset's own network (``build_model``): VITO's step also runs its EMA target forward and
+    updates it after SGD (phase ``EMA``), at a fixed momentum: its cost does not depend on the value."""
     tick = phases or _NoPhases()
     v, k, f = cfg.data.videos, cfg.data.shots, cfg.data.frames
-    model = _layout(cfg, VIVIModel(cfg).to(device))
+    model = _layout(cfg, build_model(cfg).to(device))
+    vito = isinstance(model, VITOModel)
     opt = sgd(param_groups(model, cfg.optim.weight_decay), lr=0.01, momentum=0.9)
     net = _compiled(cfg, model)
     objective = VIVIObjective(cfg.loss)
@@ -194,6 +199,9 @@ def full_step(cfg, batches, in_loader: bool, device: torch.device, phases: Phase
         scaler.step(opt)
         scaler.update()
         tick.mark("SGD")
+        if vito:
+            model.update_target(cfg.optim.ema_momentum)
+            tick.mark("EMA")
 
     return step
 
