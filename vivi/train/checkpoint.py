@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from vivi.config import RunConfig, from_dict
-from vivi.errors import UserError, detail_line, first_line
+from vivi.errors import JobError, UserError, detail_line, first_line, warn
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
@@ -28,15 +30,61 @@ def checkpoint_path(run: Path, step: int) -> Path:
 
 
 def save_checkpoint(run: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``checkpoints/step_<step>.pt`` via a temporary file; keep the newest ``keep``."""
+    """Write ``checkpoints/step_<step>.pt`` via a temporary file; keep the newest ``keep``.
+
+    The file is flushed to the disk (``fsync``) before it is renamed into place: after a power loss
+    or a node crash, an unsynced rename could leave a named checkpoint of zero bytes. A write that
+    fails (a full disk, a vanished mount) removes its partial file, keeps every older checkpoint and
+    is a :class:`UserError` naming the file and the reason; torch's own message for a full disk is
+    ``unexpected pos 704 vs 598``, and the partial file filled the disk for every later command.
+    """
     path = checkpoint_path(run, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _sync_folder(path.parent)
+    except (OSError, RuntimeError) as e:
+        reason = _write_failure(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        older = [p for p in list_checkpoints(run) if p != path]
+        last = f"last good checkpoint: {older[-1]}" if older else "no checkpoint was written yet"
+        raise UserError(f"{path}: could not write the checkpoint ({reason}); {last}") from None
     for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+def _write_failure(error: BaseException, folder: Path) -> str:
+    """Why a checkpoint write failed, in words: torch reports a full disk as a RuntimeError about
+    stream positions, so a folder with (next to) no space left is named as such."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        return f"no space left on the device: {free / 2**20:.1f} MiB free"
+    return first_line(error)[:160]
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform and filesystem allow)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder: the rename is then as durable as they make it
+        pass
+    finally:
+        os.close(fd)
 
 
 def list_checkpoints(run: Path) -> list[Path]:
@@ -51,12 +99,48 @@ def list_checkpoints(run: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load tensors and plain containers only: a checkpoint is never unpickled as code."""
     try:
+        if path.stat().st_size == 0:  # what a full disk or a crash before the data reached the disk leaves
+            raise EOFError("an empty file, 0 bytes")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"{path}: corrupt or unreadable checkpoint ({first_line(e)[:160]})") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{path}: not a vivi checkpoint (missing model/step)")
     return state
+
+
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def load_resumable(ckpts: list[Path], main: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The newest of ``ckpts`` (oldest first) that loads, and its state.
+
+    A checkpoint cut short or of zero bytes (a full disk, a node that crashed before the file reached
+    its disk) stopped every resume with "corrupt or unreadable checkpoint", although the previous one
+    was good. Each unreadable one is skipped with a warning and, by rank 0 (``main``), renamed to
+    ``step_N.pt.corrupt``: kept for a look, but out of the list, so the resumed run's pruning of old
+    checkpoints cannot delete the good ones and keep the bad. Every rank reads the same files and so
+    picks the same one (a file rank 0 has renamed is unreadable to the others too). None readable: a
+    :class:`JobError` (every rank meets it alike) naming the newest and its reason; nothing is renamed.
+    """
+    unreadable: list[tuple[Path, UserError]] = []
+    for path in reversed(ckpts):
+        try:
+            state = load_checkpoint(path)
+        except UserError as e:
+            unreadable.append((path, e))
+            continue
+        for bad, e in unreadable:
+            if main:
+                try:
+                    bad.replace(bad.with_name(bad.name + CORRUPT_SUFFIX))
+                except OSError:
+                    pass
+            warn(f"{e}; skipped (kept as {bad.name}{CORRUPT_SUFFIX}), resuming from the previous good one, {path}")
+        return path, state
+    more = f" (and the {len(ckpts) - 1} older one{'s' if len(ckpts) > 2 else ''} too)" if len(ckpts) > 1 else ""
+    raise JobError(f"{unreadable[0][1]}{more}; no checkpoint to resume from: move {ckpts[0].parent} away to "
+                    "start afresh")
 
 
 def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:

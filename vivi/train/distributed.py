@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vivi.errors import UserError
+from vivi.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,78 @@ class DistContext:
 
 
 def init_distributed(device: str) -> DistContext:
-    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a single process otherwise.
+
+    Besides torchrun, a scheduler's own launcher (``srun``, ``mpirun``) starting one process per device
+    with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set works too. What such an
+    environment lacks is one line (a ``KeyError: 'RANK'`` or torch's ValueError traceback before);
+    ``LOCAL_RANK`` unset no longer puts every process of a node on GPU 0 (:func:`device_index`).
+    """
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistContext()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        raise UserError(f"WORLD_SIZE={world} is set but RANK is not: start with torchrun, or give every process "
+                        "its RANK (0 .. WORLD_SIZE-1), MASTER_ADDR and MASTER_PORT")
+    rank = _env_int("RANK", 0)
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} is outside 0 .. {world - 1} (WORLD_SIZE={world})")
     cuda = device != "cpu" and torch.cuda.is_available()  # a CUDA device without CUDA: process_device says so
+    local_rank = device_index(os.environ, rank, torch.cuda.device_count() if cuda else 0)
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                            "not set: start with torchrun, or set them to rank 0's host and a free port on it")
+        try:
+            dist.init_process_group("nccl" if cuda else "gloo")
+        except dist.DistNetworkError as e:  # the port is taken (EADDRINUSE), the host unknown or unreachable
+            where = f"MASTER_ADDR={os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']}"
+            raise UserError(f"{where}: cannot start the process group ({first_line(e)[:200]}); choose a free "
+                            "MASTER_PORT (torchrun: --master-port or --rdzv-endpoint)") from None
     return DistContext(rank, world, local_rank)
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable (``default`` when unset), or one line naming it."""
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not an integer") from None
+
+
+# Where launchers other than torchrun put a process's index among those on its node.
+LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+
+
+def device_index(env: Mapping[str, str], rank: int, gpus: int) -> int:
+    """The CUDA device of a process of global ``rank`` on a node where it sees ``gpus`` GPUs (0 on CPU).
+
+    torchrun sets ``LOCAL_RANK``; ``srun`` and ``mpirun`` set their own variable instead
+    (:data:`LOCAL_RANK_VARS`). With none of them, every process of a node used GPU 0: 8x the memory
+    on one GPU (out of memory, or 8x slower) and 7 idle. Then ``rank % gpus`` places the processes
+    one per GPU when ranks fill nodes in order. A process that sees one GPU only (a scheduler that
+    isolates one per task through ``CUDA_VISIBLE_DEVICES``) uses it, whatever its local index.
+    """
+    if gpus <= 1:
+        return 0
+    for name in LOCAL_RANK_VARS:
+        text = env.get(name, "").strip()
+        if text:
+            try:
+                local = int(text)
+            except ValueError:
+                raise UserError(f"{name}={text!r} is not an integer") from None
+            if not 0 <= local < gpus:
+                raise UserError(f"{name}={local}, but this process sees {gpus} GPUs (0 .. {gpus - 1}): start at most "
+                                f"{gpus} processes per node (torchrun --nproc_per_node {gpus})")
+            return local
+    return rank % gpus
 
 
 def process_device(ctx: DistContext, device: str) -> torch.device:

@@ -41,7 +41,7 @@ from vivi.models import build_model
 from vivi.models.ema import momentum_schedule
 from vivi.models.vito import VITOModel
 from vivi.models.vivi import param_groups
-from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_resumable, save_checkpoint
 from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
     DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, process_device, shutdown,
@@ -289,8 +289,7 @@ def _pretrain(
 
     start, last_ckpt = 0, None
     if ckpts:
-        last_ckpt = ckpts[-1]
-        state = load_checkpoint(last_ckpt)
+        last_ckpt, state = load_resumable(ckpts, ctx.main)  # the newest readable one: a cut file is skipped
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -372,10 +371,19 @@ def _pretrain(
                 stopping = shared[-1].item() > 0
                 if done % cfg.ckpt_every == 0 or done == cfg.optim.steps or stopping:
                     rngs = all_gather_objects(_rng_state(gen, device))
+                    failed = None
                     if ctx.main:
                         state = {"step": done, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
                                  "scaler": scaler.state_dict()}
-                        save_checkpoint(out, done, state, cfg.keep_checkpoints)
+                        try:
+                            save_checkpoint(out, done, state, cfg.keep_checkpoints)
+                        except UserError as e:  # a full disk: rank 0's one line, said once
+                            failed = str(e)
+                    # every rank learns it, and all stop alike instead of the others waiting in the next step
+                    failed = all_gather_objects(failed)[0]
+                    if failed:
+                        bar.close()
+                        raise JobError(failed)
                     last_ckpt = checkpoint_path(out, done)  # named alike on every rank, for the lines below
                 if stopping and done < cfg.optim.steps:
                     bar.close()
