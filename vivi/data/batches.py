@@ -33,6 +33,7 @@ from vivi.config import DataConfig
 from vivi.data.frames import FrameCache, first_member_name, load_frame, tar_members
 from vivi.data.remote import LOCAL_ERRORS, is_url, read_failed, read_range, reason
 from vivi.data.shards import sample_spans
+from vivi.data.tasks import damaged_note, libjpeg_messages
 from vivi.errors import UserError, warn
 
 
@@ -324,10 +325,16 @@ class StepClips(Dataset):
             )
 
     def _decode(self, video: int, members: dict[str, bytes], name: str) -> torch.Tensor:
+        """A frame; libjpeg's complaints about its data (printed naming nothing) name the sample."""
+        messages: list[str] = []
         try:
-            return load_frame(members[name], self.cfg.load_size)
+            with libjpeg_messages(messages):
+                frame = load_frame(members[name], self.cfg.load_size)
         except (KeyError, OSError, ValueError, SyntaxError) as e:
             raise UserError(f"{self._where(video)}: frame {name} missing or unreadable ({e})") from None
+        if messages:  # rare (a damaged shard); the frame cache keeps it from repeating within a worker
+            warn(damaged_note(f"{self._where(video)}: frame {name}", messages))
+        return frame
 
     def _where(self, video: int) -> str:
         return f"{self.table.shards[int(self.table.spans[video, 0])]}: sample {self.table.key(video)}"

@@ -8,24 +8,36 @@ centre-cropped to ``data.load_size`` exactly as video frames are, then augmented
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vivi.data.batches import rank_slice, step_loader, step_positions
 from vivi.data.files import ignored_note, input_dir, is_hidden
-from vivi.data.frames import centre_square, load_frame
+from vivi.data.frames import centre_square, jpeg_size, load_frame
 from vivi.data.tasks import (
     EXIF_ERRORS,
     IMAGE_EXTENSIONS,
     IMAGE_READ_ERRORS,
+    JPEG_START,
     UnreadableImage,
     _scan_classes,
+    damaged_note,
     image_error,
+    libjpeg_messages,
+    over_pixel_limit,
+    pixel_limit_reason,
     quiet_pil,
     read_image,
 )
@@ -43,6 +55,8 @@ class ImageFolder:
     paths: list[Path]
     labels: np.ndarray
     selection: str = ""  # how ``paths`` were chosen from the folder, for error messages
+    # filled once by :func:`unreadable_images`: position -> reason of the files whose header does not read
+    probed: dict[str, dict[int, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def subset(self, indices: np.ndarray, selection: str) -> ImageFolder:
         return ImageFolder(self.root, self.classes, [self.paths[i] for i in indices], self.labels[indices], selection)
@@ -121,16 +135,62 @@ def open_labelled(spec: str, fraction: float, seed: int) -> ImageFolder:
     )
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """An image file -> uint8 ``[3, size, size]``, short side resized and centre-cropped like a frame
-    (upright by its EXIF orientation); :class:`UnreadableImage` names the file and the reason."""
+def unreadable_images(folder: ImageFolder) -> dict[int, str]:
+    """Positions of ``folder``'s images whose header PIL cannot read (an empty file, a web page
+    saved as .jpg, a broken link, one over the pixel limit) -> reason; found once, in the main
+    process, and named in one warning. Reading headers only (~35 us an image on a local disk, a
+    few threads for a network one) keeps it cheap; a file damaged further in is found when a
+    loader decodes it."""
+    if "unreadable" not in folder.probed:
+        found = {i: r for i, r in enumerate(_header_problems(folder.paths)) if r is not None}
+        folder.probed["unreadable"] = found
+        if found:
+            named = [f"{folder.paths[i]} ({r})" for i, r in found.items()]
+            verb = "is" if len(found) == 1 else "are"
+            warn(f"{folder.root}: {len(found)} of {len(folder.paths)} images{folder.selection} {verb} unreadable, each "
+                 f"replaced by the next image in the folder: {listed(named)}")
+    return folder.probed["unreadable"]
+
+
+def _header_problems(paths: Sequence[Path], chunk: int = 1024) -> list[str | None]:
+    """:func:`_header_problem` of each path; a large folder in chunks over a few threads (opening a
+    file waits on the disk, or the network, without the GIL)."""
+    if len(paths) <= chunk:
+        return [_header_problem(p) for p in paths]
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return [r for part in pool.map(lambda ps: [_header_problem(p) for p in ps], chunks) for r in part]
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why PIL cannot open ``path``'s header, or None when it can."""
     try:
-        with quiet_pil():  # as evaluation reads them
-            return load_frame(path.read_bytes(), size)
+        with quiet_pil(), Image.open(path) as img:
+            return pixel_limit_reason(img.size) if over_pixel_limit(img.size) else None
+    except IMAGE_READ_ERRORS as e:
+        return image_error(path, e).reason
+
+
+def load_image(path: Path, size: int, notes: list[str] | None = None) -> torch.Tensor:
+    """An image file -> uint8 ``[3, size, size]``, short side resized and centre-cropped like a frame
+    (upright by its EXIF orientation); :class:`UnreadableImage` names the file and the reason.
+    A JPEG that decodes with libjpeg's complaints is named in a warning (in ``notes`` when given:
+    a loader worker's warnings are said once by whoever collects them)."""
+    messages: list[str] = []
+    try:
+        data = path.read_bytes()
+        jpeg = data[:2] == JPEG_START
+        if jpeg and (wh := jpeg_size(data)) and over_pixel_limit(wh):  # torchvision's decoder has no limit
+            raise UnreadableImage(path, pixel_limit_reason(wh))
+        with quiet_pil(), libjpeg_messages(messages) if jpeg else nullcontext():  # quiet_pil: as evaluation reads them
+            image = load_frame(data, size)
     except IMAGE_READ_ERRORS as e:
         raise image_error(path, e) from e
     except EXIF_ERRORS:  # EXIF that PIL cannot rewrite after rotating: upright without it
-        return centre_square(read_image(path, size), size).contiguous()
+        image = centre_square(read_image(path, size), size).contiguous()
+    if messages:
+        (warn if notes is None else notes.append)(damaged_note(path, messages))
+    return image
 
 
 def load_readable(paths: Sequence[Path], size: int, where: str) -> tuple[torch.Tensor, list[int]]:
@@ -150,6 +210,31 @@ def load_readable(paths: Sequence[Path], size: int, where: str) -> tuple[torch.T
     return torch.stack(images), kept
 
 
+class Once:
+    """Whether a key is met for the first time by any process of a data loader: a marker file per
+    key, created atomically in a folder the main process made (a loader worker forked or spawned
+    gets the folder's name). Only for rare events, such as a broken file."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="vivi-once-")
+        weakref.finalize(self, _remove_folder, self.folder, os.getpid())
+
+    def first(self, key: str) -> bool:
+        try:
+            os.close(os.open(os.path.join(self.folder, key), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        except OSError:  # the folder is gone (the main process ended first): say it again, not never
+            return True
+        return True
+
+
+def _remove_folder(folder: str, owner: int) -> None:
+    """``folder`` removed by the process that made it (a forked worker holds a copy of its owner)."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class StepImages(Dataset):
     """Item ``step`` -> this rank's ``(uint8 [B / world, 3, S, S] images, int64 labels)`` of that step.
 
@@ -160,7 +245,10 @@ class StepImages(Dataset):
     def __init__(self, folder: ImageFolder, batch: int, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.folder, self.batch, self.size, self.seed = folder, batch, size, seed
         self.slots = rank_slice(batch, rank, world, "image batch")
-        self._warned: set[int] = set()
+        # those the main process found (named there) are skipped quietly, and those a process finds
+        # are tried once in it; a file is named by the first process to meet it, not by every worker
+        self._broken = set(folder.probed.get("unreadable", {}))
+        self._once = Once()
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = step_positions(step, self.batch, len(self.folder.paths), self.seed)[self.slots]
@@ -174,12 +262,19 @@ class StepImages(Dataset):
         A broken file must not stop a pretraining run again at every resume."""
         paths = self.folder.paths
         for k in (j % len(paths) for j in range(i, i + len(paths))):
+            if k in self._broken:
+                continue
+            notes: list[str] = []
             try:
-                return load_image(paths[k], self.size), k
+                image = load_image(paths[k], self.size, notes)
             except UnreadableImage as e:
-                if k not in self._warned:
-                    self._warned.add(k)
+                self._broken.add(k)
+                if self._once.first(f"broken-{k}"):
                     warn(f"{e} (replaced by the next image in the folder)")
+                continue
+            if notes and self._once.first(f"damaged-{k}"):
+                warn(notes[0])
+            return image, k
         raise UserError(f"{self.folder.root}: none of the {len(paths)} images is readable")
 
 
@@ -204,5 +299,7 @@ def image_batches(
             f"{folder.root}: {n} images{folder.selection}, fewer than the {batch} per batch requested; "
             "add images or lower the batch (--set data.labelled_batch=N or data.videos=N)"
         )
+    if len(unreadable_images(folder)) == n:  # named once here, before the workers start
+        raise UserError(f"{folder.root}: none of the {n} images{folder.selection} is readable")
     images = StepImages(folder, batch, size, seed, rank, world)
     return step_loader(wrap(images) if wrap else images, start, steps, workers, pin)

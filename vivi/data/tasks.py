@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import sys
+import tempfile
 import unicodedata
 import warnings
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +34,31 @@ from vivi.errors import UserError, listed, warn
 
 MINI_VTAB = "mini-vtab"
 VTAB_1K = "vtab-1k"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+# Extensions of formats PIL reads everywhere, then those it reads where its build can (AVIF needs
+# libavif): a camera's .jpe, a favicon's .ico or a game's .tga was left out with a warning although
+# PIL opens it. HEIC has no plugin in PIL and stays out.
+BASE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+OPTIONAL_EXTENSIONS = {".jpe": "jpg", ".pbm": None, ".ico": None, ".tga": None, ".avif": "avif"}
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    """:data:`BASE_EXTENSIONS` and those of :data:`OPTIONAL_EXTENSIONS` this PIL can open."""
+    registered = Image.registered_extensions()
+    extra = tuple(e for e, feature in OPTIONAL_EXTENSIONS.items()
+                  if e in registered and (feature is None or _has_feature(feature)))  # fmt: skip
+    return BASE_EXTENSIONS + extra
+
+
+def _has_feature(name: str) -> bool:
+    """Whether PIL was built with the codec or module ``name`` (``jpg``, ``avif``)."""
+    from PIL import features
+
+    with warnings.catch_warnings():  # a name this PIL does not know: a warning, and False
+        warnings.simplefilter("ignore")
+        return bool(features.check(name))
+
+
+IMAGE_EXTENSIONS = _readable_extensions()
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.2  # held out of train/ when an image folder has no val/
 VAL_SEED = 0
@@ -185,8 +213,44 @@ IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.Decom
 # PIL refuses images over 2x its MAX_IMAGE_PIXELS (~179 Mpx) as possible decompression bombs and
 # warns above 1x. A scan or panorama of one's own may be that large: the limit can be raised.
 MAX_PIXELS_ENV = "VIVI_MAX_IMAGE_PIXELS"
-if os.environ.get(MAX_PIXELS_ENV, "").isdigit():
-    Image.MAX_IMAGE_PIXELS = int(os.environ[MAX_PIXELS_ENV]) // 2
+
+
+def _env_pixel_limit() -> int | None:
+    """The pixel count ``VIVI_MAX_IMAGE_PIXELS`` allows (None: unset, PIL's own limit applies).
+    PIL refuses above twice its ``MAX_IMAGE_PIXELS``, so that is set to half the value, rounded
+    up: an image of exactly the value is read, and :func:`over_pixel_limit` holds the rest to it."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not value:
+        return None
+    if not value.isdigit():
+        warn(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]}: not a whole number of pixels; PIL's limit "
+             f"of {2 * Image.MAX_IMAGE_PIXELS} applies")  # fmt: skip
+        return None
+    Image.MAX_IMAGE_PIXELS = (int(value) + 1) // 2
+    return int(value)
+
+
+ENV_MAX_PIXELS = _env_pixel_limit()
+
+
+def pixel_limit_reason(size: tuple[int, int] | None, pixels: int | None = None) -> str:
+    """Why an image of ``size`` (``pixels`` when only the count is known) is refused: the limit a
+    user set in ``VIVI_MAX_IMAGE_PIXELS``, named with its value (a low one read as "a possible
+    decompression bomb" of "over 0 pixels"), or PIL's own, with the way to raise it."""
+    if size is not None:
+        pixels = size[0] * size[1]
+    shape = f"{size[0]}x{size[1]} = {pixels} pixels" if size else f"{pixels} pixels" if pixels else "its size"
+    if ENV_MAX_PIXELS is not None and Image.MAX_IMAGE_PIXELS == (ENV_MAX_PIXELS + 1) // 2:
+        return f"{shape} exceeds the {MAX_PIXELS_ENV} limit of {ENV_MAX_PIXELS}; set it higher to read it"
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS is not None else "PIL's limit of"
+    return (f"over {limit} pixels, refused as a possible decompression bomb ({shape}); "
+            f"set {MAX_PIXELS_ENV} to a larger pixel count to read it")
+
+
+def over_pixel_limit(size: tuple[int, int]) -> bool:
+    """Whether an image of ``size`` is over ``VIVI_MAX_IMAGE_PIXELS`` (PIL checks its own limit,
+    which is the value rounded up to even, and not at all for torchvision's JPEG decoder)."""
+    return ENV_MAX_PIXELS is not None and size[0] * size[1] > ENV_MAX_PIXELS
 
 
 @contextmanager
@@ -202,6 +266,55 @@ def quiet_pil() -> Iterator[None]:
         yield
 
 
+JPEG_START = b"\xff\xd8"
+_capture: tuple[int, int] | None = None  # (pid, fd) of this process's file for libjpeg's messages
+
+
+@contextmanager
+def libjpeg_messages(into: list[str]) -> Iterator[None]:
+    """libjpeg's warnings during the block ("Corrupt JPEG data: 3 extraneous bytes before marker
+    0xd9", printed by torchvision's decoder straight to file descriptor 2, naming no file) appended
+    to ``into`` instead, so the caller can name the file. A few system calls per decode."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to take over: nothing would be printed anyway
+        yield
+        return
+    fd = _capture_fd()
+    if sys.stderr is not None:  # what Python holds back goes out before the switch
+        sys.stderr.flush()
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if end:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, min(end, 4096)).decode("utf-8", "replace")
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            into += [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def _capture_fd() -> int:
+    """An unlinked temporary file of this process (a forked loader worker makes its own: the
+    parent's shares its offset)."""
+    global _capture
+    if _capture is None or _capture[0] != os.getpid():
+        fd, name = tempfile.mkstemp(prefix="vivi-libjpeg-")
+        os.unlink(name)
+        _capture = (os.getpid(), fd)
+    return _capture[1]
+
+
+def damaged_note(path: Path | str, messages: list[str]) -> str:
+    """One line naming a JPEG that decoded with libjpeg's complaints, and the first of them."""
+    more = f" and {len(messages) - 1} more" if len(messages) > 1 else ""
+    return f"{path}: damaged JPEG data, decoded anyway (libjpeg: {messages[0]}{more})"
+
+
 def image_error(path: Path, error: BaseException) -> UnreadableImage:
     """The user-facing error for ``path`` failing to decode with ``error``."""
     if path.is_symlink() and not path.exists():
@@ -211,11 +324,23 @@ def image_error(path: Path, error: BaseException) -> UnreadableImage:
     elif isinstance(error, UnidentifiedImageError):
         reason = "not an image format PIL can read"
     elif isinstance(error, Image.DecompressionBombError):
-        reason = (f"over {2 * Image.MAX_IMAGE_PIXELS} pixels, refused as a possible decompression bomb; "
-                  f"set {MAX_PIXELS_ENV} to a larger pixel count to read it")
+        reason = pixel_limit_reason(*_bomb_size(error))
     else:
         reason = " ".join(str(error).split()) or type(error).__name__
     return UnreadableImage(path, reason)
+
+
+def _bomb_size(error: Image.DecompressionBombError) -> tuple[tuple[int, int] | None, int | None]:
+    """The refused image's ``(width, height)``, from the frame of PIL's check that raised (PIL's
+    message gives only the pixel count), and that count; None where PIL changed either."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    size = tb.tb_frame.f_locals.get("size") if tb is not None else None
+    if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+        size = None
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return size, int(found.group(1)) if found else None
 
 
 def read_image(path: Path, at_least: int | None = None) -> torch.Tensor:
@@ -224,6 +349,8 @@ def read_image(path: Path, at_least: int | None = None) -> torch.Tensor:
     that large (a 12-megapixel phone photo decodes ~4x faster for a 64 px model)."""
     try:
         with quiet_pil(), Image.open(path) as img:
+            if over_pixel_limit(img.size):
+                raise UnreadableImage(path, pixel_limit_reason(img.size))
             if at_least:
                 img.draft("RGB", (at_least, at_least))
             img.load()  # the pixels: what fails after this is the metadata
@@ -361,17 +488,20 @@ def _load_image_folder(root: Path) -> ImageTask:
 def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
     """Class folder name -> its image files (any depth, linked folders followed, hidden entries
     skipped), sorted. Other files are left out with a note counting them by extension; broken
-    links to images are kept, so reading them reports them."""
-    found, others = {}, []
+    links to images are kept, so reading them reports them. Folders without images are skipped
+    when no folder has images (see :func:`_skip_imageless`)."""
+    found, others, imageless = {}, [], {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name)):
         if not os.access(class_dir, os.R_OK | os.X_OK):  # else listed as empty: "no images" misleads
             raise UserError(f"{class_dir}: cannot list the class folder (permission denied)")
         files = walk_files(class_dir)
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        others += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-        if not images:
-            raise UserError(f"{class_dir}: no images (extensions: {' '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
-        found[class_dir.name] = images
+        if images:
+            found[class_dir.name] = images
+            others += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        else:
+            imageless[class_dir] = files
+    _skip_imageless(split_dir, imageless, class_layout=bool(found))
     note = ignored_note(others, "image")
     if note:
         warn(f"{split_dir}: {note}")
@@ -382,6 +512,29 @@ def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
         files = f"{len(loose)} files" if len(loose) != 1 else "1 file"
         warn(f"{split_dir}: ignored {files} outside the class folders (<class>/<image>), e.g. {images_first[0].name}")
     return found
+
+
+def _skip_imageless(split_dir: Path, imageless: dict[Path, list[Path]], class_layout: bool) -> None:
+    """Sub-folders without images beside no class folder are no classes: ``annotations/`` in a flat
+    folder of images stopped the command with "no images" for that folder. They are skipped with
+    one warning. Among class folders, one without images is still an error: a class lost (empty,
+    or of a format PIL cannot read) would change what is measured."""
+    if not imageless:
+        return
+    extensions = " ".join(e[1:] for e in IMAGE_EXTENSIONS)
+    if class_layout:
+        first, files = next(iter(imageless.items()))
+        holds = _by_extension(files) or "an empty folder"
+        raise UserError(f"{first}: no images in this class folder ({holds}; extensions read: {extensions})")
+    named = [f"{d.name}/ ({_by_extension(files) or 'empty'})" for d, files in imageless.items()]
+    folders = f"{len(named)} sub-folders" if len(named) != 1 else "1 sub-folder"
+    warn(f"{split_dir}: skipped {folders} without images (extensions: {extensions}): {listed(named)}")
+
+
+def _by_extension(files: list[Path]) -> str:
+    """``.json: 12, .txt: 1``: what a folder holds instead of images."""
+    counts = Counter(f.suffix.lower() or "(no extension)" for f in files if f.name.lower() not in JUNK_NAMES)
+    return ", ".join(f"{ext}: {n}" for ext, n in counts.most_common(3))
 
 
 def _checked_classes(split_dir: Path, classes: list[str]) -> dict[str, list[Path]]:

@@ -13,7 +13,7 @@ the model's frozen features of a labelled train set. Sources:
 
 - ``frames:DIR``: ``DIR/train/<class>/<any images>`` fit the probe;
   ``DIR/test/<class>/<video_id>/<frames>`` are the sequences (frames sorted by file name,
-  numbers in names by value).
+  numbers in names by value; frames in sub-folders of a video folder are read in path order).
 - ``world[:DIR]``: a ``vivi synth`` folder (default: rendered once into the cache). Shots
   whose objects all share one class are sequences labelled with it; shots of the first
   half of the videos train the probe, the second half's are evaluated.
@@ -45,6 +45,7 @@ from vivi.data.tasks import (
     stratified_holdout,
 )
 from vivi.atomic import write_json_atomic
+from vivi.data.files import is_hidden, walk_files
 from vivi.errors import UserError, listed, warn
 from vivi.evaluate.encoders import Encoder
 from vivi.evaluate.features import extract_features
@@ -163,18 +164,32 @@ def load_frame_folders(root: Path) -> RobustnessTask:
         raise UserError(f"{root / 'train'}: need at least 2 class folders (train/<class>/<image>)")
     classes = sorted(train_files)
     _checked_classes(root / "test", classes)
-    sequences = []
+    sequences, nested = [], []
     for label, cls in enumerate(classes):
-        for video in sorted(p for p in (root / "test" / cls).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            frames = sorted(_frame_files(video), key=frame_order)
+        for video in sorted(p for p in (root / "test" / cls).iterdir() if p.is_dir() and not is_hidden(p.name)):
+            frames = _video_frames(video)
             if not frames:
                 raise UserError(f"{video}: no frames (expected image files, sorted by name)")
+            if len({f.parent for f in frames}) > 1:
+                nested.append(video)
             split = FileSplit(frames, np.full(len(frames), label))
             sequences.append(FrameSequence(f"{cls}/{video.name}", label, split))
         loose = _frame_files(root / "test" / cls)
         if loose:
             raise UserError(f"{loose[0]}: frames must sit in a video folder (test/<class>/<video>/<frames>)")
+    if nested:
+        videos = f"{len(nested)} video folders hold" if len(nested) != 1 else "1 video folder holds"
+        warn(f"{root / 'test'}: {videos} frames in several sub-folders, each read as one sequence in path order "
+             f"(frames numbered by value): {listed([str(v.relative_to(root / 'test')) for v in nested])}")
     return RobustnessTask(root.resolve().name, classes, _file_split(train_files, classes), sequences, str(root))
+
+
+def _video_frames(video: Path) -> list[Path]:
+    """The frames of a video folder at any depth, in path order (numbers by value): frames kept in
+    ``<video>/frames/`` or ``<video>/<shot>/`` were left out without a word, while class folders
+    are read at any depth. Hidden entries are skipped and linked folders followed alike."""
+    frames = [p for p in walk_files(video) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(frames, key=lambda p: tuple(frame_order(Path(part)) for part in p.relative_to(video).parts))
 
 
 def _frame_files(folder: Path) -> list[Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vivi.data.batches import VideoTable
-from vivi.data.images import ImageFolder
+from vivi.data.images import ImageFolder, unreadable_images
 from vivi.atomic import write_json_atomic
 from vivi.errors import JobError, UserError, warn
 
@@ -58,7 +58,8 @@ def _text(d: dict | None) -> str:
     if not d:
         return "none"
     where = f"{', '.join(d['sources'])} " if d.get("sources") else ""
-    return f"{where}({d.get('items', '?')} {d.get('kind', 'items')}, fingerprint {d.get('fingerprint', '?')})"
+    broken = f", {d['unreadable']} unreadable" if d.get("unreadable") else ""
+    return f"{where}({d.get('items', '?')} {d.get('kind', 'items')}{broken}, fingerprint {d.get('fingerprint', '?')})"
 
 
 def _describe(source: VideoTable | ImageFolder) -> dict:
@@ -67,7 +68,9 @@ def _describe(source: VideoTable | ImageFolder) -> dict:
         for video in range(len(source)):  # the key and the shape of each video: what the sampler draws from
             h.update(f"{source.key(video)}:{source.shot_lengths(video)};".encode())
         return {"kind": "videos", "items": len(source), "fingerprint": h.hexdigest()}
-    for p, label in zip(source.paths, source.labels.tolist()):
+    for p, label in zip(source.paths, source.labels.tolist()):  # every file: a broken one still takes its place
         h.update(f"{os.path.relpath(p, source.root)}:{label};".encode())
     h.update(repr(list(source.classes)).encode())
-    return {"kind": "images", "items": len(source.paths), "fingerprint": h.hexdigest()}
+    unreadable = len(unreadable_images(source))  # not items: each is replaced by the next readable image
+    return {"kind": "images", "items": len(source.paths) - unreadable, "unreadable": unreadable,
+            "fingerprint": h.hexdigest()}
