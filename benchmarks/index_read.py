@@ -1,6 +1,7 @@
 """Peak memory and time of reading index.jsonl into the training table, streamed in chunks (what
-``vivi pretrain`` does) against read whole (what it did up to session 15), on an index of
-``--videos`` records.
+``vivi pretrain`` does at a run's start) against read whole (what it did up to session 15), and of
+a restart, which reads the table the run saved (``RUN/video_table.npz``, vivi/data/table_cache.py)
+instead, on an index of ``--videos`` records.
 
     .venv/bin/python benchmarks/index_read.py --data DIR [--videos 100000]
 
@@ -8,9 +9,14 @@ Writes an index of ``--videos`` records into a temporary ingest folder by copyin
 ingested folder ``DIR`` (new keys, the same shots, frames and shard spans; its ``shards/`` linked),
 then, each in a fresh process: ``training_videos(iter_index([folder]), ...)`` as ``pretrain`` calls
 it, with the index given to the parser as one chunk of the whole file (``whole``) or in 16 MiB
-chunks (``streamed``). Prints the process's peak resident memory above its resident memory just
-before (``ru_maxrss``, Linux), the seconds taken, and the ratios. Every process of a torchrun job
-reads the index, so the peak is paid once per GPU.
+chunks (``streamed``); then the table saved as a run saves it (``save``: build + write) and read
+back as a restart reads it (``cached``: the index's stamp + the saved table). Prints the process's
+peak resident memory above its resident memory just before (``ru_maxrss``, Linux), the seconds
+taken, and the ratios. Every process of a torchrun job reads the index, so the peak is paid once
+per GPU, at every restart.
+
+The data record's fingerprint of the table (``data.json``, checked on resume) is timed beside it:
+it is on the restart path too.
 """
 
 from __future__ import annotations
@@ -42,16 +48,29 @@ def _one(mode: str, folder: str) -> dict:
     from vivi.config import preset
     from vivi.data import shards
     from vivi.data.batches import training_videos
+    from vivi.data.table_cache import cache_key, load_table, save_table
+    from vivi.train.data_record import data_record
 
+    cfg, run = preset("VIVI-Ex(4)").data, Path(folder) / "run"
     if mode == "whole":  # the whole file as one chunk, as read_bytes gave it before
         shards.read_chunks = lambda path, size=0: iter([Path(path).read_bytes()])
     gc.collect()
     before = _rss_kib()
     start = time.perf_counter()
-    table = training_videos(shards.iter_index([folder]), preset("VIVI-Ex(4)").data, folder)
+    if mode == "cached":
+        table = load_table(run, cache_key([folder], cfg))
+        assert table is not None, "no saved table: run the save mode first"
+    else:
+        table = training_videos(shards.iter_index([folder]), cfg, folder)
+    if mode == "save":
+        run.mkdir(exist_ok=True)
+        save_table(run, cache_key([folder], cfg), table)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"mode": mode, "videos": len(table), "peak_mib": (peak - before) / 1024, "seconds": seconds}
+    start = time.perf_counter()
+    fingerprint = data_record([folder], table, None)["fingerprint"]
+    return {"mode": mode, "videos": len(table), "peak_mib": (peak - before) / 1024, "seconds": seconds,
+            "fingerprint_s": time.perf_counter() - start, "fingerprint": fingerprint}
 
 
 def _write_index(data: Path, folder: Path, videos: int) -> int:
@@ -79,16 +98,19 @@ def main() -> None:
         size = _write_index(Path(a.data), Path(tmp), a.videos)
         print(f"{a.videos} videos, index.jsonl {size / MiB:.0f} MiB (records copied from {a.data})")
         rows = {}
-        for mode in ("whole", "streamed"):
+        for mode in ("whole", "streamed", "save", "cached"):
             out = subprocess.run([sys.executable, __file__, "--data", a.data, "--one", mode, tmp],
                                  capture_output=True, text=True, check=True, env=os.environ)
             rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'index read':<12}{'peak MiB':>10}{'seconds':>10}{'videos':>10}")
+    print(f"{'index read':<12}{'peak MiB':>10}{'seconds':>10}{'videos':>10}{'fingerprint s':>15}")
     for mode, row in rows.items():
-        print(f"{mode:<12}{row['peak_mib']:>10.0f}{row['seconds']:>10.1f}{row['videos']:>10}")
-    whole, streamed = rows["whole"], rows["streamed"]
+        print(f"{mode:<12}{row['peak_mib']:>10.0f}{row['seconds']:>10.2f}{row['videos']:>10}{row['fingerprint_s']:>15.2f}")
+    whole, streamed, cached = rows["whole"], rows["streamed"], rows["cached"]
+    assert len({row["fingerprint"] for row in rows.values()}) == 1, "the tables differ"
     print(f"ratio whole / streamed: peak memory {whole['peak_mib'] / max(streamed['peak_mib'], 1):.1f}x, "
           f"time {whole['seconds'] / streamed['seconds']:.2f}x")
+    print(f"ratio streamed / cached (a restart): peak memory {streamed['peak_mib'] / max(cached['peak_mib'], 1):.1f}x, "
+          f"time {streamed['seconds'] / cached['seconds']:.1f}x; same table (fingerprints equal)")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,10 @@ def read_range(url: str, start: int, end: int) -> bytes:
     keeps one file system instance per process (a forked loader worker makes its own)."""
     fs, inner = _filesystem(url)
     return fs.cat_file(inner, start=start, end=end)
+
+
+def url_info(url: str) -> dict[str, Any]:
+    """What the store says of the file at ``url`` (size, ETag, generation, modification time, as its
+    fsspec backend names them)."""
+    fs, inner = _filesystem(url)
+    return fs.info(inner)

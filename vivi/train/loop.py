@@ -35,6 +35,7 @@ from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, loader_workers, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
 from vivi.data.shards import iter_index
+from vivi.data.table_cache import cache_key, load_table, save_table
 from vivi.errors import JobError, UserError, warn
 from vivi.models.backbone import save_backbone
 from vivi.models import build_model
@@ -248,7 +249,10 @@ def _pretrain(
     if device.type == "cpu":  # before the loader forks its workers: they inherit it
         reuse_freed_memory()
     labelled = _labelled_source(cfg)
-    source = _frame_source(cfg, data)
+    # a restart reads the table it saved instead of every index record (minutes for millions of videos)
+    key = cache_key(data, cfg.data) if cfg.data.mode != "images" else None
+    cached = load_table(out, key)
+    source = cached if cached is not None else _frame_source(cfg, data)
     note = batch_lr_note(cfg) if ctx.main else None
     if note:
         warn(note)
@@ -272,6 +276,8 @@ def _pretrain(
     if ctx.main:
         write_text_atomic(out / "config.json", cfg.to_json() + "\n")
         write_data_record(out, record)
+        if cached is None:
+            save_table(out, key, source)
     cfg.data.workers = loader_workers(cfg.data.workers, device)  # for this machine ("auto" stays in config.json)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
