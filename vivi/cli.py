@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if rank_zero() or not e.same_on_every_rank:
             print(f"vivi: {e.prefix}{e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 1 where the work itself failed (ingest.NothingIngested)
+        return e.exit_code
     except KeyboardInterrupt:
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

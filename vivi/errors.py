@@ -18,6 +18,7 @@ class UserError(Exception):
     """Bad input from the user: the message names the file or value and the reason."""
 
     prefix = "error: "  # how the command line introduces the message
+    exit_code = 2  # what the command exits with (the README lists them all)
     # raised alike by every process of a torchrun job (a requested stop, a check all ranks agreed on):
     # rank 0 says it, the others exit quietly instead of repeating the line N times
     same_on_every_rank = False

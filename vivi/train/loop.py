@@ -189,6 +189,9 @@ class TrainingStopped(JobError):
     """The run was asked to stop (SIGTERM, SIGINT) and saved a checkpoint to resume from."""
 
     prefix = ""  # a requested stop, not an error
+    # EX_TEMPFAIL (sysexits.h), "try again later": a job script or a retry loop can tell a stop to
+    # resume from (same command again) from bad input (2), which re-running would not mend
+    exit_code = 75
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
