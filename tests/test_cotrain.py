@@ -80,15 +80,16 @@ def test_image_source_errors_name_the_folder_and_counts(tmp_path):
 @pytest.mark.parametrize(
     "name, lr, decays, wd, images, fraction, width",
     [
-        ("VIVI-Ex(4)-Co(10%)", 0.1, [76_000, 88_000, 96_000], 0.04, 256, 0.1, 1),
-        ("VIVI-Ex(4)-Co(100%)", 0.8, [70_000, 85_000, 95_000], 0.04, 2048, 1.0, 1),
-        ("VIVI-Ex(4)-Co(100%)-Big", 0.8, [70_000, 85_000, 95_000], 0.04, 2048, 1.0, 3),
+        ("VIVI-Ex(4)-Co(10%)", 0.1, [76_000, 88_000, 96_000], 1e-4, 256, 0.1, 1),
+        ("VIVI-Ex(4)-Co(100%)", 0.8, [70_000, 85_000, 95_000], 1e-4, 2048, 1.0, 1),
+        ("VIVI-Ex(4)-Co(100%)-Big", 0.8, [70_000, 85_000, 95_000], 1e-4, 2048, 1.0, 3),
     ],
 )
 def test_cotrained_presets_follow_table5(name, lr, decays, wd, images, fraction, width):
     paper, tiny = preset(name, "paper"), preset(name)
     o = paper.optim
     assert (o.lr, o.steps, o.warmup_steps, o.decay_steps, o.weight_decay) == (lr, 100_000, 3_000, decays, wd)
+    assert paper.loss.video_weight == tiny.loss.video_weight == 0.04  # Table 5's 0.04 is lambda (vivi.config)
     assert (paper.data.labelled_batch, paper.data.labelled_fraction) == (images, fraction)
     assert (paper.data.shots, paper.data.frames, paper.shots_per_batch, paper.model.predictor) == (4, 8, 2048, "lstm")
     assert paper.model.backbone.width_factor == tiny.model.backbone.width_factor == width

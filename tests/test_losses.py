@@ -67,7 +67,8 @@ def test_positive_pairs_and_exemplar_targets_match_a_loop():
     from vivi.train.objective import exemplar_targets
 
     v, k, f = 2, 3, 4
-    labels, (anchor, positive) = exemplar_targets(v, k, f, torch.device("cpu"))
+    labels, (anchor, positive), groups = exemplar_targets(v, k, f, torch.device("cpu"))
+    assert groups is None  # loss.triplet_group=0: one loss over the whole batch
     shot = [i // f for i in range(v * k * f)]  # frames of one shot are consecutive
     want = [(a, p) for a in range(len(shot)) for p in range(len(shot)) if a != p and shot[a] == shot[p]]
     assert labels.tolist() == shot
@@ -188,3 +189,88 @@ def test_infonce_two_candidates_hand_worked():
     cand = torch.tensor([[True, True, False]])
     # -log(e^2 / (e^2 + e^0))
     assert info_nce(scores, torch.tensor([0]), cand).item() == pytest.approx(math.log(1 + math.exp(-2.0)))
+
+
+def test_exemplars_are_shots_and_other_shots_of_the_same_video_are_negatives():
+    """Section 3.2: the F frames of a shot are one exemplar (positives of each other); every other
+    shot, of the same video or not, is a negative. Batch layout [V, K, F] flattened row-major."""
+    from vivi.models.vivi import exemplar_labels
+
+    v, k, f = 2, 3, 2
+    labels = exemplar_labels(v, k, f, torch.device("cpu")).tolist()
+    for i in range(v * k * f):
+        for j in range(v * k * f):
+            same_shot = (i // (k * f), (i // f) % k) == (j // (k * f), (j // f) % k)
+            assert (labels[i] == labels[j]) == same_shot
+
+
+@pytest.mark.parametrize("group", [1, 2, 3])
+def test_triplet_groups_are_separate_losses_averaged(group):
+    """loss.triplet_group (the paper's per-core triplet loss, Appendix B) against the slow reference run
+    on each group of ``group`` consecutive shots separately, then averaged."""
+    from vivi.train.objective import exemplar_targets
+
+    v, k, f = 3, 2, 3  # 6 shots: groups of 1, 2 or 3 shots
+    g = torch.Generator().manual_seed(11)
+    emb = torch.nn.functional.normalize(torch.randn(v * k * f, 4, generator=g), dim=1)
+    labels, pairs, groups = exemplar_targets(v, k, f, torch.device("cpu"), group)
+    got = semi_hard_triplet_loss(emb, labels, margin=0.5, pairs=pairs, groups=groups)
+    rows = group * f
+    per_group = []
+    for start in range(0, v * k * f, rows):
+        sub_labels = labels[start : start + rows].tolist()
+        if len(set(sub_labels)) < 2:  # one exemplar alone: no negative, no triplet (as the whole-batch loss)
+            continue
+        per_group.append(reference_semi_hard(emb[start : start + rows], sub_labels, 0.5, True))
+    if not per_group:
+        assert got.item() == 0.0
+        return
+    assert got.item() == pytest.approx(sum(per_group) / len(per_group), rel=1e-5, abs=1e-6)
+    whole = semi_hard_triplet_loss(emb, labels, margin=0.5)
+    if group < v * k:
+        assert got.item() != pytest.approx(whole.item(), rel=1e-3), "mining within groups changes the loss"
+
+
+def test_lstm_infonce_hand_worked_case():
+    """Eq. (4) with footnote 2 on two videos of K=3 shots, 1-d embeddings, worked by hand: the query
+    predicting shot t+1 of a video competes against every shot of the other video, not its own."""
+    import math as m
+
+    keys = torch.tensor([[1.0], [2.0], [0.0], [-1.0], [0.5], [3.0]])  # video 0: shots 0-2, video 1: shots 3-5
+    preds = torch.tensor([[1.0], [0.0], [2.0], [-1.0]])  # video 0 -> shots 1, 2; video 1 -> shots 4, 5
+    from vivi.models.predictors import prediction_targets
+    from vivi.train.objective import video_infonce
+
+    got = video_infonce(InfoNCELoss(), preds, keys, v=2, k=3)
+    other1 = [-1.0, 0.5, 3.0]  # keys of video 1
+    other0 = [1.0, 2.0, 0.0]  # keys of video 0
+
+    def term(q, pos, others):
+        return -q * pos + m.log(m.exp(q * pos) + sum(m.exp(q * o) for o in others))
+
+    want = (term(1.0, 2.0, other1) + term(0.0, 0.0, other1) + term(2.0, 0.5, other0) + term(-1.0, 3.0, other0)) / 4
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    assert prediction_targets(2, 3, torch.device("cpu"))[2].tolist() == [1, 2, 4, 5]
+
+
+def test_objective_weights_lambda_and_gamma():
+    """L = L_SF + lambda * L_V + gamma * L_sup (Sections 3.1 and co-training), each term its own loss."""
+    from vivi.config import LossConfig
+    from vivi.models.vivi import VIVIOutput
+    from vivi.train.objective import VIVIObjective, video_infonce
+
+    g = torch.Generator().manual_seed(2)
+    v, k, f = 2, 2, 2
+    out = VIVIOutput(
+        exemplar=torch.nn.functional.normalize(torch.randn(v * k * f, 5, generator=g), dim=1),
+        predictions=torch.randn(v, k - 1, 3, generator=g), keys=torch.randn(v, k, 3, generator=g),
+        logits=torch.randn(4, 6, generator=g),
+    )
+    labels = torch.tensor([0, 5, 2, 2])
+    cfg = LossConfig(video_weight=0.04, sup_weight=0.3)
+    terms = VIVIObjective(cfg)(out, v, k, f, labels)
+    sf = semi_hard_triplet_loss(out.exemplar, torch.arange(v * k).repeat_interleave(f), 0.5)
+    lv = video_infonce(InfoNCELoss(), out.predictions.flatten(0, 1), out.keys.flatten(0, 1), v, k)
+    sup = torch.nn.functional.cross_entropy(out.logits, labels)
+    torch.testing.assert_close(terms["loss"], sf + 0.04 * lv + 0.3 * sup)
+    torch.testing.assert_close(terms["loss_v"], lv)

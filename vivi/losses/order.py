@@ -21,7 +21,8 @@ def random_reversal(shots: Tensor, generator: torch.Generator) -> tuple[Tensor, 
 
 
 class OrderLoss(nn.Module):
-    """Binary cross-entropy of the order logits against the reversal labels."""
+    """Binary cross-entropy of the order logits against the reversal labels: the paper's 2-class
+    cross-entropy (Section 3.3) with one logit, ``softmax([0, x]) = sigmoid(x)``."""
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())

@@ -7,6 +7,12 @@ anchor-positive pair the negative is the *semi-hard* one: the closest negative t
 farther than the positive; if there is none, the farthest negative. This follows TensorFlow's
 ``triplet_semihard_loss`` (the implementation the paper's code base used), with squared
 Euclidean distances by default.
+
+The paper computes the triplet loss per TPU core (Appendix B), i.e. over 16 exemplars x 8 frames
+= 128 embeddings of its 2048-exemplar batch. The presets do the same with ``groups`` below
+(``loss.triplet_group=16``), whatever the number of processes; ``loss.triplet_group=0`` mines over
+all of a process's exemplars (at paper scale on one GPU, 16384 embeddings: semi-hard negatives from
+a pool 128x larger, so harder ones, and a loss that depends on the number of processes).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def positive_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
 
 def semi_hard_triplet_loss(
     embeddings: Tensor, labels: Tensor, margin: float = 0.5, squared: bool = True,
-    pairs: tuple[Tensor, Tensor] | None = None,
+    pairs: tuple[Tensor, Tensor] | None = None, groups: Tensor | None = None,
 ) -> Tensor:
     """Mean over all anchor-positive pairs of ``relu(margin + d(a,p) - d(a,n_semi_hard))``.
 
@@ -67,6 +73,11 @@ def semi_hard_triplet_loss(
     shots of F frames) and O(N^2) memory, never the N^3 triplet cube. ``pairs``: the
     :func:`positive_pairs` of ``labels``, when the caller has them: found here on a GPU, the pairs
     cost a sync (the number of pairs must come back to the CPU) in every step.
+
+    ``groups``: a group id per row (a group never splits a label); negatives are then mined only
+    among rows of the anchor's own group, as if the loss were computed on each group separately (the paper computes the triplet
+    loss per TPU core, Appendix B: 2048 exemplars over 128 cores, 16 per loss). With groups of equal
+    numbers of pairs the mean over all pairs is the mean of the per-group losses.
     """
     emb = embeddings.float()
     dist = pairwise_distances(emb, squared=squared)
@@ -75,6 +86,8 @@ def semi_hard_triplet_loss(
     if anchor.numel() == 0:
         return emb.sum() * 0.0
     negative = ~same
+    if groups is not None:
+        negative &= groups[:, None] == groups[None, :]
     with torch.no_grad():
         chosen = semi_hard_negatives(dist, negative, anchor, positive)
     valid = negative.any(1)[anchor]  # an anchor whose label is everywhere has no triplet
@@ -112,5 +125,8 @@ class SemiHardTripletLoss(nn.Module):
         self.margin = margin
         self.squared = squared
 
-    def forward(self, embeddings: Tensor, labels: Tensor, pairs: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        return semi_hard_triplet_loss(embeddings, labels, self.margin, self.squared, pairs)
+    def forward(
+        self, embeddings: Tensor, labels: Tensor, pairs: tuple[Tensor, Tensor] | None = None,
+        groups: Tensor | None = None,
+    ) -> Tensor:
+        return semi_hard_triplet_loss(embeddings, labels, self.margin, self.squared, pairs, groups)

@@ -64,7 +64,11 @@ def _mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class MLPPairPredictor(nn.Module):
-    """Two shots: score ``g(z_1) . h(z_2)`` with single-hidden-layer MLPs (256 hidden, 128 out)."""
+    """Two shots: score ``g(z_1) . h(z_2)`` with single-hidden-layer MLPs (256 hidden, 128 out).
+
+    The paper (Section 4) says only that one shot is predicted "from the embedding of the other
+    one"; we predict the second from the first (one direction, one query per video), and the
+    candidates are ``h`` of both shots of every other video (footnote 2)."""
 
     def __init__(self, dim: int = 512, hidden: int = 256, out: int = 128) -> None:
         super().__init__()

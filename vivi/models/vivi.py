@@ -100,6 +100,9 @@ class VIVIModel(nn.Module):
             out.rotation = self.rotation_head(feats)
             feats = feats[: v * k * f]  # the unrotated copies come first; only they make shots
         else:
+            # each embedding L2-normalised (Appendix A, "L2-normalization of the features"). The code of
+            # [32] normalises along axis 0 (each feature over the batch); we read the paper as the usual
+            # per-embedding normalisation, which makes squared distances 2 - 2 cos and margin 0.5 meaningful
             out.exemplar = nn.functional.normalize(self.exemplar_head(feats).float(), dim=1)
         if self.video_head is None:
             return out
