@@ -150,17 +150,21 @@ def test_vito_negatives_come_from_every_rank(two_ranks):
     torch.testing.assert_close(torch.cat([r["gq"] for r in ranks]), q.grad, atol=1e-6, rtol=1e-5)
 
 
+PX = 64  # at 16 px the last stage's maps are 1 x 1 and GroupNorm flattens them: every clip had the same
+# embedding, the backbone's gradients were exactly 0 and the comparison below held whatever DDP did
+
+
 def _tiny_cfg():
     # GroupNorm: no batch statistics, so one process and two see the same normalisation
     return apply_overrides(
         preset("VIVI-Ex(4)"),
         [f"data.videos={V}", "data.frames=2", "model.backbone.norm=groupnorm_ws", "model.backbone.channels=8,8,16,16",
-         "model.backbone.stem_chs=8", "augment.image_size=16", "data.load_size=16"],
+         "model.backbone.stem_chs=8", f"augment.image_size={PX}", f"data.load_size={PX}"],
     )
 
 
 def _frames() -> torch.Tensor:
-    return torch.randn(V, K, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    return torch.randn(V, K, 2, 3, PX, PX, generator=torch.Generator().manual_seed(1))
 
 
 def _video_loss(net: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
@@ -193,6 +197,8 @@ def test_ddp_video_loss_gradients_match_one_process(two_ranks, one_thread):
     ranks = two_ranks["ddp"]
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert "backbone.stem.conv.weight" in grads and "predictor.lstm.weight_ih_l0" in grads
+    assert grads["backbone.stem.conv.weight"].abs().max() > 1e-3, "the video loss must reach the backbone"
+    assert grads["predictor.lstm.weight_ih_l0"].abs().max() > 1e-4
     for r in ranks:
         torch.testing.assert_close(r["loss"], loss.detach(), atol=1e-5, rtol=1e-5)
         assert set(r["grads"]) == set(grads)

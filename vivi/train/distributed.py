@@ -8,6 +8,7 @@ here is a no-op, so the training loop has one code path for a laptop and for man
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -212,6 +213,41 @@ def disagreements(views: Sequence[Mapping[str, object]], hosts: Sequence[str]) -
                 for value, ranks in holders.items()
             )
     return differ
+
+
+# What gloo raises in a collective whose peer exited or was killed: "Connection closed by peer
+# [host]:port", "Read error [host]:port: Connection reset by peer", a write's "Broken pipe"
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+class PeerStopped(UserError):
+    """Another process of the run stopped (its own error, a kill, a lost node) while this one was in a
+    collective with it.
+
+    gloo then raised a RuntimeError whose traceback, on every surviving process, buried the real error
+    (above it on one node, in another node's log on several) under "Connection closed by peer": one
+    line instead, naming where the peer ran and the checkpoint to resume from. Said by rank 0 and by
+    each node's first process (``LOCAL_RANK`` 0), so every node's log says it once, not once per process.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.same_on_every_rank = os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def peer_stopped(error: BaseException, resume: str) -> PeerStopped | None:
+    """``error`` as one line when it is a collective failing because another process went away (None
+    otherwise: this process's own error keeps its traceback); ``resume`` says which checkpoint is left."""
+    text = str(error)
+    gloo = isinstance(error, RuntimeError) and ("gloo" in text or isinstance(error, dist.DistError))
+    if not gloo or not any(marker in text for marker in PEER_GONE):
+        return None
+    found = re.search(r"\[([^\]\s]+)\]:\d+", text)  # the peer: "[10.0.0.2]:41237" (not "[.../pair.cc:561]")
+    on, node = (f" (on {found.group(1)})", found.group(1)) if found else ("", "its node")
+    return PeerStopped(
+        f"another process of this run{on} stopped, so this one stops too: its error is above, or in the log of "
+        f"{node}; {resume}; run the same command again to resume once that is fixed"
+    )
 
 
 def shutdown(ctx: DistContext) -> None:

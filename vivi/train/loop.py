@@ -45,7 +45,7 @@ from vivi.models.vivi import param_groups
 from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_resumable, save_checkpoint
 from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
-    DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, process_device, shutdown,
+    DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, peer_stopped, process_device, shutdown,
 )
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
@@ -237,6 +237,13 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
                 raise
             barrier()
             return run
+    except RuntimeError as e:  # another rank stopped while this one was in a collective with it
+        newest = list_checkpoints(out)  # rank 0 may have saved one just before the others learnt of it
+        resume = f"last good checkpoint: {newest[-1]}" if newest else "no checkpoint was written yet"
+        stopped = peer_stopped(e, resume) if ctx.enabled else None
+        if stopped is None:
+            raise
+        raise stopped from None
     finally:
         # after the barrier no rank tears the process group down while rank 0 still writes its last
         # files; a gloo rank that destroyed it early once aborted ("terminate called without an
@@ -326,6 +333,7 @@ def _pretrain(
         total=cfg.optim.steps, initial=start, desc=f"pretrain {cfg.preset}", unit="step",
         disable=not (progress and ctx.main),
     )
+    held.callback(bar.close)  # on any error too: the line saying it then starts a line of its own, not the bar's
     net.train()
     tick, seen, step = time.perf_counter(), 0, start
     try:
