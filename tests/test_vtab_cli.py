@@ -15,7 +15,7 @@ from vivi.evaluate.encoders import load_encoder
 
 def test_timm_backbone_with_local_weights(tmp_path, capsys):
     enc = load_encoder("timm:test_resnet", seed=1)
-    assert (enc.name, enc.image_size) == ("test_resnet (random init)", 160)  # no weights: tables say so
+    assert (enc.name, enc.image_size) == ("test_resnet (random init) s1", 160)  # no weights: tables say so (and the seed)
     assert capsys.readouterr().err.count("timm:test_resnet: no weights given, so its weights are random") == 1
     assert enc.model(torch.zeros(1, 3, 32, 32)).shape == (1, enc.model.num_features)
     state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in enc.model.state_dict().items()}

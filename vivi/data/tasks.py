@@ -399,7 +399,7 @@ def load_tasks(spec: str, cache_dir: Path | None = None, vtab_root: Path | None 
     VTAB tasks are read from ``vtab_root`` (default ``$VIVI_VTAB_ROOT``, see vivi.data.vtab).
     """
     kind, colon, arg = spec.partition(":")
-    names = [n.strip() for n in arg.split(",") if n.strip()]
+    names = _once([n.strip() for n in arg.split(",") if n.strip()], spec)
     if colon and kind == MINI_VTAB and not names:  # "mini-vtab:" evaluated the whole suite
         raise UserError(f"{spec}: no task named after the colon ({SPEC_HELP})")
     if kind == MINI_VTAB:
@@ -411,6 +411,16 @@ def load_tasks(spec: str, cache_dir: Path | None = None, vtab_root: Path | None 
     if kind == "imagefolder" and arg:
         return [_load_image_folder(Path(arg).expanduser())]
     raise UserError(f"{spec}: unknown task spec ({SPEC_HELP})")
+
+
+def _once(names: list[str], spec: str) -> list[str]:
+    """``names`` without repeats, in order, with a warning naming them: ``vtab:dtd,dtd`` made the
+    vtab1k protocol report dtd twice, counting it twice in the suite's mean."""
+    unique = list(dict.fromkeys(names))
+    if len(unique) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        warn(f"{spec}: {', '.join(twice)} named more than once; each task is evaluated once")
+    return unique
 
 
 def _load_mini_vtab(root: Path, names: list[str]) -> list[ImageTask]:

@@ -37,14 +37,14 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
         if not weights:  # nothing is downloaded: without a file the network is untrained
             warn(f"timm:{name}: no weights given, so its weights are random (seed {seed}); nothing is downloaded: "
                  f"pass timm:{name}:WEIGHTS.safetensors to evaluate trained weights")  # fmt: skip
-            name = f"{name} {RANDOM_INIT}"
+            name = _seeded(f"{name} {RANDOM_INIT}", seed)
         return Encoder(name, model, size)
     if spec == "random" or spec.startswith("random:"):  # not a run folder or file named random-...
         scale = spec.partition(":")[2] or "tiny"
         cfg = preset("VIVI-Ex(4)", scale)
         torch.manual_seed(seed)
         model = build_backbone(cfg.model.backbone).to(device).eval()
-        return Encoder(f"random-{scale}", model, image_size or cfg.augment.image_size)
+        return Encoder(_seeded(f"random-{scale}", seed), model, image_size or cfg.augment.image_size)
     path = Path(spec)
     if not path.exists():
         raise UserError(f"{spec}: no such run folder or backbone file (or use timm:NAME or random[:tiny|paper])")
@@ -52,6 +52,12 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
     # every run exports "backbone.safetensors": name such a file after its run folder
     name = path.name if path.is_dir() else path.resolve().parent.name if path.stem == "backbone" else path.stem
     return Encoder(name, model, image_size or int(meta.get("image_size", 224)))  # checked by the loader
+
+
+def _seeded(name: str, seed: int) -> str:
+    """A random encoder's name with its ``--seed`` unless 0: results of ``random:tiny --seed 3`` were
+    filed as "random-tiny" like seed 0's, and a reader could not tell which network was measured."""
+    return name if seed == 0 else f"{name} s{seed}"
 
 
 DEFAULT_TIMM_SIZE = 224

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from vivi.data.tasks import ImageTask, check_readable, skipped_images, skipped_text
 from vivi.atomic import file_lock, write_json_atomic
-from vivi.errors import UserError, warn
+from vivi.errors import UserError, listed, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.fingerprint import task_fingerprint, weights_fingerprint
@@ -70,12 +71,30 @@ def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSetti
 
 def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """Frozen features of each split, then the logistic-regression probe."""
-    return linear_probe(*_split_features(model, task, settings))
+    arrays = _split_features(model, task, settings)
+    return {**linear_probe(*arrays), **_val_coverage(task, arrays[3])}
 
 
 def _knn(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """Frozen features of each split, then weighted kNN on L2-normalised features."""
-    return knn_probe(*_split_features(model, task, settings))
+    arrays = _split_features(model, task, settings)
+    return {**knn_probe(*arrays), **_val_coverage(task, arrays[3])}
+
+
+def _val_coverage(task: ImageTask, val_y: np.ndarray) -> dict:
+    """``{"val_missing_classes": [names]}`` (and a warning) when classes have no image in val.
+
+    The probe's setting is chosen on val. A class with one training image (or a 100:1 imbalance)
+    is never held out of train/ into val, so val scored 100% for every C while the chosen C
+    predicted the majority class on test (50%); the results gave no hint why. Empty when every
+    class is in val."""
+    missing = sorted(set(range(len(task.classes))) - set(int(y) for y in val_y))
+    if not missing:
+        return {}
+    names = [task.classes[c] for c in missing]
+    warn(f"{task.source or task.name}: no validation image of class {listed(names)} (a class with one training "
+         "image is never held out of train/; add val/): the probe's setting was chosen without it")  # fmt: skip
+    return {"val_missing_classes": names}
 
 
 def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
@@ -180,6 +199,7 @@ def evaluate_tasks(
                 **metrics,
                 "num_classes": len(task.classes),
                 "data": data,
+                "source": _absolute(task.source),  # which folder "data" is: a folder's task is its last part only
                 "seconds": round(time.perf_counter() - start, 2),
             }
         )
@@ -216,18 +236,42 @@ def _evaluate_vtab1k(
     """The suite-wide sweep; the results file also carries the run state under ``vtab1k``."""
     scale = vtab1k_scale(header["scale"])
     previous = _previous(out_json, header) if out_json is not None else {}
-    state = previous.get("vtab1k")
+    # counts and skipped are absent from files written before they were kept
+    state = {"sweep": {}, "final": {}, "seconds": {}, "counts": {}, "skipped": {}, **(previous.get("vtab1k") or {})}
 
     def save(current: dict) -> None:
         if out_json is not None:
             write_json_atomic(out_json, {**_results(header, previous.get("tasks", [])), "vtab1k": current})
 
     trials = FinetuneTrials(model, image_size, scale, device, progress)
-    entries, state = run_vtab1k(tasks, trials, scale, state=state, save=save, progress=progress)
+    entries, state = run_vtab1k(tasks, _counted(trials, state), scale, state=state, save=save, progress=progress)
+    for task, entry in zip(tasks, entries):
+        entry.update(state["counts"].get(task.name, {}), source=_absolute(task.source))
+        if skipped := state["skipped"].get(task.name):
+            entry["skipped_images"] = skipped
+            images = f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}"  # kept from a resumed run too
+            warn(f"{task.source or task.name}: skipped {images}: {listed(skipped)} (listed in the results file)")
     results = {**_results(header, entries), "vtab1k": state}
     if out_json is not None:
         write_json_atomic(out_json, results)
     return results
+
+
+def _counted(trials: FinetuneTrials, state: dict) -> Callable[[Trial], float]:
+    """``trials``, also keeping in ``state`` (saved with each run, so a resumed file still has
+    them) each task's counts of decoded train800 / val200 / test images and the files that did
+    not decode: vtab1k's results left a broken test image out of the denominator unnamed, where
+    the other protocols list it under ``skipped_images``."""
+
+    def trial(t: Trial) -> float:
+        accuracy = trials(t)
+        _, train_y, _, val_y, _, test_y = trials.data(t.task)  # cached: the images just used
+        state["counts"][t.task.name] = {"n_train": len(train_y), "n_val": len(val_y), "n_test": len(test_y)}
+        if skipped := skipped_images(t.task):
+            state["skipped"][t.task.name] = skipped
+        return accuracy
+
+    return trial
 
 
 def summarize(entries: Sequence[dict]) -> tuple[dict[str, float], float | None]:
@@ -290,10 +334,20 @@ def _check_new_images(path: Path | None, task: ImageTask, data: str, entries: li
                         f"{twin}, already measured in this file (a renamed folder?); choose another output file")
 
 
+def _absolute(source: str) -> str:
+    """``source`` as an absolute path (as given, a relative one names nothing once read elsewhere)."""
+    return str(Path(source).absolute()) if source else source
+
+
 def _check_same_images(path: Path | None, task: ImageTask, data: str, entries: list[dict]) -> None:
     """Refuse to reuse a task's result when its images are not the ones measured then."""
-    previous = next(e for e in entries if e["task"] == task.name).get("data")
+    entry = next(e for e in entries if e["task"] == task.name)
+    previous = entry.get("data")
     if previous is not None and previous != data:
         where = task.source or task.name
+        other = entry.get("source")
+        if other and task.source and other != _absolute(task.source):  # /a/pets and /b/pets are both "pets"
+            raise UserError(f"{path}: holds {task.name} measured on other images ({other}), not those of {where}: "
+                            "another folder of the same name, or the folder changed; choose another output file")
         raise UserError(f"{path}: {task.name}'s images ({where}) changed since this file was written (files added, "
                         "removed, renamed or resized); choose another output file (or delete it to start over)")

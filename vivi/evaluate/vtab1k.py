@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vivi.data.tasks import ImageTask, check_readable
+from vivi.data.tasks import FileSplit, ImageSplit, ImageTask, check_readable
 from vivi.errors import UserError, warn
 from vivi.evaluate.finetune import FinetuneSetting, accuracy, finetune, predict, preload
 
@@ -81,13 +81,39 @@ def check_sizes(task: ImageTask, scale: Vtab1kScale) -> None:
 
 
 def vtab1k_splits(task: ImageTask, scale: Vtab1kScale, strict: bool = True):
-    """(train800, val200, test): the first n_train of train and the first n_val of val. Not
-    ``strict`` (one fine-tune, no sweep to compare across tasks): all of a smaller task, with a
-    note from :meth:`FinetuneTrials.data` once the images are read (it counts those that decode)."""
+    """(train800, val200, test): the first n_train of train and the first n_val of val (of an image
+    folder, drawn: see :func:`_leading`). Not ``strict`` (one fine-tune, no sweep to compare across
+    tasks): all of a smaller task, with a note from :meth:`FinetuneTrials.data` once the images
+    are read (it counts those that decode)."""
     if strict:
         check_sizes(task, scale)
-    n_train, n_val = min(scale.n_train, len(task.train)), min(scale.n_val, len(task.val))
-    return task.train.subset(np.arange(n_train)), task.val.subset(np.arange(n_val)), task.test
+    return _leading(task.train, scale.n_train), _leading(task.val, scale.n_val), task.test
+
+
+SAMPLE_SEED = 0  # the draw of an image folder's 800 / 200 (see _leading)
+
+
+def _leading(split: ImageSplit, n: int) -> ImageSplit:
+    """The first ``n`` examples of ``split``, as VTAB takes them from TFDS's shuffled splits, except
+    for an image folder: its files are listed class by class, so its first 800 were the first
+    classes only (a folder of 6 x 200 images left out the last class entirely, which stopped
+    the command as if its images were unreadable, and a boundary class was cut short). There,
+    ``n`` are drawn with a fixed seed, each class's first draw taken first so that every class
+    is kept whenever ``n`` allows, and listed in folder order."""
+    if len(split) <= n:
+        return split
+    if not isinstance(split, FileSplit):
+        return split.subset(np.arange(n))
+    return split.subset(spread_sample(split.labels, n, SAMPLE_SEED))
+
+
+def spread_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` of ``labels`` drawn at random (``seed``), one of every class first."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    _, first = np.unique(labels[order], return_index=True)
+    firsts = order[np.sort(first)]
+    rest = order[~np.isin(order, firsts)]
+    return np.sort(np.concatenate([firsts, rest])[:n])
 
 
 def _note_smaller(task: ImageTask, scale: Vtab1kScale, n_train: int, n_val: int) -> None:
