@@ -659,6 +659,8 @@ def test_out_that_is_a_file_and_changed_options_are_one_line_errors(videos, tmp_
     run_ingest(root / "clip0.mp4", tmp_path / "out", fps=1.0)
     with pytest.raises(UserError, match=r"out: was ingested with fps=1.0 \(now 2.0\); re-run with the same options"):
         run_ingest(root, tmp_path / "out", fps=2.0)  # would mix 1 Hz and 2 Hz videos in one dataset
+    with pytest.raises(UserError, match=r"out: was ingested with jpeg_quality=90 \(now 50\)"):
+        run_ingest(root, tmp_path / "out", fps=1.0, jpeg_quality=50)  # frames of two qualities
     assert run_ingest(root, tmp_path / "out", fps=1.0).videos_ok == 2
 
 

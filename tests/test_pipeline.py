@@ -209,16 +209,16 @@ def test_a_folder_given_twice_gives_each_video_once(tiny_data, capsys):
     assert f"x: {len(once)} videos appear more than once" in capsys.readouterr().err
 
 
-def test_a_video_listed_twice_is_its_first_record_in_the_place_of_its_last():
-    """The order every earlier run's batches were drawn in (resumes and data fingerprints depend on it)."""
+def test_a_video_listed_twice_is_its_first_record_and_videos_go_by_key():
+    """Resumes and data fingerprints depend on this order: by key, not by where the index lists them."""
     def record(key: str, frames: int) -> dict:
         shots = [{"frames": [{"frame": i} for i in range(frames)]} for _ in range(4)]
         return {"key": key, "status": "ok", "shots": shots, "shard": "/s.tar", "shard_span": [0, 512]}
 
     cfg = preset("VIVI-Ex(4)").data
     table = training_videos(iter([record("a", 8), record("b", 9), record("a", 10), record("c", 3)]), cfg, "x")
-    assert table.keys.tolist() == [b"b", b"a"]  # c has too few frames per shot
-    assert table.shot_lengths(1) == [8] * 4 and table.shot_lengths(0) == [9] * 4
+    assert table.keys.tolist() == [b"a", b"b"]  # c has too few frames per shot
+    assert table.shot_lengths(0) == [8] * 4 and table.shot_lengths(1) == [9] * 4
 
 
 def test_the_table_keeps_a_few_bytes_per_video_not_the_records(tiny_data):

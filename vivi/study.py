@@ -23,6 +23,7 @@ from pathlib import Path
 from vivi.config import apply_overrides, preset
 from vivi.demo import slug
 from vivi.errors import UserError
+from vivi.provenance import provenance
 
 STUDY_MODELS = (
     "Ex-YT-F", "Ex-YT-S", "VIVI-Ex(2)", "VIVI-Ex(4)", "VIVI-Ex(2)-Ord", "Rot-YT-F", "VIVI-Rot(4)",
@@ -343,7 +344,8 @@ def write_study_report(out: Path, size: StudySize, results: dict, rob: dict, sec
     if partial:
         lines += ["The study is still running or was stopped: rows below are the models finished so far; "
                   "run the same command again to go on.", ""]
-    summary: dict = {"size": asdict(size), "seconds": round(seconds), "runs_done": list(runs_done or ())}
+    summary: dict = {"size": asdict(size), "seconds": round(seconds), "runs_done": list(runs_done or ()),
+                     "provenance": provenance()}
     for protocol, per_model in results.items():
         if not per_model:
             continue

@@ -191,14 +191,17 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
     """The videos able to supply a clip under ``cfg``, located in their shards; a clear error when none.
 
     ``records`` is read once and only what the sampler needs is kept of each. A video listed more
-    than once (a folder given twice) is used once: its first record, in the place of its last.
+    than once (a folder given twice) is used once: its first record. Videos are ordered by key, so
+    the table, and with it every batch, is a function of the videos the index holds: ingest appends
+    a record as its worker finishes, and with 2+ workers the same videos came in another order from
+    one ingest to the next (another data fingerprint, other batches, another model); nor does the
+    order of several ``--data`` folders matter.
     """
     first: dict[str, _Kept] = {}  # key -> what its first record says
-    last: dict[str, int] = {}
     canonical: dict[str, str] = {}  # a shard as the records give it -> _shard_path's string, made once
     ok = most = longest = 0
     not_ok: Counter[str] = Counter()  # status -> videos, for the message when none is ok
-    for position, r in enumerate(records):
+    for r in records:
         if r.get("status") != "ok":
             not_ok[str(r.get("status"))] += 1
             continue
@@ -206,7 +209,6 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
         lengths = shot_lengths(r)
         most, longest = max(most, len(lengths)), max([longest, *lengths])
         key = r["key"]
-        last[key] = position
         if key not in first:
             if shard := r.get("shard"):
                 first[key] = _Kept(lengths, canonical.get(shard) or canonical.setdefault(shard, _shard_path(r)), recorded_span(r))
@@ -222,7 +224,7 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
         warn(f"{where}: {ok - len(first)} videos appear more than once (a folder given twice, or parts "
              "that overlap); each is used once")  # fmt: skip
     rng = random.Random(0)
-    usable = [k for k in sorted(first, key=last.__getitem__) if clip_of(k, first[k].lengths, cfg, rng) is not None]
+    usable = [k for k in sorted(first) if clip_of(k, first[k].lengths, cfg, rng) is not None]
     if not usable:
         need = {
             "frame": "a sampled frame",

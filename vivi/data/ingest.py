@@ -464,9 +464,10 @@ SETTINGS_NAME = "ingest.json"  # the options that shape the data, checked when O
 
 
 def _check_same_options(out: Path, options: Options) -> None:
-    """Resuming OUT with other sampling options would mix two kinds of data in one dataset."""
+    """Resuming OUT with other sampling options would mix two kinds of data in one dataset (the JPEG
+    quality too: frames of two qualities; a folder written before it was recorded is not checked)."""
     wanted = {"fps": options.fps, "short_side": options.short_side, "min_shots": options.min_shots,
-              "detector": options.detector}  # fmt: skip
+              "detector": options.detector, "jpeg_quality": options.jpeg_quality}  # fmt: skip
     path = out / SETTINGS_NAME
     try:
         saved = json.loads(path.read_text()) if path.is_file() else None

@@ -31,7 +31,7 @@ from vivi.data.shards import INDEX_NAME
 from vivi.errors import warn
 
 NAME = "video_table.npz"
-VERSION = 1  # of the table's meaning: bump when training_videos keeps or orders videos differently
+VERSION = 2  # of the table's meaning (2: videos ordered by key): bump when training_videos keeps or orders videos differently
 _TAIL = 1 << 20
 _ARRAYS = ("keys", "shot_starts", "shot_frames", "spans")
 # settings that do not change which videos are usable or where they lie

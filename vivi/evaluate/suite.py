@@ -26,6 +26,7 @@ from vivi.errors import UserError, listed, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.fingerprint import task_fingerprint, weights_fingerprint
+from vivi.provenance import provenance
 from vivi.evaluate.knn import knn_probe
 from vivi.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSplit
 from vivi.evaluate.linear import fit_linear_classifier, linear_probe
@@ -201,6 +202,7 @@ def evaluate_tasks(
                 "data": data,
                 "source": _absolute(task.source),  # which folder "data" is: a folder's task is its last part only
                 "seconds": round(time.perf_counter() - start, 2),
+                "provenance": provenance(),  # which code and libraries measured it (tasks may be added later)
             }
         )
         done.add(task.name)
@@ -246,7 +248,7 @@ def _evaluate_vtab1k(
     trials = FinetuneTrials(model, image_size, scale, device, progress)
     entries, state = run_vtab1k(tasks, _counted(trials, state), scale, state=state, save=save, progress=progress)
     for task, entry in zip(tasks, entries):
-        entry.update(state["counts"].get(task.name, {}), source=_absolute(task.source))
+        entry.update(state["counts"].get(task.name, {}), source=_absolute(task.source), provenance=provenance())
         if skipped := state["skipped"].get(task.name):
             entry["skipped_images"] = skipped
             images = f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}"  # kept from a resumed run too

@@ -46,7 +46,8 @@ def check_same_data(run: Path, record: dict, main: bool = True) -> None:
         if (was or {}).get("fingerprint") != (now or {}).get("fingerprint"):
             raise JobError(
                 f"{run}: was trained on other {what}: {_text(was)} then, {_text(now)} now; a resume needs the same "
-                "data (each batch is a function of the step over it): pass that data or use a new --out folder"
+                f"data (each batch is a function of the step over it): pass that data or use a new --out folder"
+                f"{_older_order(was, now)}"
             )
 
 
@@ -62,12 +63,22 @@ def _text(d: dict | None) -> str:
     return f"{where}({d.get('items', '?')} {d.get('kind', 'items')}{broken}, fingerprint {d.get('fingerprint', '?')})"
 
 
+def _older_order(was: dict | None, now: dict | None) -> str:
+    """The reason a run made before videos were ordered by key (its ``data.json`` has no ``order``)
+    cannot resume even on the same data: its batches were drawn from the videos in index order."""
+    if was and now and was.get("kind") == "videos" and "order" not in was and was.get("items") == now.get("items"):
+        return ("; if it is the same data: this run was made by a vivi that ordered the videos as the index lists "
+                "them (now by key), so its batches cannot be continued; start it afresh in a new --out folder")
+    return ""
+
+
 def _describe(source: VideoTable | ImageFolder) -> dict:
     h = hashlib.blake2b(digest_size=8)
     if isinstance(source, VideoTable):
         for video in range(len(source)):  # the key and the shape of each video: what the sampler draws from
             h.update(f"{source.key(video)}:{source.shot_lengths(video)};".encode())
-        return {"kind": "videos", "items": len(source), "fingerprint": h.hexdigest()}
+        # "order": the videos are ordered by key (a record without it was made when they came in index order)
+        return {"kind": "videos", "items": len(source), "order": "key", "fingerprint": h.hexdigest()}
     for p, label in zip(source.paths, source.labels.tolist()):  # every file: a broken one still takes its place
         h.update(f"{os.path.relpath(p, source.root)}:{label};".encode())
     h.update(repr(list(source.classes)).encode())

@@ -42,6 +42,7 @@ from vivi.models import build_model
 from vivi.models.ema import momentum_schedule
 from vivi.models.vito import VITOModel
 from vivi.models.vivi import param_groups
+from vivi.provenance import record_start
 from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_resumable, save_checkpoint
 from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
@@ -321,6 +322,8 @@ def _pretrain(
                 file=sys.stderr,
             )
     net = _wrap(model, cfg, ctx, device)
+    if ctx.main:
+        record_start(out, start, ctx.world, str(device))
 
     in_loader = augment_in_loader(cfg)
     pin = device.type == "cuda"
