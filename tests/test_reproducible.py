@@ -302,3 +302,20 @@ def test_mini_vtab_renders_the_same_images_in_one_process_and_in_two(tmp_path):
             assert sorted(a.files) == sorted(b.files)
             for key in a.files:
                 assert np.array_equal(a[key], b[key]), (name, key)
+
+
+def test_the_same_backbone_is_saved_as_the_same_bytes(tmp_path):
+    """safetensors writes metadata keys in a random order: identical runs gave files of other checksums."""
+    from vivi.config import preset
+    from vivi.models.backbone import build_backbone, load_backbone, save_backbone
+
+    spec = preset("VIVI-Ex(4)").model.backbone
+    torch.manual_seed(0)
+    model = build_backbone(spec)
+    extra = {"image_size": "64", "preset": "VIVI-Ex(4)", "scale": "tiny"}
+    files = [tmp_path / f"b{i}.safetensors" for i in range(5)]
+    for path in files:
+        save_backbone(model, spec, path, extra=extra)
+    assert len({path.read_bytes() for path in files}) == 1
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(load_backbone(files[0])(x), model.eval()(x), rtol=0, atol=0)

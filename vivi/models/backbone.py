@@ -61,7 +61,22 @@ def save_backbone(model: nn.Module, spec: BackboneConfig, path: Path, extra: dic
     meta.update(extra or {})
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    _sort_metadata(tmp)
     tmp.replace(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header in place with its metadata keys sorted: safetensors writes them
+    in a random order (a Rust hash map), so two identical runs gave backbone files of other bytes
+    (another checksum) for the same tensors. Same length, padded with spaces as the format allows."""
+    with path.open("r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # the same keys and values reordered: always, unless the JSON is spelt otherwise
+            f.seek(8)
+            f.write(text.ljust(size))
 
 
 def _spec_from_metadata(path: Path, text: str) -> BackboneConfig:
