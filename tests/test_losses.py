@@ -67,8 +67,7 @@ def test_positive_pairs_and_exemplar_targets_match_a_loop():
     from vivi.train.objective import exemplar_targets
 
     v, k, f = 2, 3, 4
-    labels, (anchor, positive), groups = exemplar_targets(v, k, f, torch.device("cpu"))
-    assert groups is None  # loss.triplet_group=0: one loss over the whole batch
+    labels, (anchor, positive) = exemplar_targets(v, k, f, torch.device("cpu"))
     shot = [i // f for i in range(v * k * f)]  # frames of one shot are consecutive
     want = [(a, p) for a in range(len(shot)) for p in range(len(shot)) if a != p and shot[a] == shot[p]]
     assert labels.tolist() == shot
@@ -204,31 +203,53 @@ def test_exemplars_are_shots_and_other_shots_of_the_same_video_are_negatives():
             assert (labels[i] == labels[j]) == same_shot
 
 
-@pytest.mark.parametrize("group", [1, 2, 3])
-def test_triplet_groups_are_separate_losses_averaged(group):
+@pytest.mark.parametrize("squared", [True, False])
+@pytest.mark.parametrize("group", [1, 2, 3, 4])
+def test_triplet_groups_are_separate_losses_averaged(group, squared, monkeypatch):
     """loss.triplet_group (the paper's per-core triplet loss, Appendix B) against the slow reference run
-    on each group of ``group`` consecutive shots separately, then averaged."""
+    on each group of ``group`` consecutive shots separately, then averaged over all pairs. Groups that
+    divide the batch (1, 2, 3 of 6 shots) are computed block by block; 4 leaves a shorter last group."""
+    from vivi.losses import triplet
     from vivi.train.objective import exemplar_targets
 
-    v, k, f = 3, 2, 3  # 6 shots: groups of 1, 2 or 3 shots
+    v, k, f = 3, 2, 3  # 6 shots
     g = torch.Generator().manual_seed(11)
     emb = torch.nn.functional.normalize(torch.randn(v * k * f, 4, generator=g), dim=1)
-    labels, pairs, groups = exemplar_targets(v, k, f, torch.device("cpu"), group)
-    got = semi_hard_triplet_loss(emb, labels, margin=0.5, pairs=pairs, groups=groups)
+    labels, pairs = exemplar_targets(v, k, f, torch.device("cpu"))
+    shapes = []
+    original = triplet.pairwise_distances
+    monkeypatch.setattr(triplet, "pairwise_distances", lambda x, squared: shapes.append(tuple(x.shape)) or original(x, squared))
     rows = group * f
-    per_group = []
-    for start in range(0, v * k * f, rows):
+    got = semi_hard_triplet_loss(emb, labels, margin=0.5, squared=squared, pairs=pairs, group_rows=rows)
+    n = v * k * f
+    assert shapes == [(n // rows, rows, 4) if n % rows == 0 else (1, n, 4)], "only each group's distances"
+    total, pairs_counted = 0.0, 0
+    for start in range(0, n, rows):
         sub_labels = labels[start : start + rows].tolist()
         if len(set(sub_labels)) < 2:  # one exemplar alone: no negative, no triplet (as the whole-batch loss)
             continue
-        per_group.append(reference_semi_hard(emb[start : start + rows], sub_labels, 0.5, True))
-    if not per_group:
+        count = len(sub_labels) * (f - 1)  # ordered pairs of frames of one shot
+        total += reference_semi_hard(emb[start : start + rows], sub_labels, 0.5, squared) * count
+        pairs_counted += count
+    if not pairs_counted:
         assert got.item() == 0.0
         return
-    assert got.item() == pytest.approx(sum(per_group) / len(per_group), rel=1e-5, abs=1e-6)
-    whole = semi_hard_triplet_loss(emb, labels, margin=0.5)
+    assert got.item() == pytest.approx(total / pairs_counted, rel=1e-5, abs=1e-6)
+    whole = semi_hard_triplet_loss(emb, labels, margin=0.5, squared=squared)
     if group < v * k:
         assert got.item() != pytest.approx(whole.item(), rel=1e-3), "mining within groups changes the loss"
+
+
+def test_grouped_triplet_gradients_match_the_groups_computed_apart():
+    """The block-by-block loss and its gradient equal those of each group's own loss, weighted by pairs."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(24, 6, generator=g, requires_grad=True)
+    labels = torch.arange(24) // 3  # 8 exemplars of 3 frames; groups of 2 exemplars = 6 rows
+    semi_hard_triplet_loss(torch.nn.functional.normalize(x, dim=1), labels, group_rows=6).backward()
+    y = x.detach().clone().requires_grad_(True)
+    parts = [semi_hard_triplet_loss(torch.nn.functional.normalize(y[i : i + 6], dim=1), labels[i : i + 6]) for i in range(0, 24, 6)]
+    (sum(parts) / len(parts)).backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_lstm_infonce_hand_worked_case():

@@ -40,8 +40,9 @@ class VIVIObjective:
         elif out.rotation is not None and out.rotation_labels is not None:
             terms = {"loss_sf": self.rotation(out.rotation, out.rotation_labels)}
         elif out.exemplar is not None:
-            labels_sf, pairs, groups = exemplar_targets(v, k, f, out.exemplar.device, self.cfg.triplet_group)
-            terms = {"loss_sf": self.triplet(out.exemplar, labels_sf, pairs, groups)}
+            labels_sf, pairs = exemplar_targets(v, k, f, out.exemplar.device)
+            group_rows = self.cfg.triplet_group * f  # a group's exemplars are consecutive shots of F frames
+            terms = {"loss_sf": self.triplet(out.exemplar, labels_sf, pairs, group_rows)}
         else:
             raise ValueError("the model output holds no frame-level loss input")
         total = terms["loss_sf"]
@@ -62,17 +63,12 @@ class VIVIObjective:
 
 
 @functools.lru_cache(maxsize=16)
-def exemplar_targets(
-    v: int, k: int, f: int, device: torch.device, group: int = 0
-) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
-    """The exemplar ids of a ``V x K x F`` batch, their anchor-positive pairs and, with ``group`` > 0,
-    the triplet group of each frame (``group`` consecutive exemplars per group, as the paper's per-core
-    loss, Appendix B), made once per batch shape and device: the pairs are found on the CPU, so no
-    step waits for the GPU to count them."""
+def exemplar_targets(v: int, k: int, f: int, device: torch.device) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The exemplar ids of a ``V x K x F`` batch and their anchor-positive pairs, made once per batch
+    shape and device: the pairs are found on the CPU, so no step waits for the GPU to count them."""
     labels = exemplar_labels(v, k, f, torch.device("cpu"))
     anchor, positive = positive_pairs(labels)
-    groups = (labels // group).to(device) if group > 0 else None
-    return labels.to(device), (anchor.to(device), positive.to(device)), groups
+    return labels.to(device), (anchor.to(device), positive.to(device))
 
 
 def video_infonce(
