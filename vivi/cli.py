@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-mb", type=_positive(float), default=256.0, help="shard size bound in MiB")
     s.add_argument(
         "--part", metavar="i/N",
-        help="ingest only part i of N (0-based): the sources whose position in the sorted listing modulo N is i;"
+        help="ingest only part i of N (0-based): the sources whose position in the listing (a folder: sorted;"
+        " a list file: its order) modulo N is i;"
         " give each part its own OUT, e.g. OUT/part-$SLURM_ARRAY_TASK_ID",
     )
     s.set_defaults(func=_ingest)
@@ -430,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive(int), help="pretraining steps per run (default 1200)")
     s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn); "
                    "PRESET@key=value[@key=value] is a variant with settings changed, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
-    s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~15 min per run)")
+    s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~4-5 min per run)")
     s.set_defaults(func=_sigterm_as_sigint(_study))  # SIGTERM mid-evaluation killed it silently
 
     s = sub.add_parser("presets", help="list the presets with their resolved settings")
@@ -461,13 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vtab-root", help="folder holding the VTAB data (default: $VIVI_VTAB_ROOT)")
     s.add_argument(
         "--image-size", type=_positive(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), metavar="PX",
-        help=f"input resolution, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} (default: the model's own; timm: 224)",
+        help=f"input resolution, {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} (default: the model's own; timm: its default input size, else 224)",
     )
     s.add_argument("--out", help="results JSON (resumable task by task)")
     s.add_argument("--name", help="model name shown in tables")
     s.add_argument("--cache", help="where the built-in suite is rendered (default: $VIVI_CACHE or ~/.cache/vivi)")
     s.add_argument("--device", type=_device, default="cpu")
-    s.add_argument("--seed", type=SEED, default=0, help="seed of a random encoder")
+    s.add_argument("--seed", type=SEED, default=0, help="seed of a random encoder (random:..., or timm:NAME without weights)")
     s.set_defaults(func=_sigterm_as_sigint(_evaluate))  # results are written after each task
 
     s = sub.add_parser("report", help="tables and plots comparing result files")

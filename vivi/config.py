@@ -114,7 +114,7 @@ class LossConfig:
     triplet_group: int = 0
     video_loss: str = "infonce"  # "infonce" | "order" (shot order prediction) | "none"
     # lambda. Table 5's swept values (and the chosen one) of VIVI-Ex(4), -Ex(2), -Ord and -Rot are lost in
-    # our text of it: 0.1 is our default; the -Big and co-trained presets take Table 5's 0.04 (see _WEIGHT_DECAY)
+    # our text of it: 0.1 is our default; the -Big and co-trained presets take Table 5's 0.04 (see _LAMBDA_BIG_CO)
     video_weight: float = 0.1
     infonce_temperature: float = 1.0  # the paper's score is a plain dot product (temperature 1)
     # Where InfoNCE's negatives come from when training on several processes: "global" gathers every
@@ -203,7 +203,9 @@ _COTRAIN = dict(
 )
 
 # name -> (data mode, K shots, F frames, predictor, video loss, frame loss, wider backbone, schedule);
-# co-training adds norm, paper lr, labelled images per step (paper scale) and the labelled fraction.
+# co-training adds norm, paper lr, labelled images per step (paper scale) and the labelled fraction;
+# a preset may also set pooling, weight_decay (else _WEIGHT_DECAY) and video_weight (lambda, else 0.1).
+# Every preset takes loss.triplet_group=_TRIPLET_GROUP.
 _PRESETS: dict[str, dict[str, Any]] = {
     "Ex-YT-F": dict(mode="frame", shots=1, frames=8, predictor="none", video_loss="none", schedule=_FRAME_SCHEDULE),
     "Ex-YT-S": dict(mode="shots", shots=1, frames=8, predictor="none", video_loss="none", schedule=_SHOT_SCHEDULE),
@@ -283,7 +285,8 @@ def _scale_schedule(steps: int, schedule: tuple[int, int, tuple[int, ...]]) -> t
 
 
 def preset(name: str, scale: str = "tiny") -> RunConfig:
-    """Resolve a paper model name (optionally suffixed ``-AA``) at a size; unknown names list the valid ones."""
+    """Resolve a paper model name (optionally suffixed ``+Attn`` and/or ``-AA``) at a size; unknown names list
+    the valid ones."""
     base, autoaugment = _base_name(name)
     base, attention = _strip_attn(base)
     if attention and base in _PRESETS and _PRESETS[base]["video_loss"] == "none":

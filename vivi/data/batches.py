@@ -104,7 +104,7 @@ def _displaced_pair(key: str, lengths: Sequence[int], max_gap: int, rng: random.
 
 
 def frame_name(shot: int, frame: int) -> str:
-    """The shard member suffix of a frame (DESIGN.md: ``<key>.s<shot:03d>.f<idx:03d>.jpg``)."""
+    """The shard member suffix of a frame (:mod:`vivi.data.shards`: ``<key>.s<shot:03d>.f<idx:03d>.jpg``)."""
     return f"s{shot:03d}.f{frame:03d}.jpg"
 
 

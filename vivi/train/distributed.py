@@ -1,7 +1,7 @@
-"""torch.distributed for ``torchrun -m vivi pretrain``: process group setup and the collectives
-the losses need.
+"""torch.distributed for ``torchrun -m vivi pretrain`` (or a scheduler's launcher, see
+:func:`init_distributed`): process group setup and the collectives the losses need.
 
-One process per device. Without torchrun's environment (``WORLD_SIZE`` unset or 1) everything
+One process per device. Without a launcher's environment (``WORLD_SIZE`` unset or 1) everything
 here is a no-op, so the training loop has one code path for a laptop and for many nodes.
 """
 
@@ -112,7 +112,8 @@ def device_index(env: Mapping[str, str], rank: int, gpus: int) -> int:
 
 
 def process_device(ctx: DistContext, device: str) -> torch.device:
-    """This process's device: ``cuda:<local rank>`` under torchrun with CUDA, else as configured."""
+    """This process's device: ``cuda:<local rank>`` (:func:`device_index`) under torchrun or another
+    launcher with CUDA, else as configured."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -227,7 +228,9 @@ class PeerStopped(UserError):
     gloo then raised a RuntimeError whose traceback, on every surviving process, buried the real error
     (above it on one node, in another node's log on several) under "Connection closed by peer": one
     line instead, naming where the peer ran and the checkpoint to resume from. Said by rank 0 and by
-    each node's first process (``LOCAL_RANK`` 0), so every node's log says it once, not once per process.
+    each node's first process (``LOCAL_RANK`` 0), so every node's log says it once, not once per process;
+    a launcher that sets no ``LOCAL_RANK`` (``srun``, ``mpirun``) has every process say it. Recognised as a
+    gloo or torch.distributed error naming a closed or reset connection or a broken pipe (:data:`PEER_GONE`).
     """
 
     def __init__(self, message: str) -> None:
