@@ -242,9 +242,12 @@ class StepImages(Dataset):
     seeded permutation, so runs resume exactly and ranks split one global batch.
     """
 
-    def __init__(self, folder: ImageFolder, batch: int, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, folder: ImageFolder, batch: int, size: int, seed: int, rank: int = 0, world: int = 1,
+        setting: str = "data.labelled_batch",
+    ) -> None:
         self.folder, self.batch, self.size, self.seed = folder, batch, size, seed
-        self.slots = rank_slice(batch, rank, world, "image batch")
+        self.slots = rank_slice(batch, rank, world, setting)
         # those the main process found (named there) are skipped quietly, and those a process finds
         # are tried once in it; a file is named by the first process to meet it, not by every worker
         self._broken = set(folder.probed.get("unreadable", {}))
@@ -278,6 +281,23 @@ class StepImages(Dataset):
         raise UserError(f"{self.folder.root}: none of the {len(paths)} images is readable")
 
 
+def check_batch(folder: ImageFolder, batch: int, setting: str, world: int = 1) -> None:
+    """Refuse a batch of ``batch`` images (set by ``setting``, e.g. ``data.labelled_batch``) that
+    ``folder`` cannot fill or ``world`` processes cannot split, naming that setting alone.
+
+    Called by the training loop before the run folder is written: found only when the loader
+    started, it left a run folder with a config and a provenance line of a run that never trained,
+    and its hint named both ``data.labelled_batch`` and ``data.videos`` (and a split "image batch")
+    whichever of the two was at fault."""
+    n = len(folder.paths)
+    if n < batch:
+        raise UserError(
+            f"{folder.root}: {n} images{folder.selection}, fewer than the {batch} per batch requested; "
+            f"add images or lower the batch (--set {setting}=N)"
+        )
+    rank_slice(batch, 0, world, setting)
+
+
 def image_batches(
     folder: ImageFolder,
     batch: int,
@@ -290,16 +310,14 @@ def image_batches(
     world: int = 1,
     wrap: Callable[[Dataset], Dataset] | None = None,
     pin: bool = False,
+    setting: str = "data.labelled_batch",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of uint8 images ``[batch / world, 3, size, size]`` and int64 labels for steps ``start ..``
-    (``wrap``, ``pin``: as for :func:`vivi.data.batches.make_loader`)."""
+    (``wrap``, ``pin``: as for :func:`vivi.data.batches.make_loader`; ``setting``: the one that sets
+    ``batch``, named in errors)."""
+    check_batch(folder, batch, setting, world)
     n = len(folder.paths)
-    if n < batch:
-        raise UserError(
-            f"{folder.root}: {n} images{folder.selection}, fewer than the {batch} per batch requested; "
-            "add images or lower the batch (--set data.labelled_batch=N or data.videos=N)"
-        )
     if len(unreadable_images(folder)) == n:  # named once here, before the workers start
         raise UserError(f"{folder.root}: none of the {n} images{folder.selection} is readable")
-    images = StepImages(folder, batch, size, seed, rank, world)
+    images = StepImages(folder, batch, size, seed, rank, world, setting)
     return step_loader(wrap(images) if wrap else images, start, steps, workers, pin)

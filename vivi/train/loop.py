@@ -33,7 +33,7 @@ from vivi.atomic import write_text_atomic
 from vivi.config import RunConfig, batch_lr_note
 from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, loader_workers, make_loader, rank_slice, training_videos
-from vivi.data.images import ImageFolder, image_batches, open_labelled, scan_images
+from vivi.data.images import ImageFolder, check_batch, image_batches, open_labelled, scan_images
 from vivi.data.shards import iter_index
 from vivi.data.table_cache import cache_key, load_table, save_table
 from vivi.errors import JobError, UserError, warn
@@ -84,9 +84,11 @@ def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageF
         if len(data) != 1:
             raise UserError(f"preset {cfg.preset} trains on one image folder (--images DIR), got {len(data)}")
         if cfg.loss.frame_loss != "supervised":
-            return scan_images(data[0], labelled=False)
-        folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
-        cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)  # saved with the config
+            folder = scan_images(data[0], labelled=False)
+        else:
+            folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
+            cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)  # saved in config.json
+        check_batch(folder, cfg.data.videos, "data.videos")  # before the run folder is written
         return folder
     return training_videos(iter_index(data), cfg.data, ", ".join(str(d) for d in data))
 
@@ -119,7 +121,8 @@ def _clip_batches(
             return StepAugment(items, cfg.augment, augment_seed, cfg.channels_last, repeat=d.frames if images else 1)
     if images:
         batches = image_batches(
-            source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world, wrap, pin
+            source, d.videos, d.load_size, cfg.seed, d.workers, start, steps, ctx.rank, ctx.world, wrap, pin,
+            "data.videos",
         )
         if wrap:
             return batches
@@ -138,6 +141,7 @@ def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
             "(sets data.labelled)"
         )
     folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed)
+    check_batch(folder, d.labelled_batch, "data.labelled_batch")  # before the run folder is written
     cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)
     return folder
 
@@ -149,7 +153,7 @@ class LabelledBatches:
         d = cfg.data
         self.batches = image_batches(
             folder, d.labelled_batch, d.load_size, cfg.seed + 1, d.workers, start, cfg.optim.steps, ctx.rank, ctx.world,
-            pin=pin,
+            pin=pin, setting="data.labelled_batch",
         )
         self.augment = hsv_jitter(cfg.augment)
         self.channels_last = cfg.channels_last
@@ -272,8 +276,12 @@ def _pretrain(
              "so batches repeat videos and some negatives are a positive's own video; add videos or lower data.videos")
     v = rank_slice(cfg.data.videos, ctx.rank, ctx.world, "data.videos")
     v = v.stop - v.start  # videos per rank
+    if labelled is not None:  # its split too, named, before the run folder is written
+        rank_slice(cfg.data.labelled_batch, ctx.rank, ctx.world, "data.labelled_batch")
     k, f = cfg.data.shots, cfg.data.frames
     record = data_record(data, source, labelled)
+    if labelled is not None:  # a refused resume names the labelled folder, not only its counts and fingerprint
+        record["labelled"]["sources"] = [cfg.data.labelled]
     # after the errors in the arguments and data, before the folder is read to resume or written:
     # a second run on it stops here, changing nothing
     hold_run_folder(out, ctx.main, held)
