@@ -40,6 +40,8 @@ class RangeFS(MemoryFileSystem):
     opens: list[str] = []
     fetches: list[tuple[str, int, int]] = []
     fail: str | None = None
+    down: BaseException | None = None  # info() fails as fsspec's http backend does: FileNotFoundError from this
+    whole = False  # a server that ignores range requests: every cat_file gets the whole file
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -49,7 +51,14 @@ class RangeFS(MemoryFileSystem):
         if RangeFS.fail:
             raise RuntimeError(RangeFS.fail)  # backends raise their own (non-OSError) types
         RangeFS.fetches.append((self._strip_protocol(path), start, end))
+        if RangeFS.whole:
+            return super().cat_file(path, **kwargs)
         return super().cat_file(path, start, end, **kwargs)
+
+    def info(self, path, **kwargs):
+        if RangeFS.down is not None:
+            raise FileNotFoundError(path) from RangeFS.down
+        return super().info(path, **kwargs)
 
     def _open(self, path, *args, **kwargs):
         RangeFS.opens.append(self._strip_protocol(path))
@@ -70,7 +79,7 @@ def bucket(tiny_data):
     RangeFS.fetches.clear()
     yield root
     fs.rm(root.split("/")[0], recursive=True)
-    RangeFS.fail = None
+    RangeFS.fail, RangeFS.down, RangeFS.whole = None, None, False
 
 
 def rewrite_index(root: str, change) -> None:
@@ -206,6 +215,39 @@ def test_a_network_error_mid_run_is_one_line(bucket):
     with pytest.raises(UserError, match=r"ranges://.*: sample .*RuntimeError: Connection reset by peer\).*resume$") as e:
         clips[1]
     assert "\n" not in str(e.value)
+
+
+class _Response(Exception):
+    """What aiohttp raises for an HTTP error status (``ClientResponseError.status``)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"{status}, message='...'")
+        self.status = status
+
+
+@pytest.mark.parametrize("cause", [ConnectionRefusedError(111, "Connect call failed"), _Response(500)])
+def test_a_server_that_is_down_is_not_a_missing_index(bucket, cause):
+    """fsspec's http(s) info() raises FileNotFoundError for any failed HEAD/GET, the failure as its cause: a
+    server that was down or failing said "no index.jsonl (run `vivi ingest` into it first...)"."""
+    RangeFS.down = cause
+    with pytest.raises(UserError, match=rf"^ranges://{bucket}/index.jsonl: cannot read \({type(cause).__name__}: "):
+        read_index([f"ranges://{bucket}"])
+    RangeFS.down = _Response(404)
+    with pytest.raises(UserError, match=rf"^ranges://{bucket}: no index.jsonl"):
+        read_index([f"ranges://{bucket}"])
+
+
+def test_a_server_that_ignores_ranges_is_named(bucket, monkeypatch):
+    """Such a server (Python's http.server) sends the whole file for each ranged GET: a video's read said
+    the index did not match its shards (re-ingest), and an index read in chunks repeated its records."""
+    table = table_of(f"ranges://{bucket}")
+    RangeFS.whole = True
+    with pytest.raises(UserError, match=r"^ranges://.*shard-000000.tar: asked for bytes \d+-\d+, the server sent "
+                                        r"\d+ \(it ignores range requests\); serve the folder with a server"):
+        StepClips(table, CFG)[0]
+    monkeypatch.setattr(shards, "read_chunks", functools.partial(read_chunks, size=1000))
+    with pytest.raises(UserError, match=rf"^ranges://{bucket}/index.jsonl: asked for bytes 0-1000, the server sent"):
+        read_index([f"ranges://{bucket}"])
 
 
 def test_a_missing_url_or_backend_is_one_line(capsys, tmp_path):

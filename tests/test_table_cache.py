@@ -80,6 +80,23 @@ def test_a_url_without_a_version_is_not_cached(monkeypatch):
     assert cache_key(["s3://bucket/data"], _cfg().data) != key
 
 
+@pytest.mark.parametrize("headers", [{"ETag": '"5237-18ee26f3"'}, {"Last-Modified": "Fri, 04 Dec 2026 20:28:48 GMT"}])
+def test_a_web_server_s_version_headers_are_versions(monkeypatch, headers):
+    """fsspec's http(s) info() is what a local server's HEAD gave it (recorded): the response headers by
+    their own names. A server sending only Last-Modified (plain file servers) was never cached."""
+    url = "http://127.0.0.1:8763/data"
+    info = {"name": f"{url}/index.jsonl", "size": 10, "url": f"{url}/index.jsonl", "type": "file"}
+    monkeypatch.setattr(table_cache, "read_range", lambda url, start, end: b"x" * (end - start))
+    monkeypatch.setattr(table_cache, "url_info", lambda url: info)
+    assert cache_key([url], _cfg().data) is None, "no version header: read every time"
+    monkeypatch.setattr(table_cache, "url_info", lambda url: {**info, **headers})
+    key = cache_key([url], _cfg().data)
+    assert key is not None
+    changed = {name: value.replace("2", "3") for name, value in headers.items()}
+    monkeypatch.setattr(table_cache, "url_info", lambda url: {**info, **changed})
+    assert cache_key([url], _cfg().data) not in (key, None)
+
+
 def test_damaged_foreign_or_pickled_files_are_ignored(data, tmp_path):
     cfg = _cfg()
     key = cache_key([data], cfg.data)

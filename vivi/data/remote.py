@@ -85,14 +85,31 @@ def read_chunks(path: str, size: int = 1 << 24) -> Iterator[bytes] | None:
     fs, inner = _filesystem(path)
     try:
         total = fs.size(inner)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if not _absent(e):
+            raise _cannot_read(path, e.__cause__) from None
         return None
     except Exception as e:
         raise _cannot_read(path, e) from None
     if total is None:
         return _guarded(path, (fs.cat_file(inner) for _ in range(1)))
     ranges = ((start, min(start + size, total)) for start in range(0, total, size))
-    return _guarded(path, (fs.cat_file(inner, start=start, end=end) for start, end in ranges))
+    return _guarded(path, (_ranged(fs, inner, path, start, end) for start, end in ranges))
+
+
+def _absent(error: FileNotFoundError) -> bool:
+    """Whether a backend's FileNotFoundError means that the file is not there. fsspec's http(s) backend
+    raises it for any failure of its HEAD and GET (a 500, a refused or dropped connection), with the real
+    failure as its cause, and a server that was down was reported as a folder never ingested: only a cause
+    that is a 404/410 response (or none, or another backend's own) means "not there"."""
+    cause = error.__cause__
+    if cause is None:
+        return True
+    status = getattr(cause, "status", None)
+    if isinstance(status, int):
+        return status in (404, 410)
+    from_http = type(cause).__module__.partition(".")[0] == "aiohttp"
+    return not from_http and not (isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError))
 
 
 def _local_chunks(path: str, size: int) -> Iterator[bytes]:
@@ -107,6 +124,8 @@ def _guarded(path: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
             chunk = next(chunks)
         except StopIteration:
             return
+        except UserError:  # already one line (a server ignoring ranges)
+            raise
         except Exception as e:
             raise _cannot_read(path, e) from None
         yield chunk
@@ -124,7 +143,19 @@ def read_range(url: str, start: int, end: int) -> bytes:
     """Bytes ``start:end`` of the file at ``url``: one ranged request of just those bytes. fsspec
     keeps one file system instance per process (a forked loader worker makes its own)."""
     fs, inner = _filesystem(url)
-    return fs.cat_file(inner, start=start, end=end)
+    return _ranged(fs, inner, url, start, end)
+
+
+def _ranged(fs: Any, inner: str, url: str, start: int, end: int) -> bytes:
+    """``fs.cat_file`` of bytes ``start:end``, refusing a whole file in their place: a web server that
+    ignores range requests (Python's http.server) answers each with the whole file, which fsspec returns as
+    is, so a video's span was reported as an index that does not match its shards (re-ingest), and an index
+    read in several ranges as the same records again and again."""
+    data = fs.cat_file(inner, start=start, end=end)
+    if len(data) > end - start:
+        raise UserError(f"{url}: asked for bytes {start}-{end}, the server sent {len(data)} (it ignores range "
+                        "requests); serve the folder with a server that allows them (nginx, Apache, a bucket)")
+    return data
 
 
 def url_info(url: str) -> dict[str, Any]:

@@ -36,8 +36,12 @@ _TAIL = 1 << 20
 _ARRAYS = ("keys", "shot_starts", "shot_frames", "spans")
 # settings that do not change which videos are usable or where they lie
 _RUNTIME = ("workers", "cache_mb", "labelled", "labelled_fraction", "labelled_batch")
-# what object stores call the version of a file, in fsspec's info()
-_VERSION_FIELDS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
+# what object stores call the version of a file, in fsspec's info(): s3fs ("ETag", "LastModified"), gcsfs
+# ("generation", "md5Hash", "updated"), and http(s), whose info() holds the response headers under their own
+# names ("ETag", "Last-Modified", "Content-MD5", "Digest"): a web server that sends only Last-Modified, as
+# plain file servers do, was never cached
+_VERSION_FIELDS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "updated",
+                   "Last-Modified", "Content-MD5", "Digest")
 
 
 def cache_key(data: list[Path | str], cfg: DataConfig) -> str | None:
