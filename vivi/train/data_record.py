@@ -22,11 +22,14 @@ from vivi.errors import JobError, UserError, warn
 NAME = "data.json"
 
 
-def data_record(data: list[Path | str], source: VideoTable | ImageFolder, labelled: ImageFolder | None) -> dict:
-    """Sources as given, sizes, and a fingerprint of the training table (and labelled images)."""
+def data_record(
+    data: list[Path | str], source: VideoTable | ImageFolder, labelled: ImageFolder | None, labelled_spec: str = "",
+) -> dict:
+    """Sources as given, sizes, and a fingerprint of the training table (and of the labelled images,
+    with their ``--labelled`` spec, so a refused resume names that folder too)."""
     record: dict[str, Any] = {"sources": [str(d) for d in data], **_describe(source)}
     if labelled is not None:
-        record["labelled"] = _describe(labelled)
+        record["labelled"] = {"sources": [labelled_spec], **_describe(labelled)} if labelled_spec else _describe(labelled)
     return record
 
 

@@ -279,9 +279,7 @@ def _pretrain(
     if labelled is not None:  # its split too, named, before the run folder is written
         rank_slice(cfg.data.labelled_batch, ctx.rank, ctx.world, "data.labelled_batch")
     k, f = cfg.data.shots, cfg.data.frames
-    record = data_record(data, source, labelled)
-    if labelled is not None:  # a refused resume names the labelled folder, not only its counts and fingerprint
-        record["labelled"]["sources"] = [cfg.data.labelled]
+    record = data_record(data, source, labelled, cfg.data.labelled)
     # after the errors in the arguments and data, before the folder is read to resume or written:
     # a second run on it stops here, changing nothing
     hold_run_folder(out, ctx.main, held)
