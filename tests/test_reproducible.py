@@ -6,7 +6,6 @@ the same test, so it holds whatever the presets' values are."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path

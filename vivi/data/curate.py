@@ -18,7 +18,6 @@ from their shard, a shard cut short) are left out with one warning each kind.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import tarfile

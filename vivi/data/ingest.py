@@ -698,7 +698,6 @@ def _openable(source: Source, options: Options) -> Iterator[str]:
     """A location FFmpeg can open: a local path or an http(s)/ftp/rtmp/rtsp URL as it is; what a
     ``pipe:`` command prints or another URL holds (``s3://``, ``gs://``: any fsspec URL) copied to a
     temporary file first, because an MP4's index may sit at its end and needs a seekable file."""
-    from vivi.data.video import VideoError
 
     location = source.location
     if not is_remote(location):
