@@ -3,10 +3,16 @@
 A classifier labels every frame of a sequence (all frames show the same object class).
 An anchor frame counts as correct for pm-k only if it and every frame within k frames
 of it (clipped to the sequence) are classified correctly (Shankar et al. 2019). Anchors
-are every (2k+1)-th frame, starting at frame k, so their windows do not overlap and the
-anchors stay roughly independent; a sequence shorter than 2k+1 frames has one anchor in
-its middle. Reported: accuracy on anchors, pm-k accuracy, their difference, and
-Clopper-Pearson intervals for both.
+are every (2k+1)-th frame, starting at frame k, so their windows do not overlap; the last
+``length mod (2k+1)`` frames of a sequence fall in no window and are not scored. A sequence
+shorter than 2k+1 frames has one anchor in its middle, judged with the neighbours it has
+(so with k above every sequence's length, pm-k asks for the whole sequence to be right).
+k = 0 makes every frame an anchor and pm-0 equal to the anchor accuracy. Reported: accuracy
+on anchors, pm-k accuracy, their difference, and Clopper-Pearson intervals for both.
+
+The intervals treat every anchor as an independent trial. Anchors of one sequence show
+the same object and are not independent, so the intervals are narrower than a
+sequence-level resampling would give: read them as a lower bound on the uncertainty.
 
 The classifier is a linear probe (logistic regression, C chosen on a held-out fifth) on
 the model's frozen features of a labelled train set. Sources:
@@ -14,6 +20,8 @@ the model's frozen features of a labelled train set. Sources:
 - ``frames:DIR``: ``DIR/train/<class>/<any images>`` fit the probe;
   ``DIR/test/<class>/<video_id>/<frames>`` are the sequences (frames sorted by file name,
   numbers in names by value; frames in sub-folders of a video folder are read in path order).
+  A test frame that is the same file as a train image (a link) is an error; copies are not
+  detected, keeping train and test videos apart is the folder's author's job.
 - ``world[:DIR]``: a ``vivi synth`` folder (default: rendered once into the cache). Shots
   whose objects all share one class are sequences labelled with it; shots of the first
   half of the videos train the probe, the second half's are evaluated.
@@ -26,7 +34,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import av
 import numpy as np
@@ -63,7 +71,12 @@ SPEC_HELP = "robustness tasks: world, world:DIR (a vivi synth folder) or frames:
 
 
 def anchors(length: int, k: int) -> list[int]:
-    """Anchor frame indices of a sequence: every 2k+1 frames from k; the middle one if too short."""
+    """Anchor frame indices of a sequence: every 2k+1 frames from k; the middle one if too short.
+
+    Windows ``[a - k, a + k]`` tile the sequence from frame 0 without overlap; a tail shorter
+    than a window (``length mod (2k+1)`` frames) gets no anchor. 11 frames: k=1 -> 1, 4, 7
+    (frames 9, 10 unscored); k=2 -> 2, 7 (frame 10 unscored).
+    """
     if length <= 0:
         return []
     if length < 2 * k + 1:
@@ -91,23 +104,29 @@ def clopper_pearson(successes: int, n: int, alpha: float = ALPHA) -> tuple[float
 
 
 def robustness_metrics(sequences: Sequence[tuple[np.ndarray, np.ndarray | int]], k: int) -> dict:
-    """Anchor and pm-k accuracy (percent) with Clopper-Pearson intervals over (predictions, labels) sequences."""
+    """Anchor and pm-k accuracy (percent) with Clopper-Pearson intervals over (predictions, labels) sequences.
+
+    ``n_sequences`` counts the sequences that gave an anchor: an empty one was counted though it
+    contributed nothing to either accuracy.
+    """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     anchor_ok: list[bool] = []
     pmk_ok: list[bool] = []
+    n_sequences = 0
     for predicted, labels in sequences:
         predicted = np.asarray(predicted)
         a, p = pm_k_outcomes(predicted == np.broadcast_to(labels, predicted.shape), k)
         anchor_ok += a
         pmk_ok += p
+        n_sequences += bool(a)
     n = len(anchor_ok)
     if n == 0:
         raise ValueError("no anchors: every sequence is empty")
     n_anchor, n_pmk = sum(anchor_ok), sum(pmk_ok)
     return {
         "k": k,
-        "n_sequences": len(sequences),
+        "n_sequences": n_sequences,
         "n_anchors": n,
         "anchor_accuracy": 100.0 * n_anchor / n,
         "pmk_accuracy": 100.0 * n_pmk / n,
@@ -164,12 +183,16 @@ def load_frame_folders(root: Path) -> RobustnessTask:
         raise UserError(f"{root / 'train'}: need at least 2 class folders (train/<class>/<image>)")
     classes = sorted(train_files)
     _checked_classes(root / "test", classes)
+    train_ids = _file_ids(p for files in train_files.values() for p in files)
     sequences, nested = [], []
     for label, cls in enumerate(classes):
         for video in sorted(p for p in (root / "test" / cls).iterdir() if p.is_dir() and not is_hidden(p.name)):
             frames = _video_frames(video)
             if not frames:
                 raise UserError(f"{video}: no frames (expected image files, sorted by name)")
+            shared = next((f for f in frames if _file_id(f) in train_ids), None)
+            if shared is not None:
+                raise UserError(f"{shared}: the same file as a train/ image (a link); test frames must not train the probe")
             if len({f.parent for f in frames}) > 1:
                 nested.append(video)
             split = FileSplit(frames, np.full(len(frames), label))
@@ -182,6 +205,22 @@ def load_frame_folders(root: Path) -> RobustnessTask:
         warn(f"{root / 'test'}: {videos} frames in several sub-folders, each read as one sequence in path order "
              f"(frames numbered by value): {listed([str(v.relative_to(root / 'test')) for v in nested])}")
     return RobustnessTask(root.resolve().name, classes, _file_split(train_files, classes), sequences, str(root))
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, links followed; None for a broken link (reading reports it)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
+    """The identities of files, so a test frame linked to a train image (symlink or hard link, as
+    made when a train/ folder is assembled from the test videos) is caught: the probe would have
+    been fitted on the very frames it is then scored on."""
+    return {i for i in map(_file_id, paths) if i is not None}
 
 
 def _video_frames(video: Path) -> list[Path]:
@@ -235,6 +274,7 @@ def load_world(root: Path) -> RobustnessTask:
         if not shots:
             continue
         video = _decode(root / row["video"])
+        _check_length(root / row["video"], len(video), row)
         for j, shot in shots:
             frames = video[shot["start_frame"] : shot["end_frame"] + 1]
             label = shot["objects"][0]["cls"]
@@ -248,6 +288,17 @@ def load_world(root: Path) -> RobustnessTask:
         raise UserError(f"{root}: too few single-class shots to train and test (render more videos)")
     train = ArraySplit(np.concatenate(train_x), np.asarray(train_y))
     return RobustnessTask(f"world-{root.resolve().name}", list(CLASS_NAMES), train, sequences, str(root))
+
+
+def _check_length(path: Path, decoded: int, row: dict) -> None:
+    """A video that decodes to other than its ground truth's frame count (truncated copy,
+    re-encoded at another rate) is an error: slicing shots out of it cut sequences short or
+    left them empty without a word, and shifted frames would carry another shot's label."""
+    expected = row.get("num_frames")
+    last = max(s["end_frame"] for s in row["shots"]) + 1 if row["shots"] else 0
+    if (expected is not None and decoded != expected) or decoded < last:
+        want = expected if expected is not None else last
+        raise UserError(f"{path}: decoded {decoded} frames, the ground truth expects {want} (truncated or re-encoded?)")
 
 
 # ---- the protocol
