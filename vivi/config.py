@@ -9,18 +9,24 @@ reproduced from its ``config.json`` alone.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from vivi.errors import UserError
+from vivi.errors import UserError, warn
 
 # Input resolutions a backbone is evaluated at (pixels): the paper runs at 224, tiny models at 64;
 # near 1024 a batch of 256 is already ~3 GB of floats, below 8 little is left of an image.
 MAX_SEED = 2**63 - 1  # what numpy and torch generators both take
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+# The most optimiser steps a run may take: the schedule is one float64 per step, computed at the start
+# (`optim.steps=1e10` was an out-of-memory error "use a lower --image-size" after the data was read);
+# 10M is 83x the paper's 120k steps and an 80 MB schedule.
+MAX_STEPS = 10_000_000
 
 
 @dataclass
@@ -292,8 +298,11 @@ def preset(name: str, scale: str = "tiny") -> RunConfig:
     if attention and base in _PRESETS and _PRESETS[base]["video_loss"] == "none":
         raise UserError(f"{name}: {ATTN_SUFFIX} replaces the shot pooling of a video-level loss; {base} has none")
     if base not in _PRESETS:
+        # the nearest name first (`VIVI-Ex4`, `VIVI_Ex(4)`, `VIVI-Ex(4)-Co(10)`): the list alone left the
+        # user to spot one missing character among 16 names
+        near = difflib.get_close_matches(name, [f"{n}{a}" for n in PRESET_NAMES for a in ("", AA_SUFFIX)], n=1, cutoff=0.8)
         raise UserError(
-            f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)} "
+            f"unknown preset {name!r}{f' (did you mean {near[0]!r}?)' if near else ''}; valid presets: {', '.join(PRESET_NAMES)} "
             f"(each also with the suffix {AA_SUFFIX} for AutoAugment, e.g. VIVI-Ex(4){AA_SUFFIX}; those with a video-level "
             f"loss also with {ATTN_SUFFIX} for attention pooling, e.g. VIVI-Ex(4){ATTN_SUFFIX})"
         )
@@ -364,8 +373,8 @@ def batch_lr_note(cfg: RunConfig) -> str | None:
 COUNT_OR_AUTO = ("data.workers",)
 
 
-def _parse_value(raw: str, current: Any, key: str) -> Any:
-    """Cast a command-line string to the type of the field it overrides."""
+def _parse_value(raw: str, current: Any, key: str, item: type | None = None) -> Any:
+    """Cast a command-line string to the type of the field it overrides (``item``: a list field's item type)."""
     if key in COUNT_OR_AUTO:
         if raw.strip().lower() == "auto":
             return "auto"
@@ -374,31 +383,54 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
         except ValueError:
             raise UserError(f"--set {key}={raw}: expected a number or auto") from None
     try:
-        if isinstance(current, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
+        if isinstance(current, bool):  # spaces around the word as around a number (`flag= true` was refused)
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
                 return True
-            if raw.lower() in ("0", "false", "no", "off"):
+            if raw.strip().lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
         if isinstance(current, int):
-            return int(raw)
+            return _parse_int(raw, key)
         if isinstance(current, float):
             return float(raw)
         if isinstance(current, list):
-            return _parse_list(raw, current, key)
+            return _parse_list(raw, current, key, item)
         return raw
     except (ValueError, json.JSONDecodeError):
         raise UserError(f"--set {key}={raw}: expected a value of type {type(current).__name__}") from None
 
 
-def _parse_list(raw: str, current: list, key: str) -> list:
-    """``1,1`` or ``[1, 1]`` as a list of the field's item type; a nested list, a number for a
-    word or ``1.5`` for a count is refused by name (``int([2])`` was a TypeError traceback)."""
-    kind = type(current[0]) if current else float
-    want = {int: "whole numbers", float: "numbers", str: "words"}.get(kind, kind.__name__)
-    bad = UserError(f"--set {key}={raw}: expected a list of {want}, e.g. {key}={','.join(map(str, current)) or '1,2'}")
+def _parse_int(raw: str, key: str) -> int:
+    """A count as typed: ``1000``, and also ``1e3`` or ``1000.0`` (whole numbers written as floats, as a
+    list field already took them in ``[1e3]``); ``2.5`` is refused by name instead of rounded."""
     try:
-        value = json.loads(raw) if raw.strip().startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
+        return int(raw)
+    except ValueError:
+        value = float(raw)  # a ValueError here: not a number at all
+    if not value.is_integer():
+        raise UserError(f"--set {key}={raw}: expected a whole number")
+    return int(value)
+
+
+def _parse_list(raw: str, current: list, key: str, item: type | None = None) -> list:
+    """``1,1`` or ``[1, 1]`` as a list of the field's item type; a nested list, a number for a
+    word or ``1.5`` for a count is refused by name (``int([2])`` was a TypeError traceback).
+
+    ``item``: the item type the field declares. It was read off the current value's first item, so an
+    empty list (``model.class_names``, or a list emptied by an earlier ``--set``) took floats:
+    ``model.class_names=a,b`` was refused, ``optim.decay_steps=,`` then ``=300.5`` kept 300.5. An empty
+    item (``0.2,,1``) is refused too: it silently made a list one item shorter than typed."""
+    kind = item or (type(current[0]) if current else float)
+    want = {int: "whole numbers", float: "numbers", str: "words"}.get(kind, kind.__name__)
+    example = ",".join(map(str, current)) or {str: "a,b"}.get(kind, "1,2")
+    bad = UserError(f"--set {key}={raw}: expected a list of {want}, e.g. {key}={example}")
+    try:
+        if raw.strip().startswith("["):
+            value = json.loads(raw)
+        else:
+            value = [x.strip() for x in raw.split(",")] if raw.strip() else []
+            if any(not x for x in value):
+                raise bad
     except json.JSONDecodeError:
         raise bad from None
     if not isinstance(value, list) or any(isinstance(v, (list, dict, bool)) or v is None for v in value):
@@ -417,30 +449,76 @@ def _is_setting(node: Any, name: str) -> bool:
     return dataclasses.is_dataclass(node) and name in {f.name for f in dataclasses.fields(node)}
 
 
+def _setting_names(node: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted name (``optim.lr``, ``model.backbone.layers``, ...), in config order."""
+    names = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        names += _setting_names(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [f"{prefix}{f.name}"]
+    return names
+
+
+def _unknown_setting(cfg: RunConfig, key: str) -> UserError:
+    """The one line for a key that names no setting, with the nearest ones: ``optim.step`` ->
+    ``optim.steps``, ``lr`` -> ``optim.lr``, ``optim`` (a section) -> its fields (the bare "unknown
+    setting" left the user to read the whole `vivi presets --json`)."""
+    names = _setting_names(cfg)
+    key = key.strip()
+    section = [n for n in names if n.startswith(f"{key}.")]
+    if key and section:
+        return UserError(f"--set {key}: is a section, not a setting; set one of its fields, e.g. {section[0]}=... "
+                         f"({', '.join(n[len(key) + 1:] for n in section[:8])}{', ...' if len(section) > 8 else ''})")
+    leaf = key.rsplit(".", 1)[-1]
+    near = [n for n in names if n.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(key, names, n=2, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return UserError(f"--set {key}: unknown setting{hint} (`vivi presets NAME --json` lists every field)")
+
+
+# Set by `--preset` / `--scale`, which choose every other value: through --set they only relabelled the
+# run (`--set scale=paper` trained the tiny model under the name "paper").
+CHOSEN_BY_FLAG = {"preset": "--preset", "scale": "--scale"}
+SCHEDULE_KEYS = ("optim.warmup_steps", "optim.decay_steps")
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.field=value`` overrides; a changed ``optim.steps`` rescales the schedule."""
+    """Apply ``section.field=value`` overrides; a changed ``optim.steps`` rescales the schedule.
+
+    Only the schedule settings not given are rescaled: giving ``optim.warmup_steps`` with a shorter
+    ``optim.steps`` kept the preset's decay milestones, beyond the end of the run, so the lr never
+    decayed. A key given twice takes its last value, and says so."""
     steps_before = cfg.optim.steps
-    schedule_set = False
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise UserError(f"--set {item}: expected key=value, e.g. optim.lr=0.05")
+        key = key.strip()
+        if key in CHOSEN_BY_FLAG:
+            raise UserError(f"--set {key}: is chosen with {CHOSEN_BY_FLAG[key]}, which sets every other value from it; "
+                            f"here it would only relabel the run")  # fmt: skip
         target: Any = cfg
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             if not _is_setting(target, part):
-                raise UserError(f"--set {key}: unknown setting; see `vivi presets` for the fields")
+                raise _unknown_setting(cfg, key)
             target = getattr(target, part)
         leaf = parts[-1]
         # a field, not any attribute: `to_dict` (a method) or `shots_per_batch` (a property) were
         # set and failed later with a traceback
         if not _is_setting(target, leaf) or dataclasses.is_dataclass(getattr(target, leaf)):
-            raise UserError(f"--set {key}: unknown setting; see `vivi presets` for the fields")
-        setattr(target, leaf, _parse_value(raw, getattr(target, leaf), key))
-        schedule_set |= key in ("optim.warmup_steps", "optim.decay_steps")
-    if cfg.optim.steps != steps_before and not schedule_set:
+            raise _unknown_setting(cfg, key)
+        if key in given and given[key] != raw:
+            warn(f"--set {key} is given twice ({key}={given[key]}, then {key}={raw}): the last, {raw}, is used")
+        given[key] = raw
+        item_type = typing.get_args(typing.get_type_hints(type(target)).get(leaf))
+        setattr(target, leaf, _parse_value(raw, getattr(target, leaf), key, item_type[0] if len(item_type) == 1 else None))
+    if cfg.optim.steps != steps_before:
         sched = _PRESETS.get(_base_name(cfg.preset)[0], {}).get("schedule", _SHOT_SCHEDULE)
-        cfg.optim.warmup_steps, cfg.optim.decay_steps = _scale_schedule(cfg.optim.steps, sched)
+        warmup, decays = _scale_schedule(cfg.optim.steps, sched)
+        if "optim.warmup_steps" not in given:
+            cfg.optim.warmup_steps = warmup
+        if "optim.decay_steps" not in given:
+            cfg.optim.decay_steps = decays
     validate(cfg)
     return cfg
 
@@ -460,10 +538,20 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
 
 
 # Settings that count something per run: 0 or less would train nothing or divide by zero mid-run.
+# The head and predictor widths too: `model.exemplar_dim=0` trained a 0-d embedding (a triplet loss of
+# nothing, exit 0), `model.lstm_layers=0` failed in torch after the data was read.
 AT_LEAST_ONE = ("optim.steps", "log_every", "ckpt_every", "keep_checkpoints", "data.load_size", "augment.image_size",
-                "model.backbone.width_factor", "model.backbone.stem_chs")  # fmt: skip
+                "model.backbone.width_factor", "model.backbone.stem_chs", "model.exemplar_dim", "model.video_dim",
+                "model.attention_hidden", "model.projector_hidden", "model.projector_dim", "model.lstm_hidden",
+                "model.lstm_layers", "model.mlp_hidden", "model.mlp_out", "model.order_hidden")  # fmt: skip
 NOT_NEGATIVE = ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.grad_clip", "loss.video_weight", "loss.triplet_group",
-                "loss.sup_weight", "loss.margin")  # fmt: skip
+                "loss.sup_weight", "loss.margin", "optim.warmup_steps", "data.labelled_batch", "model.classes",
+                "augment.brightness", "augment.contrast", "augment.saturation", "augment.hue")  # fmt: skip
+# Probabilities: a value outside [0, 1] was compared with a uniform draw, i.e. silently 0 or 1.
+PROBABILITIES = ("augment.color_prob", "augment.gray_prob")
+# Divisors of the scores: 0 was a NaN loss at step 0, after the data was read; below 0 it inverts the loss.
+TEMPERATURES = ("loss.infonce_temperature", "loss.vito_temperature")
+PREDICTORS = ("lstm", "mlp", "none")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -479,6 +567,13 @@ def validate(cfg: RunConfig) -> None:
     for name in NOT_NEGATIVE:
         if values[name] < 0:
             raise UserError(f"{name}={values[name]}: expected >= 0")
+    for name in PROBABILITIES:
+        if not 0 <= values[name] <= 1:
+            raise UserError(f"{name}={values[name]}: expected a probability in [0, 1]")
+    for name in TEMPERATURES:
+        if values[name] <= 0:
+            raise UserError(f"{name}={values[name]}: expected > 0 (the scores are divided by it)")
+    _validate_schedule(cfg.optim)
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"seed={cfg.seed}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")
     if cfg.augment.where not in ("device", "loader"):
@@ -518,6 +613,18 @@ def validate(cfg: RunConfig) -> None:
             raise UserError("model.predictor=mlp predicts one shot from the other: it needs data.shots=2")
         if cfg.model.predictor == "none":
             raise UserError("loss.video_loss=infonce needs a predictor (model.predictor=lstm or mlp)")
+    if cfg.model.predictor not in PREDICTORS:  # was a ValueError traceback once the model was built, after the data
+        raise UserError(f"model.predictor={cfg.model.predictor!r}: expected {', '.join(map(repr, PREDICTORS))}")
+    if cfg.model.predictor != "none" and loss.video_loss != "infonce":  # built only for InfoNCE: silently unused
+        raise UserError(f"model.predictor={cfg.model.predictor} predicts shots for loss.video_loss=infonce; with "
+                        f"loss.video_loss={loss.video_loss} it would be unused (set model.predictor=none)")  # fmt: skip
+    if cfg.model.pooling == "attention" and loss.video_loss == "none" and loss.frame_loss != "vito":
+        # what `Ex-YT-F+Attn` says: shots are pooled only for a video-level loss; the setting was silently unused
+        raise UserError(f"model.pooling=attention pools the shots of a video-level loss; loss.video_loss=none has none "
+                        f"(use a preset with one, e.g. VIVI-Ex(4){ATTN_SUFFIX})")  # fmt: skip
+    if loss.frame_loss == "exemplar" and loss.triplet_group == 1:  # every group one exemplar: no negatives, loss 0
+        raise UserError("loss.triplet_group=1: a group of one exemplar has no negatives, so the triplet loss is 0 "
+                        "and trains nothing; use >= 2 (the presets' 16) or 0 for the whole batch")  # fmt: skip
     if loss.infonce_negatives not in ("global", "local"):
         raise UserError(f"loss.infonce_negatives={loss.infonce_negatives!r}: expected 'global' or 'local'")
     if loss.video_loss == "order" and d.shots < 2:
@@ -535,7 +642,35 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.augment.image_size > d.load_size:
         raise UserError(f"augment.image_size={cfg.augment.image_size} exceeds data.load_size={d.load_size}")
+    if not MIN_IMAGE_SIZE <= cfg.augment.image_size <= MAX_IMAGE_SIZE:  # what `vivi evaluate --image-size` takes
+        raise UserError(f"augment.image_size={cfg.augment.image_size}: expected {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (pixels)")
+    if cfg.augment.hue > 0.5:  # a hue shift of +-0.5 turns the colour wheel all the way (torchvision's bound)
+        raise UserError(f"augment.hue={cfg.augment.hue}: expected 0 to 0.5 (a fraction of the colour wheel each way)")
     _validate_shapes(cfg)
+
+
+def _validate_schedule(o: OptimConfig) -> None:
+    """The schedule as the run will follow it. Each was accepted and trained on without a word: a
+    warm-up longer than the run (the lr never reaches ``optim.lr``), a decay milestone past the end
+    (never applied), ``decay_factor=0`` (the lr is 0 after the first milestone: the rest trains
+    nothing), ``momentum=1.5`` (SGD diverges), ``optim.steps=1e10`` (out of memory building the
+    schedule after the data was read)."""
+    if o.steps > MAX_STEPS:
+        raise UserError(f"optim.steps={o.steps}: expected at most {MAX_STEPS:,} (the paper trains 120,000)")
+    if o.warmup_steps > o.steps:
+        raise UserError(f"optim.warmup_steps={o.warmup_steps} is longer than optim.steps={o.steps}: the lr would never "
+                        "reach optim.lr")  # fmt: skip
+    late = [m for m in o.decay_steps if m > o.steps]
+    if any(m < 0 for m in o.decay_steps):
+        raise UserError(f"optim.decay_steps={o.decay_steps}: expected steps from 0 to optim.steps={o.steps}")
+    if late:
+        raise UserError(f"optim.decay_steps={o.decay_steps}: {late[0]} is past the run's optim.steps={o.steps}, "
+                        "so that decay would never happen")  # fmt: skip
+    if not 0 < o.decay_factor <= 1:
+        raise UserError(f"optim.decay_factor={o.decay_factor}: expected a factor in (0, 1] "
+                        "(each milestone multiplies the lr by it)")  # fmt: skip
+    if not o.momentum < 1:
+        raise UserError(f"optim.momentum={o.momentum}: expected a value in [0, 1) (at 1 or above SGD's velocity never decays)")
 
 
 # "auto", or a device torch names: cuda with an optional index, mps, cpu
