@@ -160,3 +160,12 @@ def test_an_error_every_rank_raises_is_said_once(rank, monkeypatch, capsys):
         assert main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"]) == 2
         err = capsys.readouterr().err
         assert err == (f"vivi: error: {error}\n" if rank == "0" or said_by_every_rank else "")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_pretrain_on_mps_without_mps_is_one_line(tiny_data, tmp_path, capsys):
+    """--set device=mps on a machine without Apple silicon was torch's traceback at the first tensor."""
+    cmd = ["pretrain", "--preset", "Ex-YT-F", "--data", str(tiny_data), "--out", str(tmp_path / "run"),
+           "--set", "device=mps"]
+    assert main(cmd) == 2
+    assert "vivi: error: device='mps' requested but MPS (Apple silicon) is not available" in capsys.readouterr().err

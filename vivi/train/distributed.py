@@ -118,6 +118,8 @@ def process_device(ctx: DistContext, device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device!r} requested but CUDA is not available on this machine")
+    if device == "mps" and not torch.backends.mps.is_available():  # was torch's traceback at the first tensor
+        raise UserError("device='mps' requested but MPS (Apple silicon) is not available on this machine")
     if device == "cuda" and ctx.enabled:
         return torch.device("cuda", ctx.local_rank)
     return torch.device(device)
