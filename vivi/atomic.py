@@ -35,6 +35,16 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def fsync_folder(path: Path) -> None:
+    """Make the renames in folder ``path`` durable: without it a power loss can undo a rename that a
+    later write already counted on (a shard, a checkpoint)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """One process at a time between entering and leaving: an exclusive ``flock`` on a hidden

@@ -31,6 +31,7 @@ from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Union
 
+from vivi.atomic import fsync_folder
 from vivi.data.remote import is_url, join, open_file, read_chunks, read_failed, reason
 from vivi.errors import UserError, warn
 
@@ -142,7 +143,7 @@ class ShardWriter:
         self._tar.close()
         _fsync_file(tmp)
         tmp.rename(tmp.with_suffix(""))
-        _fsync_dir(self._dir)
+        fsync_folder(self._dir)
         records, self._records = self._records, []
         self._tar, self._size, self._number = None, 0, self._number + 1
         return records
@@ -317,7 +318,7 @@ def salvage(tmp: Path) -> int:
         tmp.unlink()
         return 0
     tmp.rename(final)
-    _fsync_dir(tmp.parent)
+    fsync_folder(tmp.parent)
     videos = f"{len(keys)} video{'s' if len(keys) != 1 else ''}"
     warn(f"{tmp}: kept {videos} complete in this shard cut short by a kill, as {final.name}; "
          "later videos are decoded again")  # fmt: skip
@@ -452,11 +453,3 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vivi.atomic import fsync_folder
 from vivi.config import RunConfig, from_dict
 from vivi.errors import JobError, UserError, detail_line, first_line, warn
 
@@ -76,15 +77,9 @@ def _write_failure(error: BaseException, folder: Path) -> str:
 def _sync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (where the platform and filesystem allow)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        fsync_folder(folder)
     except OSError:  # some filesystems refuse fsync on a folder: the rename is then as durable as they make it
         pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(run: Path) -> list[Path]:
