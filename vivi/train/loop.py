@@ -130,7 +130,7 @@ def _clip_batches(
     return ((clips, None) for clips in make_loader(source, d, cfg.seed, start, steps, ctx.rank, ctx.world, wrap, pin))
 
 
-def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
+def _labelled_source(cfg: RunConfig, world: int = 1) -> ImageFolder | None:
     """The labelled images of a co-trained preset; their classes size the head (saved in ``cfg``)."""
     d = cfg.data
     if d.labelled_batch < 1:
@@ -141,7 +141,7 @@ def _labelled_source(cfg: RunConfig) -> ImageFolder | None:
             "(sets data.labelled)"
         )
     folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed)
-    check_batch(folder, d.labelled_batch, "data.labelled_batch")  # before the run folder is written
+    check_batch(folder, d.labelled_batch, "data.labelled_batch", world)  # fills and splits: before the run folder is written
     cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)
     return folder
 
@@ -263,7 +263,7 @@ def _pretrain(
     device = process_device(ctx, cfg.device)
     if device.type == "cpu":  # before the loader forks its workers: they inherit it
         reuse_freed_memory()
-    labelled = _labelled_source(cfg)
+    labelled = _labelled_source(cfg, ctx.world)
     # a restart reads the table it saved instead of every index record (minutes for millions of videos)
     key = cache_key(data, cfg.data) if cfg.data.mode != "images" else None
     cached = load_table(out, key)
@@ -276,8 +276,6 @@ def _pretrain(
              "so batches repeat videos and some negatives are a positive's own video; add videos or lower data.videos")
     v = rank_slice(cfg.data.videos, ctx.rank, ctx.world, "data.videos")
     v = v.stop - v.start  # videos per rank
-    if labelled is not None:  # its split too, named, before the run folder is written
-        rank_slice(cfg.data.labelled_batch, ctx.rank, ctx.world, "data.labelled_batch")
     k, f = cfg.data.shots, cfg.data.frames
     record = data_record(data, source, labelled, cfg.data.labelled)
     # after the errors in the arguments and data, before the folder is read to resume or written:
