@@ -7,6 +7,7 @@ here is a no-op, so the training loop has one code path for a laptop and for man
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -256,5 +257,14 @@ def peer_stopped(error: BaseException, resume: str) -> PeerStopped | None:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group, after freeing what still holds it.
+
+    DDP and its reducer sit in a reference cycle that keeps the process group alive, so only the
+    cyclic garbage collector frees them: at any later moment, or while the interpreter shuts down,
+    where gloo's destructor then ran beside a half-torn-down interpreter and a rank at times
+    aborted ("terminate called without an active exception", exit -6) after a finished run. They
+    are collected here, while the interpreter and the peers are still whole.
+    """
     if ctx.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
