@@ -102,3 +102,14 @@ def input_dir(path: Path) -> Path:
     if not path.is_dir():
         raise UserError(f"{path}: {'exists but is not a directory' if path.exists() else 'no such directory'}")
     return path
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, links followed; None for a broken link (reading reports it). Two
+    paths with one id are one file (a symlink, a hard link): evaluation splits are checked with it,
+    as a test image linked to a train image would be scored on what the probe was fitted to."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

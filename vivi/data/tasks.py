@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from vivi.data.files import JUNK_NAMES, ignored_note, input_dir, is_hidden, walk_files
+from vivi.data.files import JUNK_NAMES, file_id, ignored_note, input_dir, is_hidden, walk_files
 from vivi.data.frames import to_rgb
 from vivi.errors import UserError, listed, warn
 
@@ -491,8 +491,30 @@ def _load_image_folder(root: Path) -> ImageTask:
         if len(val_idx) == 0:
             raise UserError(f"{root / 'train'}: one image per class leaves none to hold out; add val/")
         train, val = train.subset(train_idx), train.subset(val_idx)
+    _check_disjoint({"train": train, "val": val, "test": test})
     name = root.resolve().name
     return ImageTask(name, "custom", classes, train, val, test, source=str(root))
+
+
+def _check_disjoint(splits: dict[str, FileSplit]) -> None:
+    """Refuse an image that is one file in two splits (a symlink or hard link: folders assembled
+    with ``ln -s`` from one pool, or a val image held out of train/ that train/ holds twice): the
+    probe or fine-tune would be fitted on an image it is then scored on. Plain copies (same bytes,
+    two files) are not looked for: that would mean reading every image at each start."""
+    seen: dict[tuple[int, int], tuple[str, Path]] = {}
+    for split, files in splits.items():
+        mine: dict[tuple[int, int], Path] = {}
+        for path in files.paths:
+            ident = file_id(path)
+            if ident is None:
+                continue
+            if ident in seen and seen[ident][0] != split:
+                other_split, other = seen[ident]
+                raise UserError(f"{path}: the same file as {other} (a link), in both {split}/ and {other_split}/; "
+                                "an image in two splits is scored on what the classifier was fitted to: remove one")
+            mine.setdefault(ident, path)
+        for ident, path in mine.items():
+            seen.setdefault(ident, (split, path))
 
 
 def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:

@@ -52,8 +52,12 @@ def head_classifier(run: Path, instead: str = "add --labelled imagefolder:DIR to
 
 def probe_classifier(model: str, labelled: str, batch: int = 128) -> ImageClassifier:
     """The linear probe (C chosen on a held-out fifth, refit on all) on ``model``'s frozen features
-    of the images of ``imagefolder:DIR``."""
+    of the images of ``imagefolder:DIR``.
+
+    The encoder is put in eval mode here rather than trusted to arrive so: in train mode BatchNorm
+    used each batch's statistics (an image's class depended on its batch-mates) and updated them."""
     enc = load_encoder(model)
+    enc.model.eval()
     folder = scan_images(parse_labelled(labelled), labelled=True)
 
     @torch.inference_mode()

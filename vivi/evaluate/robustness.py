@@ -53,7 +53,7 @@ from vivi.data.tasks import (
     stratified_holdout,
 )
 from vivi.atomic import write_json_atomic
-from vivi.data.files import is_hidden, walk_files
+from vivi.data.files import file_id, is_hidden, walk_files
 from vivi.errors import UserError, listed, warn
 from vivi.evaluate.encoders import Encoder
 from vivi.evaluate.features import extract_features
@@ -190,7 +190,7 @@ def load_frame_folders(root: Path) -> RobustnessTask:
             frames = _video_frames(video)
             if not frames:
                 raise UserError(f"{video}: no frames (expected image files, sorted by name)")
-            shared = next((f for f in frames if _file_id(f) in train_ids), None)
+            shared = next((f for f in frames if file_id(f) in train_ids), None)
             if shared is not None:
                 raise UserError(f"{shared}: the same file as a train/ image (a link); test frames must not train the probe")
             if len({f.parent for f in frames}) > 1:
@@ -207,20 +207,11 @@ def load_frame_folders(root: Path) -> RobustnessTask:
     return RobustnessTask(root.resolve().name, classes, _file_split(train_files, classes), sequences, str(root))
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of a file, links followed; None for a broken link (reading reports it)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
 def _file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
     """The identities of files, so a test frame linked to a train image (symlink or hard link, as
     made when a train/ folder is assembled from the test videos) is caught: the probe would have
     been fitted on the very frames it is then scored on."""
-    return {i for i in map(_file_id, paths) if i is not None}
+    return {i for i in map(file_id, paths) if i is not None}
 
 
 def _video_frames(video: Path) -> list[Path]:
