@@ -232,7 +232,7 @@ def _evaluate(a: argparse.Namespace) -> None:
     results = evaluate_tasks(
         enc.model, tasks, protocol=a.protocol, image_size=enc.image_size, device=a.device,
         out_json=out, model_name=name, scale=a.scale, setting=setting,
-        model_source=str(Path(a.model).resolve()) if Path(a.model).is_dir() else None,
+        model_source=enc.source, checkpoint=enc.checkpoint,  # a run's folder; a checkpoint's path and step
     )
     print(results_table([results]))
 
@@ -441,9 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_presets)
 
     s = sub.add_parser(
-        "evaluate", help="transfer evaluation of a run, a backbone file, timm:NAME[:WEIGHTS] or random[:tiny|paper]"
+        "evaluate",
+        help="transfer evaluation of a run, a backbone file, a training checkpoint, timm:NAME[:WEIGHTS] or random[:tiny|paper]",
     )
-    s.add_argument("model", help="RUN | BACKBONE.safetensors | timm:NAME[:WEIGHTS.safetensors|.pth] | random[:tiny|paper]")
+    s.add_argument(
+        "model",
+        help="RUN | BACKBONE.safetensors | RUN/checkpoints/step_N.pt (a training checkpoint's backbone, evaluated "
+        "as the run's final one would be, with RUN/config.json; named RUN@stepN) | "
+        "timm:NAME[:WEIGHTS.safetensors|.pth] | random[:tiny|paper]",
+    )
     s.add_argument(
         "--task", required=True,
         help="mini-vtab[:TASK,...] | vtab-1k | vtab:TASK[,TASK] | imagefolder:DIR; robustness: world[:DIR] | frames:DIR",

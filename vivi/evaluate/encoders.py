@@ -12,8 +12,14 @@ import torch
 from torch import nn
 
 from vivi.config import preset
-from vivi.errors import UserError, first_line, warn
-from vivi.models.backbone import build_backbone, check_finite, load_backbone_and_metadata
+from vivi.errors import UserError, detail_line, first_line, listed, warn
+from vivi.models.backbone import (
+    build_backbone,
+    check_finite,
+    load_backbone_and_metadata,
+    run_backbone,
+    run_backbone_metadata,
+)
 
 
 @dataclass
@@ -21,11 +27,14 @@ class Encoder:
     name: str
     model: nn.Module
     image_size: int
+    source: str | None = None  # the run folder (absolute) of a run or a checkpoint: its metrics.jsonl, for reports
+    checkpoint: dict | None = None  # {"path", "step"} of an evaluated training checkpoint
 
 
 def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int | None = None) -> Encoder:
-    """``RUN`` folder, ``*.safetensors`` file, ``timm:NAME[:WEIGHTS]`` (another backbone for the
-    same table) or ``random[:tiny|paper]`` (an untrained encoder baseline).
+    """``RUN`` folder, ``*.safetensors`` file, a training checkpoint ``RUN/checkpoints/step_N.pt``
+    (:func:`load_checkpoint_encoder`), ``timm:NAME[:WEIGHTS]`` (another backbone for the same
+    table) or ``random[:tiny|paper]`` (an untrained encoder baseline).
 
     ``image_size`` overrides the resolution the model was trained at (timm: its default
     input size, else 224).
@@ -47,11 +56,133 @@ def load_encoder(spec: str, device: str = "cpu", seed: int = 0, image_size: int 
         return Encoder(_seeded(f"random-{scale}", seed), model, image_size or cfg.augment.image_size)
     path = Path(spec)
     if not path.exists():
-        raise UserError(f"{spec}: no such run folder or backbone file (or use timm:NAME or random[:tiny|paper])")
+        raise UserError(f"{spec}: no such run folder, backbone or checkpoint file "
+                        "(or use timm:NAME or random[:tiny|paper])")  # fmt: skip
+    if is_checkpoint_file(path):
+        return load_checkpoint_encoder(path, device=device, image_size=image_size)
     model, meta = load_backbone_and_metadata(path, device=device)
     # every run exports "backbone.safetensors": name such a file after its run folder
     name = path.name if path.is_dir() else path.resolve().parent.name if path.stem == "backbone" else path.stem
-    return Encoder(name, model, image_size or int(meta.get("image_size", 224)))  # checked by the loader
+    source = str(path.resolve()) if path.is_dir() else None
+    return Encoder(name, model, image_size or int(meta.get("image_size", 224)), source)  # size checked by the loader
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format: a checkpoint renamed (step_N.pt.corrupt) is one too
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    """A file to read as a training checkpoint (``.pt``/``.pth``, or any torch.save zip), not as safetensors."""
+    if not path.is_file():
+        return False
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == _ZIP_MAGIC
+    except OSError:
+        return False
+
+
+def load_checkpoint_encoder(
+    path: str | Path, device: str | torch.device = "cpu", image_size: int | None = None
+) -> Encoder:
+    """The backbone of a training checkpoint ``RUN/checkpoints/step_N.pt``, as the run would export it.
+
+    The run's ``config.json`` (two folders up) rebuilds the whole network the run trains
+    (:func:`vivi.models.build_model`); the checkpoint's ``model`` weights must fit it exactly, and
+    its backbone is taken as the end of ``vivi pretrain`` takes it (:func:`run_backbone`: VITO's
+    online network, never the EMA target), at the run's image size. Named ``RUN@stepN``; the
+    checkpoint's path and step are kept in :attr:`Encoder.checkpoint`. The file is read with
+    ``torch.load(weights_only=True)`` only: a file that is not a vivi checkpoint is a one-line
+    :class:`UserError` naming it and the reason.
+    """
+    from vivi.models import build_model
+
+    path = Path(path)
+    run = path.parent.parent
+    state = _read_checkpoint(path)  # first: a file that is no checkpoint is named as such, wherever it lies
+    cfg, config = _run_config(path, run / "config.json")
+    try:
+        model = build_model(cfg)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise UserError(f"{config}: does not build the run's network ({first_line(e)})") from None
+    _load_fitting(path, config, model, state["model"])
+    backbone = run_backbone(model)
+    check_finite(path, backbone.state_dict())
+    step = state["step"]
+    name = f"{run.resolve().name}@step{step}"
+    where = {"path": str(path.resolve()), "step": step}
+    size = image_size or int(run_backbone_metadata(cfg)["image_size"])
+    return Encoder(name, backbone.to(device).eval(), size, str(run.resolve()), where)
+
+
+def _run_config(path: Path, config: Path):  # -> (RunConfig, its file)
+    """The config of the run a checkpoint belongs to, read from ``config`` (``RUN/config.json``)."""
+    import json
+
+    from vivi.config import from_dict
+
+    if not config.is_file():
+        raise UserError(f"{path}: no run config at {config}: a checkpoint is evaluated with its run's config.json, "
+                        "two folders up (RUN/checkpoints/step_N.pt)")  # fmt: skip
+    try:
+        return from_dict(json.loads(config.read_text())), config
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"{config}: not a vivi run config ({first_line(e)})") from None
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """``{"step": int, "model": {name: tensor}, ...}`` read with ``weights_only=True``, else a one-line reason."""
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{path}: not a vivi checkpoint ({why})")
+
+    try:
+        if path.stat().st_size == 0:
+            raise bad("an empty file, 0 bytes")
+        with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except pickle.UnpicklingError as e:  # torch's own advice here is to load it with weights_only=False
+        if refused := _refused_global(e):
+            raise bad(f"it holds pickled objects, not only tensors: {refused}; vivi never loads those") from None
+        raise bad(f"unreadable, cut short or not written by torch.save ({first_line(e)[:160]})") from None
+    except Exception as e:  # a cut file raises RuntimeError, random bytes others: all mean the same to the user
+        raise bad(f"unreadable, cut short or not written by torch.save ({first_line(e)[:160]})") from None
+    if not isinstance(state, dict):
+        raise bad(f"it holds {type(state).__name__}, not a dict with 'step' and 'model'")
+    missing = [k for k in ("step", "model") if k not in state]
+    if missing:
+        keys = listed(sorted(map(str, state)), 5) or "none"
+        raise bad(f"no {' or '.join(map(repr, missing))} key; its keys: {keys}")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise bad(f"'step' is {state['step']!r}, expected a step number")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise bad("'model' is not a state dict of named tensors")
+    return state
+
+
+def _load_fitting(path: Path, config: Path, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(weights, strict=True)``, or a one-line reason naming the tensors that do not fit."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [f"{k} {tuple(weights[k].shape)} (expected {tuple(v.shape)})"
+              for k, v in expected.items() if k in weights and weights[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = [f"missing {len(missing)} tensors, e.g. {listed(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}, e.g. {listed(unexpected)}" if unexpected else "",
+                 f"{len(shapes)} of another shape, e.g. {shapes[0]}" if shapes else ""]  # fmt: skip
+        raise UserError(f"{path}: does not fit the network {config} describes ({'; '.join(p for p in parts if p)}); "
+                        "not this run's checkpoint, or config.json was edited after training?")  # fmt: skip
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:  # names and shapes fit; a dtype torch cannot copy, say
+        raise UserError(f"{path}: does not fit the network {config} describes ({detail_line(e)})") from None
 
 
 def _seeded(name: str, seed: int) -> str:

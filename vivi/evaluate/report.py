@@ -103,10 +103,10 @@ def merge_results(results: Sequence[dict]) -> list[dict]:
     their tasks do not overlap; overlapping ones (repeats) stay separate rows."""
     merged: list[dict] = []
     for result in results:
-        key = [result.get(k) for k in _SAME_EVALUATION]
+        key = _evaluation_key(result)
         names = {t["task"] for t in result["tasks"]}
         for row in merged:
-            if [row.get(k) for k in _SAME_EVALUATION] == key and not (
+            if _evaluation_key(row) == key and not (
                 names & {t["task"] for t in row["tasks"]}
             ):
                 row["tasks"] = row["tasks"] + result["tasks"]
@@ -117,6 +117,14 @@ def merge_results(results: Sequence[dict]) -> list[dict]:
         else:
             merged.append(dict(result))
     return merged
+
+
+def _evaluation_key(result: dict) -> list:
+    """What must agree for two results to be one row: :data:`_SAME_EVALUATION`, and the training
+    step of an evaluated checkpoint (the last step's weights are the final backbone's)."""
+    checkpoint = result.get("checkpoint")
+    step = checkpoint.get("step") if isinstance(checkpoint, dict) else None
+    return [result.get(k) for k in _SAME_EVALUATION] + [step]
 
 
 def _columns(results: Sequence[dict]) -> list[tuple[str, list[str]]]:

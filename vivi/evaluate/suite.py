@@ -33,7 +33,8 @@ from vivi.evaluate.linear import fit_linear_classifier, linear_probe
 from vivi.evaluate.vtab1k import FinetuneTrials, Trial, run_vtab1k, vtab1k_scale
 
 GROUP_ORDER = ("natural", "specialized", "structured")
-NOT_COMPARED_ON_RESUME = ("model_source",)  # informative only: a moved run folder still resumes
+NOT_COMPARED_ON_RESUME = ("model_source", "checkpoint")  # informative only: a moved run folder still resumes
+# (a checkpoint's step is compared, by _check_same_checkpoint)
 FINGERPRINTS = ("weights", "data")  # absent from files written before they existed: resumed unchecked
 
 
@@ -148,6 +149,7 @@ def evaluate_tasks(
     scale: str = "tiny",
     setting: FinetuneSetting | None = None,
     model_source: str | None = None,
+    checkpoint: dict | None = None,
 ) -> dict:
     """Evaluate ``model`` on every task; returns (and writes to ``out_json``) the results.
 
@@ -160,7 +162,9 @@ def evaluate_tasks(
     its images: a file of other weights, or a task whose images changed, is refused by name.
     ``scale`` (tiny | paper) sizes the fine-tune protocols and ``setting`` fixes the (lr, steps)
     of ``finetune``; ``vtab1k`` also records its sweep
-    and per-run state (under ``vtab1k``) and resumes run by run.
+    and per-run state (under ``vtab1k``) and resumes run by run. ``checkpoint`` (``{"path", "step"}``)
+    names the training checkpoint evaluated, if it was one: kept in the file, and results of
+    another step (or of the run's final backbone) are never resumed into it.
     """
     if protocol not in ALL_PROTOCOLS:
         raise UserError(f"{protocol}: unknown protocol (available: {', '.join(ALL_PROTOCOLS)})")
@@ -168,6 +172,8 @@ def evaluate_tasks(
               "weights": weights_fingerprint(model)}  # fmt: skip
     if model_source:
         header["model_source"] = model_source  # lets `vivi report` find the run's metrics.jsonl
+    if checkpoint:
+        header["checkpoint"] = {"path": str(checkpoint["path"]), "step": int(checkpoint["step"])}
     if protocol == "finetune":
         setting = setting or vtab1k_scale(scale).settings()[0]
         header.update(scale=scale, lr=setting.lr, steps=setting.steps)
@@ -306,6 +312,7 @@ def _previous(path: Path, header: dict) -> dict:
         previous["tasks"] = list(previous["tasks"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a vivi results file, cannot resume ({e})") from e
+    _check_same_checkpoint(path, previous, header)
     for key, value in header.items():
         if key in NOT_COMPARED_ON_RESUME or previous.get(key) == value:
             continue
@@ -325,6 +332,25 @@ def _previous(path: Path, header: dict) -> dict:
                 f"{path}: holds results for {key}={previous.get(key)!r}, not {value!r}; choose another output file"
             )
     return previous
+
+
+def _checkpoint_step(results: dict) -> int | None:
+    checkpoint = results.get("checkpoint")
+    return checkpoint.get("step") if isinstance(checkpoint, dict) else None
+
+
+def _check_same_checkpoint(path: Path, previous: dict, header: dict) -> None:
+    """Refuse to resume results of a training checkpoint as those of another step or of the final
+    backbone (either way round; renamed with --name, the last step's weights are the final ones).
+    Its path is not compared: a moved run folder still resumes."""
+
+    def what(results: dict) -> str:
+        step = _checkpoint_step(results)
+        kind = f"checkpoint of step {step}" if "checkpoint" in results else "no training checkpoint"
+        return f"{results.get('model')} ({kind})"
+
+    if ("checkpoint" in previous) != ("checkpoint" in header) or _checkpoint_step(previous) != _checkpoint_step(header):
+        raise UserError(f"{path}: holds results of {what(previous)}, not of {what(header)}; choose another output file")
 
 
 def _check_new_images(path: Path | None, task: ImageTask, data: str, entries: list[dict]) -> None:

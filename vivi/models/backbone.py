@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from timm.layers import BatchNormAct2d, GroupNormAct, StdConv2d, create_conv2d
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
-from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, NORMS, BackboneConfig
+from vivi.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, NORMS, BackboneConfig, RunConfig
 from vivi.errors import UserError, detail_line, first_line, listed
 
 FORMAT = "vivi-backbone/1"
@@ -52,6 +53,27 @@ def build_backbone(spec: BackboneConfig) -> ResNetV2:
         num_classes=0,
         **layers,
     )
+
+
+def run_backbone(model: nn.Module) -> nn.Module:
+    """The frame encoder f of a pretraining network (:func:`vivi.models.build_model`), as a run exports it:
+    ``model.backbone``, which is VIVI's backbone and VITO's *online* one (never its EMA target, nor the
+    heads), in the contiguous memory format (a channels_last run's weights are stored alike).
+
+    Shared by the end of ``vivi pretrain`` (``backbone.safetensors``) and ``vivi evaluate`` of a
+    checkpoint, so that both evaluate the same module."""
+    return model.backbone.to(memory_format=torch.contiguous_format)
+
+
+def run_backbone_metadata(cfg: RunConfig) -> dict[str, str]:
+    """What a run's ``backbone.safetensors`` records besides the architecture: the resolution it
+    was trained at (the one it is evaluated at), its preset and scale."""
+    return {"image_size": str(cfg.augment.image_size), "preset": cfg.preset, "scale": cfg.scale}
+
+
+def save_run_backbone(model: nn.Module, cfg: RunConfig, path: Path) -> None:
+    """Export the backbone of a run's network (:func:`run_backbone`) with its metadata to ``path``."""
+    save_backbone(run_backbone(model), cfg.model.backbone, path, extra=run_backbone_metadata(cfg))
 
 
 def save_backbone(model: nn.Module, spec: BackboneConfig, path: Path, extra: dict[str, str] | None = None) -> None:
@@ -135,12 +157,24 @@ def _resolve(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         if not (p / "backbone.safetensors").is_file() and list(p.glob("checkpoints/*")):
+            newest = newest_checkpoint(p)
+            then = f", or evaluate its newest checkpoint by path: vivi evaluate {newest} --task ..." if newest else ""
             raise UserError(f"{p}: the run has checkpoints but no backbone.safetensors yet: it has not finished "
-                            "(run its `vivi pretrain` command again to continue it)")  # fmt: skip
+                            f"(run its `vivi pretrain` command again to continue it{then})")  # fmt: skip
         p = p / "backbone.safetensors"
     if not p.is_file():
         raise UserError(f"{p}: no such backbone file (expected a run folder or a .safetensors file)")
     return p
+
+
+_CHECKPOINT = re.compile(r"step_(\d+)\.pt$")  # as vivi.train.checkpoint names them (models do not import train)
+
+
+def newest_checkpoint(run: Path) -> Path | None:
+    """``RUN/checkpoints/step_N.pt`` of the highest N, if any (not a ``.tmp`` or ``.corrupt`` one)."""
+    names = ((_CHECKPOINT.fullmatch(q.name), q) for q in (run / "checkpoints").glob("step_*.pt"))
+    found = [(int(m.group(1)), q) for m, q in names if m]
+    return max(found)[1] if found else None
 
 
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> ResNetV2:
