@@ -27,6 +27,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 # (`optim.steps=1e10` was an out-of-memory error "use a lower --image-size" after the data was read);
 # 10M is 83x the paper's 120k steps and an 80 MB schedule.
 MAX_STEPS = 10_000_000
+MAX_DIST_TIMEOUT_S = 7 * 24 * 3600  # dist_timeout_s: a week
 
 
 @dataclass
@@ -164,6 +165,10 @@ class RunConfig:
     channels_last: bool = True  # model and frames in channels-last layout: same maths, faster on CPU and GPU
     sync_batchnorm: bool = False  # BatchNorm statistics over all ranks (CUDA only, as torch's SyncBatchNorm)
     compile: bool = False  # torch.compile the model
+    # seconds a process waits in a collective for the others before the run stops with one line (a hung
+    # process: a stuck read, a deadlocked loader, a node that stopped answering); 30 min, torch's default for gloo.
+    # Keep it above the longest pause of a healthy run (rank 0 writing a checkpoint, the first read of the data)
+    dist_timeout_s: int = 1800
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 2
@@ -548,7 +553,7 @@ def _numbers(node: Any, prefix: str = "") -> list[tuple[str, float]]:
 AT_LEAST_ONE = ("optim.steps", "log_every", "ckpt_every", "keep_checkpoints", "data.load_size", "augment.image_size",
                 "model.backbone.width_factor", "model.backbone.stem_chs", "model.exemplar_dim", "model.video_dim",
                 "model.attention_hidden", "model.projector_hidden", "model.projector_dim", "model.lstm_hidden",
-                "model.lstm_layers", "model.mlp_hidden", "model.mlp_out", "model.order_hidden")  # fmt: skip
+                "model.lstm_layers", "model.mlp_hidden", "model.mlp_out", "model.order_hidden", "dist_timeout_s")  # fmt: skip
 NOT_NEGATIVE = ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.grad_clip", "loss.video_weight", "loss.triplet_group",
                 "loss.sup_weight", "loss.margin", "optim.warmup_steps", "data.labelled_batch", "model.classes",
                 "augment.brightness", "augment.contrast", "augment.saturation", "augment.hue")  # fmt: skip
@@ -579,6 +584,8 @@ def validate(cfg: RunConfig) -> None:
         if values[name] <= 0:
             raise UserError(f"{name}={values[name]}: expected > 0 (the scores are divided by it)")
     _validate_schedule(cfg.optim)
+    if cfg.dist_timeout_s > MAX_DIST_TIMEOUT_S:  # 1e30 was an OverflowError traceback (timedelta) at the start
+        raise UserError(f"dist_timeout_s={cfg.dist_timeout_s}: expected 1 to {MAX_DIST_TIMEOUT_S} seconds (a week)")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"seed={cfg.seed}: expected an integer from 0 to {MAX_SEED} (2**63 - 1)")
     if cfg.augment.where not in ("device", "loader"):

@@ -16,7 +16,7 @@ from torch import nn
 
 from vivi.atomic import fsync_folder
 from vivi.config import RunConfig, from_dict
-from vivi.errors import JobError, UserError, detail_line, first_line, warn
+from vivi.errors import JobError, UserError, detail_line, first_line, listed, warn
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
@@ -89,6 +89,33 @@ def list_checkpoints(run: Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if _NAME.search(p.name)]
     return sorted(found, key=lambda p: int(_NAME.search(p.name).group(1)))
+
+
+_PARTIAL = re.compile(r"step_\d+\.pt\.tmp$")  # what save_checkpoint writes before the rename
+
+
+def remove_partial_checkpoints(run: Path) -> list[Path]:
+    """Delete the ``step_N.pt.tmp`` files a checkpoint write cut short left behind (a SIGKILL, a lost node
+    mid-write), saying so in one line; the removed paths. Only rank 0, while it holds the run folder's lock
+    (:func:`vivi.train.run_folder.hold_run_folder`): no other process writes these files then. Nothing
+    removed them before, and at paper scale each is hundreds of MB, one more with every crash."""
+    folder = checkpoint_dir(run)
+    if not folder.is_dir():
+        return []
+    removed, size = [], 0
+    for path in sorted(p for p in folder.iterdir() if _PARTIAL.search(p.name)):
+        try:
+            bytes_ = path.stat().st_size
+            path.unlink()
+        except OSError:  # gone already, or not ours to delete: it does not stop the run
+            continue
+        removed.append(path)
+        size += bytes_
+    if removed:
+        names = listed([p.name for p in removed])
+        warn(f"{folder}: removed {len(removed)} partial checkpoint{'s' if len(removed) > 1 else ''} left by a write "
+             f"that was cut short ({names}; {size / 2**20:.1f} MiB)")
+    return removed
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -37,8 +38,11 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> DistContext:
+def init_distributed(device: str, timeout_s: float | None = None) -> DistContext:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a single process otherwise.
+
+    ``timeout_s`` (the ``dist_timeout_s`` setting; torch's 30 minutes when None): how long a collective
+    waits for a process that stopped answering before it fails (:func:`peer_timed_out`).
 
     Besides torchrun, a scheduler's own launcher (``srun``, ``mpirun``) starting one process per device
     with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set works too. What such an
@@ -64,7 +68,8 @@ def init_distributed(device: str) -> DistContext:
             raise UserError(f"WORLD_SIZE={world} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
                             "not set: start with torchrun, or set them to rank 0's host and a free port on it")
         try:
-            dist.init_process_group("nccl" if cuda else "gloo")
+            timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
         except dist.DistNetworkError as e:  # the port is taken (EADDRINUSE), the host unknown or unreachable
             where = f"MASTER_ADDR={os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']}"
             raise UserError(f"{where}: cannot start the process group ({first_line(e)[:200]}); choose a free "
@@ -253,6 +258,35 @@ def peer_stopped(error: BaseException, resume: str) -> PeerStopped | None:
     return PeerStopped(
         f"another process of this run{on} stopped, so this one stops too: its error is above, or in the log of "
         f"{node}; {resume}; run the same command again to resume once that is fixed"
+    )
+
+
+# What a collective raises when a peer stopped answering without closing its sockets (a hung process, a
+# node that froze) for the group's timeout. gloo (torch 2.14; a plain RuntimeError on the rank that
+# waits): "[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to
+# complete" (or "... for send operation ..."), and, in every other operation pending at that moment (an
+# asynchronous one, as DDP's gradient all-reduce) and any later one on the group, the bare "Application
+# timeout caused pair closure". NCCL's watchdog names a "collective operation timeout" (where its error
+# reaches Python at all: by default it ends the process itself after the same time).
+TIMED_OUT = ("Timed out waiting", "collective operation timeout")
+PAIR_CLOSED = "Application timeout caused pair closure"  # gloo's own words, without "gloo" in them
+
+
+def peer_timed_out(error: BaseException, timeout_s: float, resume: str) -> PeerStopped | None:
+    """``error`` as one line when it is a collective that waited ``timeout_s`` seconds for a process that
+    stopped answering (None otherwise: this process's own error keeps its traceback); ``resume`` says
+    which checkpoint is left. Said as :class:`PeerStopped` is: once per node."""
+    if not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    collective = "gloo" in text or isinstance(error, dist.DistError)
+    if not (PAIR_CLOSED in text or (collective and any(marker in text for marker in TIMED_OUT))):
+        return None
+    return PeerStopped(
+        f"a process of this run stopped answering for {timeout_s:g} s (hung: a stuck read, a deadlocked loader, "
+        f"a frozen node), so this one stops too; if it was only slow (a long checkpoint write, a slow start), raise "
+        f"dist_timeout_s (--set dist_timeout_s=SECONDS, now {timeout_s:g}); {resume}; run the same command again to "
+        "resume"
     )
 
 

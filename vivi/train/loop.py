@@ -37,16 +37,19 @@ from vivi.data.images import ImageFolder, check_batch, image_batches, open_label
 from vivi.data.shards import iter_index
 from vivi.data.table_cache import cache_key, load_table, save_table
 from vivi.errors import JobError, UserError, warn
-from vivi.models.backbone import save_backbone
+from vivi.models.backbone import save_run_backbone
 from vivi.models import build_model
 from vivi.models.ema import momentum_schedule
 from vivi.models.vito import VITOModel
 from vivi.models.vivi import param_groups
 from vivi.provenance import record_start
-from vivi.train.checkpoint import checkpoint_path, list_checkpoints, load_resumable, save_checkpoint
+from vivi.train.checkpoint import (
+    checkpoint_path, list_checkpoints, load_resumable, remove_partial_checkpoints, save_checkpoint,
+)
 from vivi.train.data_record import check_same_data, data_record, write_data_record
 from vivi.train.distributed import (
-    DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, peer_stopped, process_device, shutdown,
+    DistContext, all_gather_objects, all_reduce_mean, barrier, init_distributed, peer_stopped, peer_timed_out,
+    process_device, shutdown,
 )
 from vivi.train.host_memory import reuse_freed_memory
 from vivi.train.objective import VIVIObjective
@@ -232,7 +235,7 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
     resumes exactly from the newest checkpoint in ``out``. Under torchrun each process trains its
     share of the global batch; rank 0 writes the run folder."""
     cfg = copy.deepcopy(cfg)  # the labelled folder sets model.classes
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
         with ExitStack() as held:  # rank 0's lock on the run folder, from when _pretrain takes it to the end
             try:
@@ -242,10 +245,10 @@ def pretrain(cfg: RunConfig, data: list[Path | str], out: Path, progress: bool =
                 raise
             barrier()
             return run
-    except RuntimeError as e:  # another rank stopped while this one was in a collective with it
+    except RuntimeError as e:  # another rank stopped, or stopped answering, while this one was in a collective
         newest = list_checkpoints(out)  # rank 0 may have saved one just before the others learnt of it
         resume = f"last good checkpoint: {newest[-1]}" if newest else "no checkpoint was written yet"
-        stopped = peer_stopped(e, resume) if ctx.enabled else None
+        stopped = (peer_stopped(e, resume) or peer_timed_out(e, cfg.dist_timeout_s, resume)) if ctx.enabled else None
         if stopped is None:
             raise
         raise stopped from None
@@ -281,6 +284,8 @@ def _pretrain(
     # after the errors in the arguments and data, before the folder is read to resume or written:
     # a second run on it stops here, changing nothing
     hold_run_folder(out, ctx.main, held)
+    if ctx.main:  # a checkpoint write cut short by a kill left its .pt.tmp behind
+        remove_partial_checkpoints(out)
     ckpts = list_checkpoints(out)
     if ctx.enabled:
         check_processes_agree(out, cfg, record, ckpts)
@@ -422,13 +427,7 @@ def _pretrain(
     if writer is not None:
         writer.close()
     if ctx.main:
-        backbone = model.backbone.to(memory_format=torch.contiguous_format)
-        save_backbone(
-            backbone,
-            cfg.model.backbone,
-            out / "backbone.safetensors",
-            extra={"image_size": str(cfg.augment.image_size), "preset": cfg.preset, "scale": cfg.scale},
-        )
+        save_run_backbone(model, cfg, out / "backbone.safetensors")
     return out
 
 

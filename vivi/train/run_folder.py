@@ -22,10 +22,11 @@ from vivi.train.distributed import all_gather_objects, disagreements
 
 # How the run is executed, not what it computes (tested: any worker count and cache size give
 # the same batches; memory layout and compilation leave the maths as it is; how often it logs
-# and checkpoints only decides what is written): a run may resume with other values, e.g. on
-# a machine with more cores, or checkpointing more often after a crash.
+# and checkpoints only decides what is written; how long a process waits for a hung one only
+# decides when the run stops): a run may resume with other values, e.g. on a machine with more
+# cores, checkpointing more often or with a shorter dist_timeout_s after a crash.
 RUNTIME_ONLY = ("data.workers", "data.cache_mb", "channels_last", "compile", "log_every", "ckpt_every",
-                "keep_checkpoints")
+                "keep_checkpoints", "dist_timeout_s")
 
 # What `vivi pretrain` writes into a run folder: one of them there makes the folder a run to resume.
 RUN_FILES = ("config.json", "data.json", "checkpoints", "metrics.jsonl", "tb", "backbone.safetensors")
