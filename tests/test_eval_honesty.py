@@ -385,3 +385,21 @@ def test_vtab1k_resume_does_not_relabel_finals_of_another_chosen_setting():
     assert entry["lr"] == 0.01 and entry["accuracies"] == [77.0, 77.0]
     (again,), _ = run_vtab1k(tasks, lambda t: pytest.fail("nothing left to run"), new, state=state)
     assert again["accuracies"] == [77.0, 77.0]  # an unchanged choice still resumes
+
+
+def test_a_val_held_out_of_train_takes_every_path_to_its_files(tmp_path):
+    """train/ reaching one file by two paths (file links) put it on both sides of the held-out val
+    when the draw split them; every path to a held-out file is held out now, none dropped."""
+    from vivi.data.files import file_id
+
+    root = tmp_path / "d"
+    for c, colour in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+        for i in range(10):
+            _png(root / "train" / c / f"{i}.png", colour)
+            os.symlink(root / "train" / c / f"{i}.png", root / "train" / c / f"link{i}.png")
+        _png(root / "test" / c / "t.png", colour)
+    (task,) = load_tasks(f"imagefolder:{root}")
+    train_ids = {file_id(p) for p in task.train.paths}
+    val_ids = {file_id(p) for p in task.val.paths}
+    assert len(task.train) + len(task.val) == 40 and len(task.val) >= 2
+    assert not train_ids & val_ids, "a file on both sides of the held-out val"

@@ -490,10 +490,19 @@ def _load_image_folder(root: Path) -> ImageTask:
         train_idx, val_idx = stratified_holdout(train.labels, VAL_FRACTION, VAL_SEED)
         if len(val_idx) == 0:
             raise UserError(f"{root / 'train'}: one image per class leaves none to hold out; add val/")
+        train_idx, val_idx = _copies_held_too(train, train_idx, val_idx)
         train, val = train.subset(train_idx), train.subset(val_idx)
     _check_disjoint({"train": train, "val": val, "test": test})
     name = root.resolve().name
     return ImageTask(name, "custom", classes, train, val, test, source=str(root))
+
+
+def _copies_held_too(files: FileSplit, kept: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) with every other path to a held-out file held out too: train/ reaching a file twice
+    (two linked folders) would otherwise put it on both sides of the held-out val, by chance of the draw."""
+    held_ids = {file_id(files.paths[i]) for i in held} - {None}
+    copies = np.array([file_id(files.paths[i]) in held_ids for i in kept], dtype=bool)
+    return kept[~copies], np.sort(np.concatenate([held, kept[copies]]))
 
 
 def _check_disjoint(splits: dict[str, FileSplit]) -> None:
