@@ -403,3 +403,14 @@ def test_a_val_held_out_of_train_takes_every_path_to_its_files(tmp_path):
     val_ids = {file_id(p) for p in task.val.paths}
     assert len(task.train) + len(task.val) == 40 and len(task.val) >= 2
     assert not train_ids & val_ids, "a file on both sides of the held-out val"
+
+
+def test_accuracy_is_written_as_the_fraction_it_is():
+    """``100 * mean`` wrote 13.100000000000001 for 131 of 1000 into results files."""
+    from vivi.evaluate.metrics import accuracy
+
+    labels = np.zeros(1000, dtype=np.int64)
+    predicted = np.where(np.arange(1000) < 131, 0, 1)
+    assert repr(accuracy(predicted, labels)) == "13.1"
+    assert all(accuracy(np.arange(n) < hits, np.ones(n, bool)) == 100 * hits / n for n in (3, 7, 200) for hits in range(n))
+    assert np.isnan(accuracy(np.array([]), np.array([])))

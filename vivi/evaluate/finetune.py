@@ -19,6 +19,7 @@ from tqdm import tqdm
 from vivi.data.augment import network_input
 from vivi.data.tasks import ImageSplit
 from vivi.train.optimizer import sgd
+from vivi.evaluate.metrics import accuracy
 
 MOMENTUM = 0.9
 DECAY_AT = (0.3, 0.6, 0.9)  # fractions of the steps where the learning rate drops 10x
@@ -128,7 +129,3 @@ def predict(classifier: nn.Module, images: torch.Tensor, device: str | torch.dev
             out.append(classifier(_inputs(images[s : s + EVAL_BATCH], device)).argmax(dim=1).cpu())
     return torch.cat(out).numpy()
 
-
-def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Percent of ``predicted`` equal to ``labels``."""
-    return 100.0 * float(np.mean(np.asarray(predicted) == np.asarray(labels)))

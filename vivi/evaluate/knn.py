@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from vivi.evaluate.metrics import accuracy
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +50,7 @@ def knn_probe(
 
     val_pred = knn_predict(train_z, train_y, val_z, ks, temperatures)
     sweep = [
-        {"k": k, "temperature": t, "val_accuracy": _accuracy(val_pred[k, t], val_y)}
+        {"k": k, "temperature": t, "val_accuracy": accuracy(val_pred[k, t], val_y)}
         for k in ks
         for t in temperatures
     ]
@@ -58,7 +59,7 @@ def knn_probe(
     bank_z, bank_y = torch.cat([train_z, val_z]), np.concatenate([train_y, val_y])
     test_pred = knn_predict(bank_z, bank_y, test_z, [k], [t])[k, t]
     return {
-        "accuracy": _accuracy(test_pred, test_y),
+        "accuracy": accuracy(test_pred, test_y),
         "val_accuracy": best["val_accuracy"],
         "k": k,
         "temperature": t,
@@ -114,6 +115,3 @@ def _normalized(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not torch.is_tensor(x) else x.float()
     return F.normalize(x.reshape(len(x), -1), dim=1)
 
-
-def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
-    return 100.0 * float(np.mean(predicted == y))

@@ -6,6 +6,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+from vivi.evaluate.metrics import accuracy
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -39,7 +40,7 @@ def linear_probe(
     fit_x, fit_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
     scaler = StandardScaler().fit(fit_x)
     final = _fit(_logreg(best["C"]), scaler.transform(fit_x), fit_y)
-    test_accuracy = _accuracy(final.predict(scaler.transform(test_x)), test_y)
+    test_accuracy = accuracy(final.predict(scaler.transform(test_x)), test_y)
     return {
         "accuracy": test_accuracy,
         "val_accuracy": best["val_accuracy"],
@@ -64,7 +65,7 @@ def _sweep(
     sweep = []
     for c in Cs:
         _fit(model.set_params(C=c), train_z, train_y)
-        sweep.append({"C": float(c), "val_accuracy": _accuracy(model.predict(val_z), val_y)})
+        sweep.append({"C": float(c), "val_accuracy": accuracy(model.predict(val_z), val_y)})
     return sweep
 
 
@@ -79,9 +80,6 @@ def _fit(model: LogisticRegression, x: np.ndarray, y: np.ndarray) -> LogisticReg
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(x, y)
 
-
-def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
-    return 100.0 * float(np.mean(predicted == y))
 
 
 class LinearClassifier:

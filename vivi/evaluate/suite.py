@@ -26,6 +26,7 @@ from vivi.errors import UserError, listed, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.fingerprint import task_fingerprint, weights_fingerprint
+from vivi.evaluate.metrics import accuracy
 from vivi.provenance import provenance
 from vivi.evaluate.knn import knn_probe
 from vivi.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSplit
@@ -124,9 +125,9 @@ def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings
                 model, CorruptedSplit(task.test, name, severity), settings.image_size,
                 batch_size=settings.batch_size, device=settings.device, progress=False,
             )
-            corrupted[name].append(round(100.0 * float((predict(feats[keep]) == y).mean()), 4))
+            corrupted[name].append(round(accuracy(predict(feats[keep]), y), 4))
     by_severity = [round(sum(v[i] for v in corrupted.values()) / len(corrupted), 4) for i in range(len(SEVERITIES))]
-    return {"accuracy": 100.0 * float((predict(test) == y).mean()), "C": c, "corrupted": corrupted,
+    return {"accuracy": accuracy(predict(test), y), "C": c, "corrupted": corrupted,
             "severity_mean": by_severity, "n_test": len(y)}
 
 

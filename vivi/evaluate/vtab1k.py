@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from vivi.data.tasks import FileSplit, ImageSplit, ImageTask, check_readable
 from vivi.errors import UserError, warn
-from vivi.evaluate.finetune import FinetuneSetting, accuracy, finetune, predict, preload
+from vivi.evaluate.finetune import FinetuneSetting, finetune, predict, preload
+from vivi.evaluate.metrics import accuracy
 
 
 @dataclass(frozen=True)
