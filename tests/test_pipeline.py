@@ -73,6 +73,20 @@ def test_cached_frames_give_the_same_batches(tiny_data):
     assert cached.cache.hits > 0 and plain.cache.hits == 0 and len(plain.cache) == 0
 
 
+def test_videos_that_give_no_clip_are_named_once_left_out(tiny_data, capsys):
+    """Only data.json's count said that training had left some videos out (158 of 160 in the tour)."""
+    records = read_index([tiny_data])
+    short = next(r for r in records if r.get("status") == "ok")
+    short["shots"] = short["shots"][:1]  # one shot: no clip of 4 consecutive shots
+    ok = sum(r.get("status") == "ok" for r in records)
+    table = training_videos(records, preset("VIVI-Ex(4)").data, "DATA")
+    assert len(table) == ok - 1
+    said = capsys.readouterr().err
+    assert f"DATA: 1 of {ok} videos has no 4 consecutive shots of >= 8 frames, so training leaves it out ({short['key']})" in said
+    training_videos(read_index([tiny_data]), preset("VIVI-Ex(4)").data, "DATA")
+    assert "leaves" not in capsys.readouterr().err, "nothing said when every video is used"
+
+
 def test_a_shard_damaged_after_ingest_is_named(tiny_data, tmp_path):
     """The loader reads a video's tar members itself: a shard cut short or overwritten after the
     index was made must stop with the shard and sample named, not a traceback or garbage."""

@@ -34,7 +34,7 @@ from vivi.data.frames import FrameCache, first_member_name, load_frame, tar_memb
 from vivi.data.remote import LOCAL_ERRORS, is_url, read_failed, read_range, reason
 from vivi.data.shards import sample_spans
 from vivi.data.tasks import damaged_note, libjpeg_messages
-from vivi.errors import UserError, warn
+from vivi.errors import UserError, listed, warn
 
 
 @dataclass(frozen=True)
@@ -225,12 +225,16 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
              "that overlap); each is used once")  # fmt: skip
     rng = random.Random(0)
     usable = [k for k in sorted(first) if clip_of(k, first[k].lengths, cfg, rng) is not None]
+    need = {
+        "frame": "a sampled frame",
+        "pairs": "a shot with 2 sampled frames",
+    }.get(cfg.mode, f"{cfg.shots} consecutive shots of >= {cfg.frames} frames" if cfg.shots > 1
+          else f"a shot of >= {cfg.frames} frames")
+    if usable and len(usable) < len(first):  # data.json's count was the only trace of them
+        left = sorted(set(first) - set(usable))
+        warn(f"{where}: {len(left)} of {len(first)} videos {'has' if len(left) == 1 else 'have'} no {need}, so "
+             f"training leaves {'it' if len(left) == 1 else 'them'} out ({listed(left)})")
     if not usable:
-        need = {
-            "frame": "a sampled frame",
-            "pairs": "a shot with 2 sampled frames",
-        }.get(cfg.mode, f"{cfg.shots} consecutive shots of >= {cfg.frames} frames" if cfg.shots > 1
-              else f"a shot of >= {cfg.frames} frames")
         # both maxima: when the shots are there but too short, the shot count alone misleads
         raise UserError(
             f"{where}: none of the {ok} videos has {need} (most shots in a video: {most}, "
