@@ -123,6 +123,18 @@ def test_a_smaller_batch_with_the_presets_lr_is_warned_about():
     assert batch_lr_note(apply_overrides(preset("VIVI-Ex(4)"), ["seed=3"])) is None
 
 
+def test_the_batch_note_names_what_changed_the_batch_and_which_way():
+    """data.shots=3 was reported as "data.videos=8 changes the batch", and a larger batch was told
+    it "needs a smaller lr"."""
+    fewer_shots = batch_lr_note(apply_overrides(preset("VIVI-Ex(4)"), ["data.shots=3"]))
+    assert fewer_shots.startswith("data.shots=3 changes the batch from the preset's 32 to 24 shots")
+    assert "a smaller batch needs a smaller lr" in fewer_shots
+    more_videos = batch_lr_note(apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=16"]))
+    assert more_videos.startswith("data.videos=16 changes") and "a larger batch needs a larger lr" in more_videos
+    both = batch_lr_note(apply_overrides(preset("VIVI-Ex(4)"), ["data.videos=2", "data.shots=2"]))
+    assert both.startswith("data.videos=2 and data.shots=2 change the batch from the preset's 32 to 4 shots")
+
+
 def test_loader_workers_take_a_count_or_auto():
     assert preset("VIVI-Ex(4)").data.workers == "auto" and preset("VIVI-Ex(4)", "paper").data.workers == 8
     assert apply_overrides(preset("VIVI-Ex(4)"), ["data.workers=3"]).data.workers == 3

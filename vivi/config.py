@@ -374,9 +374,13 @@ def batch_lr_note(cfg: RunConfig) -> str | None:
     if batch == base_batch or cfg.optim.lr != base.optim.lr:
         return None
     scaled = base.optim.lr * math.sqrt(batch / base_batch)
-    return (f"data.videos={cfg.data.videos} changes the batch from the preset's {base_batch} to {batch} shots, but optim.lr="
-            f"{cfg.optim.lr:g} is still the preset's, set for {base_batch}; a smaller batch needs a smaller lr, e.g. "
-            f"--set optim.lr={scaled:.2g} (square-root scaling, as the tiny scale is derived)")
+    # what changed it: data.shots=3 was reported as "data.videos=8 changes the batch"
+    changed = [f"{k}={getattr(cfg.data, k)}" for k in ("videos", "shots") if getattr(cfg.data, k) != getattr(base.data, k)]
+    size = "smaller" if batch < base_batch else "larger"
+    return (f"data.{' and data.'.join(changed) or 'videos'} {'change' if len(changed) > 1 else 'changes'} the batch "
+            f"from the preset's {base_batch} to {batch} shots, but optim.lr={cfg.optim.lr:g} is still the preset's, set "
+            f"for {base_batch}; a {size} batch needs a {size} lr, e.g. --set optim.lr={scaled:.2g} (square-root "
+            "scaling, as the tiny scale is derived)")
 
 
 # Fields that take a count or "auto" (resolved where the run starts, on its machine).
