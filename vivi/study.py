@@ -69,8 +69,9 @@ class StudySize:
 # The default fits the 3-hour budget on 2 CPU cores (measured on a 2-core Xeon VM, channels-last):
 # 33 runs of 1200 steps (~0.07-0.25 s per step by model) plus a ~70 s linear probe each. At 400
 # steps (the first default) the losses were still falling and Ex-YT-S did not beat Ex-YT-F (seed
-# 0 at 1200: 43.8 vs 42.0), so the budget goes to steps. vtab1k costs ~15 min per model at tiny
-# scale (benchmarks/results/vtab1k-time), i.e. ~7.5 h more for 30 runs: --protocols linear,vtab1k.
+# 0 at 1200: 43.8 vs 42.0), so the budget goes to steps. vtab1k costs ~4-5 min per run at tiny
+# scale since channels-last (benchmarks/results/study-vtab1k; 15 min before), i.e. ~2-2.5 h more
+# for 30 runs: --protocols linear,vtab1k.
 SIZES = {
     "default": StudySize(160, 1200, 3, ("linear",), "mini-vtab", 100, "world"),
     "quick": StudySize(40, 20, 1, ("linear",), "mini-vtab:object,scene,count", 20, "world"),
