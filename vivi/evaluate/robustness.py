@@ -14,7 +14,8 @@ The intervals treat every anchor as an independent trial. Anchors of one sequenc
 the same object and are not independent, so the intervals are narrower than a
 sequence-level resampling would give: read them as a lower bound on the uncertainty.
 
-The classifier is a linear probe (logistic regression, C chosen on a held-out fifth) on
+The classifier is a linear probe (logistic regression, C chosen on a held-out fifth of the
+train shots, or of the train frames where their shots are unknown: :func:`probe_holdout`) on
 the model's frozen features of a labelled train set. Sources:
 
 - ``frames:DIR``: ``DIR/train/<class>/<any images>`` fit the probe;
@@ -153,6 +154,9 @@ class RobustnessTask:
     train: ImageSplit
     sequences: list[FrameSequence]
     source: str
+    # the shot (or video folder) of each train frame, where known: the probe's C is then chosen on
+    # whole held-out shots, not on frames whose neighbours it was fitted to (:func:`probe_holdout`)
+    train_groups: np.ndarray | None = None
 
 
 def load_robustness_task(spec: str, cache_dir: Path | None = None) -> RobustnessTask:
@@ -204,7 +208,25 @@ def load_frame_folders(root: Path) -> RobustnessTask:
         videos = f"{len(nested)} video folders hold" if len(nested) != 1 else "1 video folder holds"
         warn(f"{root / 'test'}: {videos} frames in several sub-folders, each read as one sequence in path order "
              f"(frames numbered by value): {listed([str(v.relative_to(root / 'test')) for v in nested])}")
-    return RobustnessTask(root.resolve().name, classes, _file_split(train_files, classes), sequences, str(root))
+    train = _file_split(train_files, classes)
+    return RobustnessTask(root.resolve().name, classes, train, sequences, str(root), _folder_groups(root / "train", train))
+
+
+def _folder_groups(train_dir: Path, train: FileSplit) -> np.ndarray | None:
+    """Each train frame's folder below its class (``train/<class>/<video>/<frame>``), so frames of one
+    video are held out together; a frame directly in its class folder is a group of its own. None
+    when every frame is (nothing is known of their shots)."""
+    def group(path: Path) -> str:
+        try:
+            rel = path.relative_to(train_dir)
+        except ValueError:  # not below train/ as listed: its own group
+            return str(path)
+        return str(rel.parent) if len(rel.parts) > 2 else str(rel)
+
+    groups = [group(p) for p in train.paths]
+    if len(set(groups)) == len(groups):
+        return None
+    return np.array(groups)
 
 
 def _file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
@@ -259,7 +281,7 @@ def load_world(root: Path) -> RobustnessTask:
     n_train = len(rows) // 2
     if n_train == 0:
         raise UserError(f"{gt}: needs at least 2 videos (half train the probe, half are tested)")
-    train_x, train_y, sequences = [], [], []
+    train_x, train_y, train_groups, sequences = [], [], [], []
     for i, row in enumerate(rows):
         shots = [(j, s) for j, s in enumerate(row["shots"]) if len({o["cls"] for o in s["objects"]}) == 1]
         if not shots:
@@ -272,13 +294,15 @@ def load_world(root: Path) -> RobustnessTask:
             if i < n_train:
                 train_x.append(frames[::TRAIN_STRIDE])
                 train_y += [label] * len(train_x[-1])
+                train_groups += [f"{row['video']}#shot{j}"] * len(train_x[-1])
             else:
                 split = ArraySplit(frames, np.full(len(frames), label))
                 sequences.append(FrameSequence(f"{row['video']}#shot{j}", label, split))
     if not train_y or not sequences:
         raise UserError(f"{root}: too few single-class shots to train and test (render more videos)")
     train = ArraySplit(np.concatenate(train_x), np.asarray(train_y))
-    return RobustnessTask(f"world-{root.resolve().name}", list(CLASS_NAMES), train, sequences, str(root))
+    return RobustnessTask(f"world-{root.resolve().name}", list(CLASS_NAMES), train, sequences, str(root),
+                          np.asarray(train_groups))  # fmt: skip
 
 
 def _check_length(path: Path, decoded: int, row: dict) -> None:
@@ -321,7 +345,8 @@ def evaluate_robustness(
                              desc=f"{task.name}/train")  # fmt: skip
     keep = task.train.readable()  # a broken file was read as a black image: not a training example
     feats, labels = feats[keep], task.train.labels[keep]
-    fit_idx, val_idx = stratified_holdout(labels, 0.2, seed=0)
+    groups = task.train_groups[keep] if task.train_groups is not None else None
+    fit_idx, val_idx, val_from = probe_holdout(labels, groups)
     if len(val_idx) == 0 or len(np.unique(labels[fit_idx])) < 2:
         raise UserError(f"{task.source}: too few labelled train frames to fit and validate a probe")
     predict, c = fit_linear_classifier(feats[fit_idx], labels[fit_idx], feats[val_idx], labels[val_idx])
@@ -332,9 +357,36 @@ def evaluate_robustness(
     outcomes = _sequence_outcomes(task, classify, progress)
     metrics = robustness_metrics(outcomes, k)
     entry = {"task": task.name, "group": "robustness", "protocol": "robustness", "accuracy": metrics["pmk_accuracy"],
-             **metrics, "C": c, "n_train": len(labels), "num_classes": len(task.classes), "source": task.source,
+             **metrics, "C": c, "val_from": val_from, "n_train": len(labels), "num_classes": len(task.classes),
+             "source": task.source,
              **_skipped(task)}  # fmt: skip
     return _write(entry, enc, model_name, out_json, k, "linear probe")
+
+
+def probe_holdout(labels: np.ndarray, groups: np.ndarray | None, fraction: float = 0.2,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(fit, val) indices for choosing the probe's C, and how val was made.
+
+    With ``groups`` (each frame's shot or video), ``fraction`` of each class's groups is held out
+    whole: frames of one shot are near-copies, so a val frame beside its fitted neighbours scored
+    what the probe memorised and C drifted towards weak regularisation. A class with a single group
+    gives frames, as without groups (:func:`stratified_holdout`)."""
+    if groups is None:
+        fit, val = stratified_holdout(labels, fraction, seed)
+        return fit, val, f"{fraction:.0%} of train frames held out (seed {seed})"
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for c in np.unique(labels):
+        mine = np.flatnonzero(labels == c)
+        shots = np.unique(groups[mine])
+        if len(shots) < 2:
+            n = min(len(mine) - 1, max(1, round(fraction * len(mine))))
+            held.append(rng.permutation(mine)[:n])
+            continue
+        chosen = rng.permutation(shots)[: min(len(shots) - 1, max(1, round(fraction * len(shots))))]
+        held.append(mine[np.isin(groups[mine], chosen)])
+    val = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(len(labels)), val), val, f"{fraction:.0%} of train shots held out whole (seed {seed})"
 
 
 def _sequence_outcomes(
