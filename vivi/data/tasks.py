@@ -157,6 +157,7 @@ class ImageTask:
     val: ImageSplit
     test: ImageSplit
     source: str = ""  # where the task was read from, for error messages
+    val_from: str = ""  # how val was made (val/, held out of train/, ...): copied into results entries
 
 
 def check_readable(
@@ -468,7 +469,8 @@ def _load_npz_task(root: Path, entry: dict) -> ImageTask:
         raise UserError(f"{path}: empty split {', '.join(empty)}")
     classes = entry["classes"]
     class_names = [str(c) for c in range(classes)] if isinstance(classes, int) else [str(c) for c in classes]
-    return ImageTask(entry["name"], entry["group"], class_names, **splits, source=str(path))
+    return ImageTask(entry["name"], entry["group"], class_names, **splits, source=str(path),
+                     val_from="val split (rendered apart from train)")
 
 
 def _load_image_folder(root: Path) -> ImageTask:
@@ -486,15 +488,17 @@ def _load_image_folder(root: Path) -> ImageTask:
     test = _file_split(_checked_classes(root / "test", classes), classes)
     if (root / "val").is_dir():
         val = _file_split(_checked_classes(root / "val", classes), classes)
+        val_from = "val/"
     else:
         train_idx, val_idx = stratified_holdout(train.labels, VAL_FRACTION, VAL_SEED)
         if len(val_idx) == 0:
             raise UserError(f"{root / 'train'}: one image per class leaves none to hold out; add val/")
         train_idx, val_idx = _copies_held_too(train, train_idx, val_idx)
         train, val = train.subset(train_idx), train.subset(val_idx)
+        val_from = f"held out of train/ ({VAL_FRACTION:.0%}, seed {VAL_SEED})"
     _check_disjoint({"train": train, "val": val, "test": test})
     name = root.resolve().name
-    return ImageTask(name, "custom", classes, train, val, test, source=str(root))
+    return ImageTask(name, "custom", classes, train, val, test, source=str(root), val_from=val_from)
 
 
 def _copies_held_too(files: FileSplit, kept: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

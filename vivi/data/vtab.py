@@ -189,13 +189,16 @@ def _train_val(train: ImageSplit, val: ImageSplit | None) -> tuple[ImageSplit, I
 
 def _task(spec: VtabTask, train: ImageSplit, val: ImageSplit | None, test: ImageSplit,
           classes: list[str], source: Path) -> ImageTask:  # fmt: skip
+    n, given = len(train), val is not None
     train, val = _train_val(train, val)
+    start = min(N_TRAIN, n - len(val))  # where _train_val took val from, when it did
+    val_from = "validation split" if given else f"train[{start}:{start + len(val)}]"
     for split_name, split in (("train", train), ("val", val), ("test", test)):
         if len(split) == 0:
             raise UserError(f"{source}: the {split_name} split of {spec.name} is empty")
     n_classes = max(len(classes), int(max(train.labels.max(), test.labels.max(), val.labels.max())) + 1)
     classes = classes + [str(c) for c in range(len(classes), n_classes)]
-    return ImageTask(spec.name, spec.group, classes, train, val, test, source=str(source))
+    return ImageTask(spec.name, spec.group, classes, train, val, test, source=str(source), val_from=val_from)
 
 
 # ---- CLIP-benchmark WebDataset exports

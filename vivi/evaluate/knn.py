@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from vivi.evaluate.metrics import accuracy
+from vivi.evaluate.metrics import accuracy, balanced_accuracy
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +34,7 @@ def knn_probe(
     Accuracies are in percent. k larger than the train set is clipped to it before the
     sweep (duplicates merged), so the reported ``k`` is the one validated and used on test.
     Ties in val accuracy go to the smaller k, then the smaller T. Ties in a vote go to the
-    smallest label. Returns accuracy, val_accuracy, k, temperature, n_train, n_val, n_test
+    smallest label. Returns accuracy, balanced_accuracy, val_accuracy, k, temperature, n_train, n_val, n_test
     and the sweep ([{"k", "temperature", "val_accuracy"}] per pair).
     """
     train_y, val_y, test_y = (np.asarray(y) for y in (train_y, val_y, test_y))
@@ -60,6 +60,7 @@ def knn_probe(
     test_pred = knn_predict(bank_z, bank_y, test_z, [k], [t])[k, t]
     return {
         "accuracy": accuracy(test_pred, test_y),
+        "balanced_accuracy": balanced_accuracy(test_pred, test_y),
         "val_accuracy": best["val_accuracy"],
         "k": k,
         "temperature": t,

@@ -6,7 +6,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from vivi.evaluate.metrics import accuracy
+from vivi.evaluate.metrics import accuracy, balanced_accuracy
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -31,7 +31,7 @@ def linear_probe(
     Accuracies are in percent. Ties in val accuracy go to the smaller C (stronger
     regularisation). Features are standardised with the statistics of the data each fit
     sees and fitted in float32 (the dtype they are extracted in; twice as fast as float64).
-    Returns accuracy, val_accuracy, C, n_train, n_val, n_test and the sweep
+    Returns accuracy, balanced_accuracy (mean per-class recall on test), val_accuracy, C, n_train, n_val, n_test and the sweep
     ([{"C", "val_accuracy"}] per C).
     """
     train_x, val_x, test_x = (np.asarray(x, dtype=np.float32) for x in (train_x, val_x, test_x))
@@ -40,9 +40,10 @@ def linear_probe(
     fit_x, fit_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
     scaler = StandardScaler().fit(fit_x)
     final = _fit(_logreg(best["C"]), scaler.transform(fit_x), fit_y)
-    test_accuracy = accuracy(final.predict(scaler.transform(test_x)), test_y)
+    test_pred = final.predict(scaler.transform(test_x))
     return {
-        "accuracy": test_accuracy,
+        "accuracy": accuracy(test_pred, test_y),
+        "balanced_accuracy": balanced_accuracy(test_pred, test_y),
         "val_accuracy": best["val_accuracy"],
         "C": best["C"],
         "n_train": len(train_y),

@@ -26,7 +26,7 @@ from vivi.errors import UserError, listed, warn
 from vivi.evaluate.features import extract_features
 from vivi.evaluate.finetune import FinetuneSetting
 from vivi.evaluate.fingerprint import task_fingerprint, weights_fingerprint
-from vivi.evaluate.metrics import accuracy
+from vivi.evaluate.metrics import accuracy, balanced_accuracy
 from vivi.provenance import provenance
 from vivi.evaluate.knn import knn_probe
 from vivi.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSplit
@@ -84,6 +84,12 @@ def _knn(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dic
     return {**knn_probe(*arrays), **_val_coverage(task, arrays[3])}
 
 
+def _val_from(task: ImageTask) -> dict:
+    """``{"val_from": how the split that chose the setting was made}`` ("val/", "held out of train/ (20%,
+    seed 0)", "validation split", "train[800:1000]", ...); {} for a task built without saying."""
+    return {"val_from": task.val_from} if task.val_from else {}
+
+
 def _val_coverage(task: ImageTask, val_y: np.ndarray) -> dict:
     """``{"val_missing_classes": [names]}`` (and a warning) when classes have no image in val.
 
@@ -105,9 +111,9 @@ def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -
     scale = vtab1k_scale(settings.scale)
     setting = settings.setting or scale.settings()[0]
     trials = FinetuneTrials(model, settings.image_size, scale, settings.device, settings.progress, strict=False)
-    acc = trials(Trial(task, setting, "final", seed=0))
+    scores = trials.evaluate(Trial(task, setting, "final", seed=0))
     _, train_y, _, val_y, _, test_y = trials.data(task)  # what was used: a small folder is used whole
-    return {"accuracy": acc, "lr": setting.lr, "steps": setting.steps, "n_train": len(train_y) + len(val_y),
+    return {**scores, "lr": setting.lr, "steps": setting.steps, "n_train": len(train_y) + len(val_y),
             "n_test": len(test_y)}
 
 
@@ -127,8 +133,9 @@ def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings
             )
             corrupted[name].append(round(accuracy(predict(feats[keep]), y), 4))
     by_severity = [round(sum(v[i] for v in corrupted.values()) / len(corrupted), 4) for i in range(len(SEVERITIES))]
-    return {"accuracy": accuracy(predict(test), y), "C": c, "corrupted": corrupted,
-            "severity_mean": by_severity, "n_test": len(y)}
+    clean = predict(test)
+    return {"accuracy": accuracy(clean, y), "balanced_accuracy": balanced_accuracy(clean, y), "C": c,
+            "corrupted": corrupted, "severity_mean": by_severity, "n_test": len(y)}
 
 
 Protocol = Callable[[torch.nn.Module, ImageTask, EvalSettings], dict]
@@ -205,6 +212,7 @@ def evaluate_tasks(
                 "group": task.group,
                 "protocol": protocol,
                 **metrics,
+                **_val_from(task),
                 "num_classes": len(task.classes),
                 "data": data,
                 "source": _absolute(task.source),  # which folder "data" is: a folder's task is its last part only
@@ -255,7 +263,8 @@ def _evaluate_vtab1k(
     trials = FinetuneTrials(model, image_size, scale, device, progress)
     entries, state = run_vtab1k(tasks, _counted(trials, state), scale, state=state, save=save, progress=progress)
     for task, entry in zip(tasks, entries):
-        entry.update(state["counts"].get(task.name, {}), source=_absolute(task.source), provenance=provenance())
+        entry.update(state["counts"].get(task.name, {}), **_val_from(task), source=_absolute(task.source),
+                     provenance=provenance())
         if skipped := state["skipped"].get(task.name):
             entry["skipped_images"] = skipped
             images = f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}"  # kept from a resumed run too
@@ -266,19 +275,19 @@ def _evaluate_vtab1k(
     return results
 
 
-def _counted(trials: FinetuneTrials, state: dict) -> Callable[[Trial], float]:
+def _counted(trials: FinetuneTrials, state: dict) -> Callable[[Trial], dict]:
     """``trials``, also keeping in ``state`` (saved with each run, so a resumed file still has
     them) each task's counts of decoded train800 / val200 / test images and the files that did
     not decode: vtab1k's results left a broken test image out of the denominator unnamed, where
     the other protocols list it under ``skipped_images``."""
 
-    def trial(t: Trial) -> float:
-        accuracy = trials(t)
+    def trial(t: Trial) -> dict:
+        scores = trials.evaluate(t)  # accuracy and balanced accuracy
         _, train_y, _, val_y, _, test_y = trials.data(t.task)  # cached: the images just used
         state["counts"][t.task.name] = {"n_train": len(train_y), "n_val": len(val_y), "n_test": len(test_y)}
         if skipped := skipped_images(t.task):
             state["skipped"][t.task.name] = skipped
-        return accuracy
+        return scores
 
     return trial
 

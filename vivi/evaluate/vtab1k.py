@@ -25,7 +25,7 @@ from tqdm import tqdm
 from vivi.data.tasks import FileSplit, ImageSplit, ImageTask, check_readable
 from vivi.errors import UserError, warn
 from vivi.evaluate.finetune import FinetuneSetting, finetune, predict, preload
-from vivi.evaluate.metrics import accuracy
+from vivi.evaluate.metrics import accuracy, balanced_accuracy
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Trial:
     seed: int
 
 
-TrialFn = Callable[[Trial], float]  # -> accuracy in percent
+TrialFn = Callable[[Trial], "float | dict"]  # -> accuracy in percent, or {"accuracy", "balanced_accuracy"}
 
 
 def check_sizes(task: ImageTask, scale: Vtab1kScale) -> None:
@@ -144,30 +144,35 @@ def run_vtab1k(
     """Sweep, select across the suite, run the final repetitions; returns (task entries, state).
 
     ``state`` (``{"sweep": {task: {setting: val acc}}, "final": {task: [test acc per seed]},
-    "chosen": setting, "seconds": {task: s}}``) holds runs done earlier; they are not run again.
+    "final_balanced": {task: [test balanced acc per seed, None where not known]}, "chosen": setting,
+    "seconds": {task: s}}``) holds runs done earlier; they are not run again (a state saved before
+    balanced accuracies were kept resumes without them).
     Final runs are kept only for the setting they were run with (``chosen``): a resumed sweep that
     chose another setting (a scale's sweep changed) reported the old setting's test accuracies
     under the new lr / steps. Entries
     follow the suite's format: task, group, protocol, accuracy (the median), plus the
-    per-repetition accuracies, the chosen setting and the sweep.
+    per-repetition accuracies, the chosen setting and the sweep; ``balanced_accuracy`` is that of the
+    run whose accuracy is the median (``balanced_accuracies`` per repetition) when ``trial`` returns it.
     """
-    state = {"sweep": {}, "final": {}, "seconds": {}, **(state or {})}
+    state = {"sweep": {}, "final": {}, "final_balanced": {}, "seconds": {}, **(state or {})}
     settings = scale.settings()
     for task in tasks:
         check_sizes(task, scale)
 
-    def timed(task: ImageTask, t: Trial) -> float:
+    def timed(task: ImageTask, t: Trial) -> dict:
         start = time.perf_counter()
-        acc = float(trial(t))
+        result = trial(t)
         state["seconds"][task.name] = round(state["seconds"].get(task.name, 0.0) + time.perf_counter() - start, 2)
-        return acc
+        if not isinstance(result, dict):
+            return {"accuracy": float(result), "balanced_accuracy": None}
+        return {"accuracy": float(result["accuracy"]), "balanced_accuracy": result.get("balanced_accuracy")}
 
     for task in tasks:
         done = state["sweep"].setdefault(task.name, {})
         for s in settings:
             if s.key in done:
                 continue
-            done[s.key] = timed(task, Trial(task, s, "sweep", seed=0))
+            done[s.key] = timed(task, Trial(task, s, "sweep", seed=0))["accuracy"]
             _say(progress, f"{task.name}: {s.key} val {done[s.key]:.1f}%")
             if save:
                 save(state)
@@ -175,12 +180,16 @@ def run_vtab1k(
     _say(progress, f"vtab1k: chose {chosen.key} (best mean val accuracy over {len(tasks)} tasks)")
     if state.get("chosen", chosen.key) != chosen.key:  # finals of another setting: not this one's test accuracy
         warn(f"vtab1k: the sweep now chooses {chosen.key}, not {state['chosen']}; its final runs are redone")
-        state["final"] = {}
+        state["final"], state["final_balanced"] = {}, {}
     state["chosen"] = chosen.key
     for task in tasks:
         runs = state["final"].setdefault(task.name, [])
+        balanced = state["final_balanced"].setdefault(task.name, [])
         while len(runs) < scale.repetitions:
-            runs.append(timed(task, Trial(task, chosen, "final", seed=len(runs))))
+            result = timed(task, Trial(task, chosen, "final", seed=len(runs)))
+            balanced[:] = balanced[: len(runs)] + [None] * (len(runs) - len(balanced))  # aligned with runs
+            runs.append(result["accuracy"])
+            balanced.append(result["balanced_accuracy"])
             _say(progress, f"{task.name}: {chosen.key} seed {len(runs) - 1} test {runs[-1]:.1f}%")
             if save:
                 save(state)
@@ -195,6 +204,7 @@ def _entry(task: ImageTask, chosen: FinetuneSetting, settings: list[FinetuneSett
         "group": task.group,
         "protocol": "vtab1k",
         "accuracy": float(statistics.median(runs)),
+        **_median_run_balanced(runs, (state.get("final_balanced") or {}).get(task.name) or []),
         "accuracies": list(runs),
         "val_accuracy": sweep[chosen.key],
         "lr": chosen.lr,
@@ -203,6 +213,18 @@ def _entry(task: ImageTask, chosen: FinetuneSetting, settings: list[FinetuneSett
         "num_classes": len(task.classes),
         "seconds": state["seconds"].get(task.name, 0.0),
     }
+
+
+def _median_run_balanced(runs: list[float], balanced: list) -> dict:
+    """``{"balanced_accuracy": of the run whose accuracy is the median, "balanced_accuracies": per run}``
+    (an even number of runs: the mean of the two middle runs'); {} when a run's is not known (a state
+    saved before they were kept)."""
+    if len(balanced) < len(runs) or any(b is None for b in balanced[: len(runs)]) or not runs:
+        return {}
+    balanced = [float(b) for b in balanced[: len(runs)]]
+    order = sorted(range(len(runs)), key=lambda i: runs[i])  # stable: equal accuracies keep seed order
+    middle = [order[len(runs) // 2]] if len(runs) % 2 else [order[len(runs) // 2 - 1], order[len(runs) // 2]]
+    return {"balanced_accuracy": math.fsum(balanced[i] for i in middle) / len(middle), "balanced_accuracies": balanced}
 
 
 def _say(progress: bool, message: str) -> None:
@@ -247,6 +269,10 @@ class FinetuneTrials:
         return self._cache[1]
 
     def __call__(self, t: Trial) -> float:
+        return self.evaluate(t)["accuracy"]
+
+    def evaluate(self, t: Trial) -> dict:
+        """One fine-tune: ``{"accuracy", "balanced_accuracy"}`` on val200 (sweep) or test (final), in percent."""
         train_x, train_y, val_x, val_y, test_x, test_y = self.data(t.task)
         if t.phase == "sweep":
             fit_x, fit_y, eval_x, eval_y = train_x, train_y, val_x, val_y
@@ -260,4 +286,5 @@ class FinetuneTrials:
             self.backbone, fit_x, fit_y, len(t.task.classes), t.setting, self.scale.batch_size, t.seed, self.device,
             desc=desc,
         )
-        return accuracy(predict(model, eval_x, self.device), eval_y)
+        predicted = predict(model, eval_x, self.device)
+        return {"accuracy": accuracy(predicted, eval_y), "balanced_accuracy": balanced_accuracy(predicted, eval_y)}
