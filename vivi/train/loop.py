@@ -33,7 +33,7 @@ from vivi.atomic import write_text_atomic
 from vivi.config import RunConfig, batch_lr_note
 from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, loader_workers, make_loader, rank_slice, training_videos
-from vivi.data.images import ImageFolder, check_batch, image_batches, open_labelled, scan_images
+from vivi.data.images import ImageFolder, check_batch, check_decodes, image_batches, open_labelled, scan_images
 from vivi.data.shards import iter_index
 from vivi.data.table_cache import cache_key, load_table, save_table
 from vivi.errors import JobError, UserError, warn
@@ -92,6 +92,7 @@ def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageF
             folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
             cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)  # saved in config.json
         check_batch(folder, cfg.data.videos, "data.videos")  # before the run folder is written
+        check_decodes(folder, cfg.data.load_size, per_class=cfg.loss.frame_loss == "supervised")
         return folder
     return training_videos(iter_index(data), cfg.data, ", ".join(str(d) for d in data))
 
@@ -145,6 +146,7 @@ def _labelled_source(cfg: RunConfig, world: int = 1) -> ImageFolder | None:
         )
     folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed)
     check_batch(folder, d.labelled_batch, "data.labelled_batch", world)  # fills and splits: before the run folder is written
+    check_decodes(folder, d.load_size, per_class=True)  # a class none of whose kept images decodes: alike on every rank
     cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)
     return folder
 
