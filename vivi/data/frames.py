@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from vivi.errors import first_line
+
 try:  # deprecated in torchvision 0.29 (pinned) in favour of torchcodec; PIL alone once it is gone
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:  # pragma: no cover - newer torchvision
@@ -47,6 +49,8 @@ def tar_members(buf: bytes) -> dict[str, bytes]:
             return _tarfile_members(buf)  # long names (pax/GNU) or a prefix field: let tarfile read it
         name = header[:100].split(b"\0", 1)[0].decode("utf-8")
         size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        if size < 0:  # int() reads "-7" in base 8 too; a crafted header is not read backwards
+            raise ValueError(f"tar member {name} declares a negative size")
         start = pos + BLOCK
         if start + size > n:
             raise ValueError(f"tar member {name} is truncated")
@@ -77,8 +81,18 @@ def _checksum_ok(header: bytes) -> bool:
 
 
 def _tarfile_members(buf: bytes) -> dict[str, bytes]:
+    """Sparse members are refused, and any member larger than the bytes given: tarfile fills a sparse
+    member's holes with zeros on read, so a crafted header declaring a 100 GB file of holes took
+    100 GB of memory (a member's data can never be larger than the sample it lies in)."""
+    out = {}
     with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tar:
-        return {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile() and "." in m.name}
+        for m in tar:
+            if m.issparse() or m.size > len(buf):
+                raise ValueError(f"tar member {m.name} declares {m.size} bytes{' (sparse)' if m.issparse() else ''}, "
+                                 f"more than its sample holds ({len(buf)} bytes)")  # fmt: skip
+            if m.isfile() and "." in m.name:
+                out[m.name.split(".", 1)[1]] = tar.extractfile(m).read()
+    return out
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -155,6 +169,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
+    try:
+        return _decode_with_pil(data, size)
+    except Image.DecompressionBombError as e:  # an Exception, not the ValueError/OSError callers name the frame for
+        raise ValueError(f"refused as a possible decompression bomb: {first_line(e)}") from None
+
+
+def _decode_with_pil(data: bytes, size: int) -> torch.Tensor:
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (size, size))
         img = to_rgb(img)

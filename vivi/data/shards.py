@@ -207,7 +207,7 @@ def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
     if rest.strip():  # unterminated, so it may be torn: skipped unless it is whole
         try:
             json.loads(rest)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return
         yield _record(rest, number + 1, index)
 
@@ -215,7 +215,7 @@ def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
 def _record(line: bytes, number: int, index: str) -> dict:
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deeply for the parser
         raise UserError(f"{index}: line {number} is not JSON") from None
     if not isinstance(record, dict):
         raise UserError(f"{index}: line {number} is JSON but not an object (one record per line, as `vivi ingest` writes)")
@@ -241,8 +241,20 @@ def iter_index(outs: Iterable[str | Path]) -> Iterator[dict]:
         located: dict[str, str] = {}  # a shard as recorded -> its path, resolved once (a few syscalls each)
         for record in iter_records(chunks, index):
             if shard := record.get("shard"):
-                record["shard"] = located.get(shard) or located.setdefault(shard, join(out, shard))
+                if not (isinstance(shard, str) and shard in located):
+                    located[shard] = _inside(out, shard, index)  # checked once per shard; raises for a non-string
+                record["shard"] = located[shard]
             yield record
+
+
+def _inside(out: str | Path, shard: object, index: str) -> str:
+    """``out/shard`` for a record's shard, which ingest writes as ``shards/shard-NNNNNN.tar``. An index
+    from someone else could name any file (``/dev/stdin``, a FIFO: a read that never ends; ``../..``;
+    a URL of their own, read with the user's credentials): only a relative path inside ``out`` is read."""
+    if not isinstance(shard, str) or is_url(shard) or Path(shard).is_absolute() or ".." in Path(shard).parts:
+        raise UserError(f"{index}: a record's shard is {str(shard)[:100]!r}, expected a path inside its folder "
+                        f"such as {SHARDS_DIR}/{shard_name(0)} (as `vivi ingest` writes it); not read")  # fmt: skip
+    return join(out, shard)
 
 
 def sample_spans(shard: str) -> dict[str, tuple[int, int]]:

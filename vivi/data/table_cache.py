@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -61,13 +62,37 @@ def load_table(run: Path, key: str | None) -> VideoTable | None:
     if key is None or not path.is_file():
         return None
     try:
+        if not _sizes_fit(path):
+            return None
         with np.load(path, allow_pickle=False) as saved:  # plain arrays only: nothing in it runs
             meta = json.loads(str(saved["meta"]))
             if meta.get("key") != key:
                 return None
             return VideoTable(**{name: saved[name] for name in _ARRAYS}, shards=list(meta["shards"]))
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):  # cut, damaged, foreign: build anew
-        return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, MemoryError, RecursionError):
+        return None  # cut, damaged, foreign: build anew
+
+
+def _sizes_fit(path: Path) -> bool:
+    """Whether every array in the ``.npz`` declares no more bytes than its member holds, and every member
+    is stored uncompressed (as ``np.savez`` writes it) within the file's size. ``np.load`` allocates an
+    array of the size its header declares before reading it, so a crafted file of a few bytes declaring
+    ``shape=(10**12,)`` (or a zip bomb) made a huge allocation; checked here from the headers alone."""
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or sum(i.file_size for i in infos) > path.stat().st_size:
+            return False
+        for info in infos:
+            with z.open(info) as f:
+                version = fmt.read_magic(f)
+                read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+                if read is None:
+                    return False
+                shape, _, dtype = read(f, max_header_size=10_000)
+                if math.prod(shape) * dtype.itemsize > info.file_size:
+                    return False
+    return True
 
 
 def save_table(run: Path, key: str | None, table: VideoTable) -> None:

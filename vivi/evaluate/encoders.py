@@ -103,7 +103,17 @@ def load_checkpoint_encoder(
     run = path.parent.parent
     state = _read_checkpoint(path)  # first: a file that is no checkpoint is named as such, wherever it lies
     cfg, config = _run_config(path, run / "config.json")
+    # config.json may come with a checkpoint from someone else: the network it describes is sized on the
+    # meta device (no memory) and compared with the weights before it is built for real, so that
+    # channels=[10**6, ...] is a one-line misfit, not a 9 TB allocation, and layers=[10**7, ...] (each
+    # block several tensors) is refused before even the meta build, which took minutes
+    if sum(cfg.model.backbone.layers) > len(state["model"]):
+        raise UserError(f"{path}: does not fit the network {config} describes (its model.backbone.layers ask for "
+                        f"{sum(cfg.model.backbone.layers)} residual blocks, more than the {len(state['model'])} tensors "
+                        "the checkpoint holds)")  # fmt: skip
     try:
+        with torch.device("meta"):
+            _check_shapes(path, config, build_model(cfg).state_dict(), state["model"])
         model = build_model(cfg)
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"{config}: does not build the run's network ({first_line(e)})") from None
@@ -141,6 +151,7 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         if path.stat().st_size == 0:
             raise bad("an empty file, 0 bytes")
+        _refuse_compressed(path, bad)
         with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -168,7 +179,16 @@ def _read_checkpoint(path: Path) -> dict:
 
 def _load_fitting(path: Path, config: Path, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """``model.load_state_dict(weights, strict=True)``, or a one-line reason naming the tensors that do not fit."""
-    expected = model.state_dict()
+    _check_shapes(path, config, model.state_dict(), weights)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:  # names and shapes fit; a dtype torch cannot copy, say
+        raise UserError(f"{path}: does not fit the network {config} describes ({detail_line(e)})") from None
+
+
+def _check_shapes(path: Path, config: Path, expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> None:
+    """A one-line reason naming the tensors of ``weights`` that are missing from, extra to or of
+    another shape than ``expected`` (a state dict, possibly on the meta device)."""
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     shapes = [f"{k} {tuple(weights[k].shape)} (expected {tuple(v.shape)})"
@@ -179,10 +199,6 @@ def _load_fitting(path: Path, config: Path, model: nn.Module, weights: dict[str,
                  f"{len(shapes)} of another shape, e.g. {shapes[0]}" if shapes else ""]  # fmt: skip
         raise UserError(f"{path}: does not fit the network {config} describes ({'; '.join(p for p in parts if p)}); "
                         "not this run's checkpoint, or config.json was edited after training?")  # fmt: skip
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:  # names and shapes fit; a dtype torch cannot copy, say
-        raise UserError(f"{path}: does not fit the network {config} describes ({detail_line(e)})") from None
 
 
 def _seeded(name: str, seed: int) -> str:
@@ -231,10 +247,17 @@ def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Modul
 
 
 def _refused_global(e: BaseException) -> str | None:
-    """The object torch's restricted unpickler refused ("... unsupported GLOBAL posix.system ..."),
-    if that is why it failed; its advice in the line before, to load the file with
-    weights_only=False, is not passed on."""
-    return next((line.strip() for line in str(e).splitlines()[1:] if "GLOBAL" in line), None)
+    from vivi.train.checkpoint import refused_global
+
+    return refused_global(e)
+
+
+def _refuse_compressed(path: Path, bad) -> None:
+    """A zip bomb (a record stored compressed, which torch.save never writes) refused before torch.load."""
+    from vivi.train.checkpoint import compressed_member
+
+    if member := compressed_member(path):
+        raise bad(f"record {member} is compressed, which torch.save never does; refused unread")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -245,6 +268,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
+        _refuse_compressed(path, lambda why: UserError(f"{path}: unreadable weights ({why})"))
         with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -255,6 +279,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
                             ".safetensors") from e
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise UserError(f"{path}: unreadable weights (not a file torch.save wrote{': ' if detail else ''}{detail})") from e
+    except UserError:
+        raise
     except Exception as e:  # corrupt files raise many types; all mean the same to the user
         raise UserError(f"{path}: unreadable weights ({first_line(e)})") from e
     for key in ("state_dict", "model"):  # common checkpoint wrappers

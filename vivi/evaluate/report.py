@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from vivi.errors import UserError, warn
+from vivi.errors import UserError, first_line, warn
 from vivi.evaluate.suite import GROUP_ORDER, summarize
 from vivi.train.run_folder import metrics_lines
 
@@ -60,6 +60,8 @@ def _read_json(path: Path) -> object:
         raise UserError(f"{path}: is empty, not a vivi results file (an evaluation stopped before its first task?)")
     try:
         return json.loads(text)
+    except RecursionError:  # "[[[[..." 100k deep: a RuntimeError from the parser, not a ValueError
+        raise UserError(f"{path}: not a vivi results file (JSON nested too deeply to read)") from None
     except ValueError as e:
         raise UserError(f"{path}: not a vivi results file (not valid JSON: {e}; cut short?)") from None
 
@@ -325,8 +327,8 @@ def load_metrics(run: Path) -> list[dict]:
     try:
         lines, torn = metrics_lines(path)
         rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a run's metrics.jsonl ({e})") from e
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deeply
+        raise UserError(f"{path}: not a run's metrics.jsonl ({first_line(e)})") from None
     if torn:  # the row being written when the run died: the curves end one row earlier
         warn(f"{path}: its last line was cut short (the run stopped while writing it); left out")
     if not rows or not all(isinstance(r, dict) and "step" in r for r in rows):

@@ -118,13 +118,38 @@ def remove_partial_checkpoints(run: Path) -> list[Path]:
     return removed
 
 
+def compressed_member(path: Path) -> str | None:
+    """The first member of the zip file ``path`` stored compressed, if any. ``torch.save`` stores every
+    record uncompressed, so a compressed one is a file made by hand, and may be a zip bomb (a few MB
+    that inflate to many GB while torch reads it): refused before ``torch.load`` reads a byte of it.
+    None also for a file that is no zip (torch's legacy format; torch.load judges it)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), None)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None
+
+
+def refused_global(e: BaseException) -> str | None:
+    """The object torch's restricted unpickler refused ("... unsupported GLOBAL posix.system ..."),
+    if that is why it failed; its advice in the line before, to load the file with
+    weights_only=False, is not passed on."""
+    return next((line.strip() for line in str(e).splitlines()[1:] if "GLOBAL" in line), None)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load tensors and plain containers only: a checkpoint is never unpickled as code."""
     try:
         if path.stat().st_size == 0:  # what a full disk or a crash before the data reached the disk leaves
             raise EOFError("an empty file, 0 bytes")
+        if member := compressed_member(path):
+            raise ValueError(f"record {member} is compressed, which torch.save never does; refused unread")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except pickle.UnpicklingError as e:  # torch's first line advises weights_only=False: never passed on
+        why = f"it holds pickled objects, not only tensors: {refused}; vivi never loads those" if (
+            refused := refused_global(e)) else first_line(e)[:160]  # fmt: skip
+        raise UserError(f"{path}: corrupt or unreadable checkpoint ({why})") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"{path}: corrupt or unreadable checkpoint ({first_line(e)[:160]})") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{path}: not a vivi checkpoint (missing model/step)")
