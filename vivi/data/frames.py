@@ -172,7 +172,7 @@ def _load_with_pil(data: bytes, size: int) -> torch.Tensor:
     try:
         return _decode_with_pil(data, size)
     except Image.DecompressionBombError as e:  # an Exception, not the ValueError/OSError callers name the frame for
-        raise ValueError(f"refused as a possible decompression bomb: {first_line(e)}") from None
+        raise ValueError(f"refused as a possible decompression bomb: {first_line(e)}") from e  # tasks.image_error reads it
 
 
 def _decode_with_pil(data: bytes, size: int) -> torch.Tensor:

@@ -324,8 +324,8 @@ def image_error(path: Path, error: BaseException) -> UnreadableImage:
         reason = "empty file (0 bytes)"
     elif isinstance(error, UnidentifiedImageError):
         reason = "not an image format PIL can read"
-    elif isinstance(error, Image.DecompressionBombError):
-        reason = pixel_limit_reason(*_bomb_size(error))
+    elif bomb := next((e for e in (error, error.__cause__) if isinstance(e, Image.DecompressionBombError)), None):
+        reason = pixel_limit_reason(*_bomb_size(bomb))  # raised by PIL, or by load_frame naming it (its cause)
     else:
         reason = " ".join(str(error).split()) or type(error).__name__
     return UnreadableImage(path, reason)

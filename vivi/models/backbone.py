@@ -212,9 +212,10 @@ def load_backbone_and_metadata(path: str | Path, device: str | torch.device = "c
 def _check_fits(path: Path, spec: BackboneConfig, state: dict[str, torch.Tensor]) -> None:
     """Build ``spec`` on the meta device (no memory) and compare it with the weights, so that
     tampered sizes are an error naming the file, not a huge allocation or a failure inside timm.
-    Each residual block holds several tensors, so more blocks than the file has tensors cannot fit:
-    refused first, as building ``layers=[10**7, ...]`` even on the meta device took minutes and GBs."""
-    if sum(spec.layers) > len(state):
+    Each residual block holds several tensors, so more blocks than the file has tensors cannot fit;
+    over 1000 (far beyond any ResNet) that is refused first, as building ``layers=[10**7, ...]`` even
+    on the meta device took minutes and GBs. Smaller misfits are named below, tensor by tensor."""
+    if sum(spec.layers) > max(len(state), 1000):
         raise UserError(f"{path}: metadata field 'backbone' asks for {sum(spec.layers)} residual blocks "
                         f"(layers={spec.layers}), more than the {len(state)} tensors the file holds")
     try:
