@@ -278,3 +278,23 @@ def test_deeply_nested_json_is_one_line_not_a_recursion_error(tmp_path, capsys):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(deep + "\n")
     _refused(lambda: load_metrics(metrics), str(metrics))
+
+
+def test_an_index_claiming_a_huge_span_reads_no_further_than_the_shard(tiny_data, tmp_path):
+    """The loader reads a sample's recorded byte range in one read, which allocates its length first:
+    a span of 2**50 bytes was a MemoryError. Now a read stops at the shard's end and is "truncated"."""
+    import shutil
+
+    from vivi.data.batches import StepClips, training_videos
+    from vivi.data.shards import read_index
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    records = read_index([data])
+    lying = next(r for r in records if r.get("status") == "ok")
+    lying["shard_span"] = [lying["shard_span"][0], 2**50]
+    cfg = preset("VIVI-Ex(4)").data
+    cfg.videos, cfg.cache_mb = 1, 0
+    table = training_videos([lying], cfg, str(data))
+    with pytest.raises(UserError, match=f"{Path(lying['shard']).name}: sample {lying['key']}"):
+        StepClips(table, cfg, seed=0)[0]

@@ -352,7 +352,9 @@ class StepClips(Dataset):
             return read_range(path, start, end)
         f = self._file(shard)
         f.seek(start)
-        return f.read(end - start)
+        # no further than the file's end: read(n) allocates n bytes first, and an index claiming a span of
+        # 2**50 bytes was a MemoryError; a short read is then "truncated", naming the shard and sample
+        return f.read(max(0, min(end, os.fstat(f.fileno()).st_size) - start))
 
     def _file(self, shard: int, keep: int = 32) -> BinaryIO:
         """The local shard opened in this process (a forked loader worker opens its own), kept across steps."""
