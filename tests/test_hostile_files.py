@@ -298,3 +298,20 @@ def test_an_index_claiming_a_huge_span_reads_no_further_than_the_shard(tiny_data
     table = training_videos([lying], cfg, str(data))
     with pytest.raises(UserError, match=f"{Path(lying['shard']).name}: sample {lying['key']}"):
         StepClips(table, cfg, seed=0)[0]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.pop("key"),
+    lambda r: r.update(key=7),
+    lambda r: r.update(shots=[1, 2]),
+    lambda r: r.update(shots=3),
+    lambda r: r["shots"][0].update(frames=9),
+])  # fmt: skip
+def test_a_malformed_index_record_is_one_line_naming_the_folder(tiny_data, edit):
+    from vivi.data.batches import training_videos
+    from vivi.data.shards import read_index
+
+    records = read_index([tiny_data])
+    edit(next(r for r in records if r.get("status") == "ok"))
+    with pytest.raises(UserError, match="DATA: the index record of .* is malformed"):
+        training_videos(records, preset("VIVI-Ex(4)").data, "DATA")

@@ -206,9 +206,15 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
             not_ok[str(r.get("status"))] += 1
             continue
         ok += 1
-        lengths = shot_lengths(r)
+        try:  # an index from elsewhere, edited or of another tool: a traceback before
+            lengths, key = shot_lengths(r), r["key"]
+            if not isinstance(key, str):
+                raise TypeError(f"its key is {key!r}, not a string")
+        except (KeyError, TypeError, AttributeError) as e:
+            name = r.get("key", r.get("source", "?"))
+            raise UserError(f"{where}: the index record of {str(name)[:100]} is malformed ({type(e).__name__}: "
+                            f"{str(e)[:100]}); re-run `vivi ingest` into a new folder") from None  # fmt: skip
         most, longest = max(most, len(lengths)), max([longest, *lengths])
-        key = r["key"]
         if key not in first:
             if shard := r.get("shard"):
                 first[key] = _Kept(lengths, canonical.get(shard) or canonical.setdefault(shard, _shard_path(r)), recorded_span(r))
