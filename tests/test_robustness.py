@@ -180,6 +180,16 @@ def test_a_co_trained_head_classifies_the_world_frames(tmp_path, tiny_data, tiny
     entry = result["tasks"][0]
     assert entry["classifier"] == "head" and "C" not in entry
     assert 0 <= entry["pmk_accuracy"] <= entry["anchor_accuracy"] <= 100
+    assert result["model_source"] == str(run.resolve()) and "checkpoint" not in result
+
+    # a checkpoint of the run by path: its own head and backbone, and the results say which step
+    from vivi.train.checkpoint import list_checkpoints
+
+    (step,) = list_checkpoints(run)
+    again = evaluate_robustness(load_encoder(str(step)), f"world:{tiny_world}", k=1, progress=False,
+                                head=head_classifier(step))  # fmt: skip
+    assert again["checkpoint"] == {"path": str(step.resolve()), "step": 1} and again["model"] == "run@step1"
+    assert again["tasks"][0]["pmk_accuracy"] == entry["pmk_accuracy"], "the last step's weights are the final ones"
 
 
 def test_broken_frames_drop_their_sequence_and_are_listed(tmp_path, capsys):

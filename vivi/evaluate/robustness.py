@@ -438,6 +438,10 @@ def _write(entry: dict, enc: Encoder, model_name: str | None, out_json: Path | N
     entry = {**entry, "classifier": classifier}
     result = {"model": model_name or enc.name, "protocol": "robustness", "image_size": enc.image_size, "k": k,
               "tasks": [entry], "groups": {"robustness": entry["accuracy"]}, "mean": entry["accuracy"]}
+    if enc.source:  # the run (a run folder's, or a checkpoint's): `vivi report` finds its training curves
+        result["model_source"] = enc.source
+    if enc.checkpoint:  # which step of it, as the other protocols' results say
+        result["checkpoint"] = enc.checkpoint
     if out_json is not None:
         write_json_atomic(out_json, result)
     return result

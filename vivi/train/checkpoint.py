@@ -191,7 +191,10 @@ def load_resumable(ckpts: list[Path], main: bool = True) -> tuple[Path, dict[str
 
 
 def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:
-    """The whole trained network of a run (heads and pooling included), from its newest checkpoint."""
+    """The whole trained network of a run (heads and pooling included), from its newest checkpoint;
+    ``run`` may also be one of its checkpoints, ``RUN/checkpoints/step_N.pt``, to take that one."""
+    chosen = run if run.is_file() else None
+    run = run.parent.parent if chosen else run
     config = run / "config.json"
     if not config.is_file():
         raise UserError(f"{run}: not a run folder (no config.json)")
@@ -199,7 +202,7 @@ def load_run_model(run: Path) -> tuple[nn.Module, RunConfig]:
         cfg = from_dict(json.loads(config.read_text()))
     except (ValueError, TypeError, KeyError) as e:  # a damaged or hand-edited file: a traceback before
         raise UserError(f"{config}: not a vivi run config ({first_line(e)})") from e
-    ckpts = list_checkpoints(run)
+    ckpts = [chosen] if chosen else list_checkpoints(run)
     if not ckpts:
         raise UserError(f"{run}: no checkpoint yet (checkpoints/step_*.pt)")
     from vivi.models import build_model
