@@ -613,16 +613,24 @@ def _file_split(files: dict[str, list[Path]], classes: list[str]) -> FileSplit:
     return FileSplit(paths, labels)
 
 
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, held-out) index arrays taking ``fraction`` of each class.
 
-    Each class with at least two examples gives at least one and keeps at least one.
+    Each class with at least two examples gives at least one and keeps at least one. With
+    ``groups`` (an id per example: a frame's shot), whole groups are held out, ``fraction`` of a
+    class's groups, so no group lies on both sides; a class of a single group gives examples.
     """
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        n_held = min(len(idx) - 1, max(1, round(fraction * len(idx))))
-        held.extend(rng.permutation(idx)[:n_held])
+        units = np.unique(groups[idx]) if groups is not None else idx
+        if len(units) < 2:  # one group: its examples are held out as without groups
+            units = idx
+        n_held = min(len(units) - 1, max(1, round(fraction * len(units))))
+        chosen = rng.permutation(units)[:n_held]
+        held.extend(chosen if units is idx else idx[np.isin(groups[idx], chosen)])
     held_out = np.sort(np.asarray(held, dtype=np.int64))
     return np.setdiff1d(np.arange(len(labels)), held_out), held_out

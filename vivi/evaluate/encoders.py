@@ -20,6 +20,7 @@ from vivi.models.backbone import (
     run_backbone,
     run_backbone_metadata,
 )
+from vivi.train.checkpoint import compressed_member, refused_global
 
 
 @dataclass
@@ -158,7 +159,7 @@ def _read_checkpoint(path: Path) -> dict:
     except UserError:
         raise
     except pickle.UnpicklingError as e:  # torch's own advice here is to load it with weights_only=False
-        if refused := _refused_global(e):
+        if refused := refused_global(e):
             raise bad(f"it holds pickled objects, not only tensors: {refused}; vivi never loads those") from None
         raise bad(f"unreadable, cut short or not written by torch.save ({first_line(e)[:160]})") from None
     except Exception as e:  # a cut file raises RuntimeError, random bytes others: all mean the same to the user
@@ -246,16 +247,8 @@ def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Modul
     return model
 
 
-def _refused_global(e: BaseException) -> str | None:
-    from vivi.train.checkpoint import refused_global
-
-    return refused_global(e)
-
-
 def _refuse_compressed(path: Path, bad) -> None:
     """A zip bomb (a record stored compressed, which torch.save never writes) refused before torch.load."""
-    from vivi.train.checkpoint import compressed_member
-
     if member := compressed_member(path):
         raise bad(f"record {member} is compressed, which torch.save never does; refused unread")
 
@@ -273,7 +266,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's own advice here is to load it with weights_only=False
-        if refused := _refused_global(e):
+        if refused := refused_global(e):
             raise UserError(f"{path}: not a plain state dict of tensors ({refused}); vivi loads .pth files with "
                             "weights_only=True and never runs code from one: save model.state_dict(), or use "
                             ".safetensors") from e

@@ -371,22 +371,9 @@ def probe_holdout(labels: np.ndarray, groups: np.ndarray | None, fraction: float
     whole: frames of one shot are near-copies, so a val frame beside its fitted neighbours scored
     what the probe memorised and C drifted towards weak regularisation. A class with a single group
     gives frames, as without groups (:func:`stratified_holdout`)."""
-    if groups is None:
-        fit, val = stratified_holdout(labels, fraction, seed)
-        return fit, val, f"{fraction:.0%} of train frames held out (seed {seed})"
-    rng = np.random.default_rng(seed)
-    held: list[np.ndarray] = []
-    for c in np.unique(labels):
-        mine = np.flatnonzero(labels == c)
-        shots = np.unique(groups[mine])
-        if len(shots) < 2:
-            n = min(len(mine) - 1, max(1, round(fraction * len(mine))))
-            held.append(rng.permutation(mine)[:n])
-            continue
-        chosen = rng.permutation(shots)[: min(len(shots) - 1, max(1, round(fraction * len(shots))))]
-        held.append(mine[np.isin(groups[mine], chosen)])
-    val = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(len(labels)), val), val, f"{fraction:.0%} of train shots held out whole (seed {seed})"
+    fit, val = stratified_holdout(labels, fraction, seed, groups)
+    said = "frames held out" if groups is None else "shots held out whole"
+    return fit, val, f"{fraction:.0%} of train {said} (seed {seed})"
 
 
 def _sequence_outcomes(
