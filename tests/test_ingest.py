@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import pytest
 from PIL import Image
 
 from test_shots import assert_matches, clip  # the same synthetic clips, here through a real codec
-from vivi.data.ingest import FAULT_ENV, IngestSummary, ingest, list_sources
+from vivi.data import ingest as ingest_module
+from vivi.data.ingest import FAULT_ENV, IngestSummary, ingest, list_sources, source_key
 from vivi.data.pool import Failure, isolated_map
 from vivi.data.frames import tar_members
 from vivi.data.shards import (
@@ -191,7 +193,7 @@ def test_rotated_video_is_stored_upright(tmp_path):
     assert (record["width"], record["height"]) == (32, 64)
 
 
-def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, monkeypatch, capsys):
+def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, capsys):
     root, _ = videos
     rel = Path(os.path.relpath(root, tmp_path))
     listing = tmp_path / "list.txt"
@@ -199,10 +201,73 @@ def test_list_file_resolves_relative_paths_and_skips_comments(videos, tmp_path, 
     sources = list_sources(listing)
     assert [s.given for s in sources] == [f"{rel}/clip0.mp4", f"{rel}/sub/clip2.mp4"]  # the duplicate is gone
     assert f"{root}/clip0.mp4 is the video {rel}/clip0.mp4 again" in capsys.readouterr().err  # and said so
-    monkeypatch.chdir(root)
-    assert list_sources("clip0.mp4")[0].key == list_sources(".")[0].key == sources[0].key
     run_ingest(listing, tmp_path / "out", fps=1.0)
     assert [r["source"] for r in read_records(tmp_path / "out" / INDEX_NAME)] == [s.given for s in sources]
+
+
+def test_keys_come_from_names_not_from_where_the_videos_are(videos, tmp_path):
+    """The same videos ingested at two places get the same keys (so a run on them draws the same
+    batches, and Ex-YT-F the same frames); a list of relative entries moved with its videos too; a
+    folder of another name gives other keys (its clip0.mp4 is not the first folder's)."""
+    root, _ = videos
+    for place in ("a", "b"):
+        shutil.copytree(root, tmp_path / place / "videos")
+        (tmp_path / place / "list.txt").write_text("videos/clip0.mp4\nvideos/sub/clip2.mp4\n")
+    keys = {place: [s.key for s in list_sources(tmp_path / place / "videos")] for place in ("a", "b")}
+    assert keys["a"] == keys["b"] and len(set(keys["a"])) == 3
+    assert [s.key for s in list_sources(tmp_path / "a" / "list.txt")] == [
+        s.key for s in list_sources(tmp_path / "b" / "list.txt")
+    ]
+    shutil.copytree(root, tmp_path / "day2")
+    assert not set(keys["a"]) & {s.key for s in list_sources(tmp_path / "day2")}
+    for place in ("a", "b"):
+        run_ingest(tmp_path / place / "videos", tmp_path / f"out-{place}", fps=1.0)
+    indexed = {place: sorted(r["key"] for r in read_index([tmp_path / f"out-{place}"])) for place in ("a", "b")}
+    assert indexed["a"] == indexed["b"] == sorted(keys["a"])
+    assert json.loads((tmp_path / "out-a" / "ingest.json").read_text())["keys"] == ingest_module.KEYS_BY_NAME
+
+
+def test_a_moved_folder_resumes_and_another_video_of_the_same_name_is_refused(videos, tmp_path, capsys):
+    root, _ = videos
+    shutil.copytree(root, tmp_path / "old" / "videos")
+    (tmp_path / "old" / "videos" / "clip1.mp4").unlink()
+    run_ingest(tmp_path / "old" / "videos", tmp_path / "out", fps=1.0)
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    shutil.copy(root / "clip1.mp4", tmp_path / "new" / "videos" / "clip1.mp4")  # a video added meanwhile
+    capsys.readouterr()
+    summary = run_ingest(tmp_path / "new" / "videos", tmp_path / "out", fps=1.0)
+    assert (summary.already_done, summary.videos_ok) == (2, 1)
+    err = capsys.readouterr().err
+    assert "is taken as the video ingested from" in err and "(and 1 more)" in err
+    assert len(read_index([tmp_path / "out"])) == 3
+
+    other = tmp_path / "elsewhere" / "videos"
+    other.mkdir(parents=True)
+    shutil.copy(root / "clip1.mp4", other / "clip0.mp4")  # same name as a held video, another video
+    before = (tmp_path / "out" / INDEX_NAME).read_bytes()
+    with pytest.raises(UserError, match=r"clip0\.mp4: .* already holds another video of this name .* bytes; this one"):
+        run_ingest(other, tmp_path / "out", fps=1.0)
+    assert (tmp_path / "out" / INDEX_NAME).read_bytes() == before
+
+
+def test_a_folder_begun_by_an_older_vivi_keeps_its_keys_by_location(videos, tmp_path, monkeypatch):
+    """Before keys were made from names, they hashed each video's absolute path; such a folder's
+    resume must still find its videos done, and the videos it adds get keys of the same kind."""
+    root, _ = videos
+    shutil.copytree(root, tmp_path / "videos")
+    moved_aside = tmp_path / "clip1.mp4"
+    shutil.move(tmp_path / "videos" / "clip1.mp4", moved_aside)
+    with monkeypatch.context() as m:
+        m.setattr(ingest_module, "_key_scheme", lambda out: ingest_module.KEYS_BY_LOCATION)
+        run_ingest(tmp_path / "videos", tmp_path / "out", fps=1.0)
+    settings = tmp_path / "out" / "ingest.json"
+    settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "keys"}))
+    shutil.move(moved_aside, tmp_path / "videos" / "clip1.mp4")
+    summary = run_ingest(tmp_path / "videos", tmp_path / "out", fps=1.0)
+    assert (summary.already_done, summary.videos_ok) == (2, 1)
+    records = read_index([tmp_path / "out"])
+    assert sorted(r["key"] for r in records) == sorted(source_key(r["location"]) for r in records)
+    assert json.loads(settings.read_text())["keys"] == ingest_module.KEYS_BY_LOCATION
 
 
 def test_a_link_to_a_video_in_the_same_folder_is_ingested_once_and_said(videos, tmp_path, capsys):

@@ -69,11 +69,20 @@ FAULT_ENV = "VIVI_TEST_INGEST_FAULT"
 
 @dataclass(frozen=True)
 class Source:
-    """A video to ingest: as the user gave it, where to open it, and its shard key."""
+    """A video to ingest: as the user gave it, where to open it, and its shard key.
+
+    ``name`` is what the key is made from (:data:`KEYS_BY_NAME`): the path within the folder given
+    (led by that folder's own name), the entry of a list as written, the file's name, or the URL;
+    never where the folder happens to sit, so the same videos get the same keys, and a run the same
+    batches, wherever they are ingested. ``size`` is the file's size in bytes (None for a URL or an
+    unreadable file).
+    """
 
     given: str
     location: str
     key: str
+    name: str = ""
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,12 +253,16 @@ def ingest(
     # one ingest per folder: a second one into OUT would decode the same videos into other shards
     # and append them to the index again; it stops here, before OUT is read or changed
     with lock_folder(out, "ingest", "written") or contextlib.nullcontext():
+        if _key_scheme(out) == KEYS_BY_LOCATION:  # a folder begun before keys were made from names
+            sources = [replace(s, key=source_key(s.location)) for s in sources]
         _check_same_options(out, options)
         done_records, next_shard = recover(out)
+        _check_same_videos(out, sources, done_records)
         done = {r["key"] for r in done_records}
+        done_files = {r.get("location") for r in done_records}  # the same file, listed another way
         statuses = {status: sum(r["status"] == status for r in done_records) for status in ("ok", "skipped", "error")}
         first_error = next((r for r in done_records if r["status"] == "error"), None)
-        todo = [s for s in sources if s.key not in done]
+        todo = [s for s in sources if s.key not in done and s.location not in done_files]
         summary = IngestSummary(already_done=len(sources) - len(todo), hidden_skipped=hidden)
         not_ok = _FirstFew()  # this run's error and skipped records, named after the summary
         short = _FirstFew()  # this run's ok videos that end before their declared length
@@ -463,16 +476,64 @@ def declared_short(decoded_end_s: float, declared_s: float | None) -> bool:
 SETTINGS_NAME = "ingest.json"  # the options that shape the data, checked when OUT is resumed
 
 
+# How OUT's keys are made: from each video's name (KEYS_BY_NAME, since ingest.json recorded "keys"), or
+# from its absolute path (KEYS_BY_LOCATION): folders begun that way keep it, so their resume still
+# finds the videos already done.
+KEYS_BY_LOCATION, KEYS_BY_NAME = 1, 2
+
+
+def _saved_settings(out: Path) -> dict | None:
+    path = out / SETTINGS_NAME
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        saved = None  # unreadable: rewritten by _check_same_options
+    return saved if isinstance(saved, dict) else None
+
+
+def _key_scheme(out: Path) -> int:
+    """OUT's recorded key scheme; a folder holding videos but no record of it was begun by an older
+    vivi (keys by location); an empty or new one gets keys by name."""
+    scheme = (_saved_settings(out) or {}).get("keys")
+    if scheme in (KEYS_BY_LOCATION, KEYS_BY_NAME):
+        return scheme
+    index, shards = out / INDEX_NAME, out / SHARDS_DIR
+    written = (index.is_file() and index.stat().st_size > 0) or (shards.is_dir() and any(shards.iterdir()))
+    return KEYS_BY_LOCATION if written else KEYS_BY_NAME
+
+
+def _check_same_videos(out: Path, sources: list[Source], done: list[dict]) -> None:
+    """A video whose key OUT already holds, but from another place, is taken as done: the folder was
+    moved or copied (its names and sizes are the same). Said in one line, so that another folder's
+    videos of the same names, ingested into OUT, are never skipped unseen; one of another size is
+    refused (it is another video)."""
+    held = {r["key"]: r for r in done if isinstance(r.get("key"), str)}
+    moved: list[tuple[Source, dict]] = []
+    for s in sources:
+        r = held.get(s.key)
+        if r is None or r.get("location") in (None, s.location):
+            continue
+        if s.size is not None and isinstance(r.get("size"), int) and r["size"] != s.size:
+            raise UserError(
+                f"{s.given}: {out} already holds another video of this name ({r['location']}, {r['size']} "
+                f"bytes; this one {s.size}); ingest this folder into a folder of its own and train on both "
+                "(--data A --data B)"
+            )
+        moved.append((s, r))
+    if moved:
+        s, r = moved[0]
+        more = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""
+        warn(f"{out}: {s.given} is taken as the video ingested from {r['location']}{more} (same name and size): "
+             "not ingested again")  # fmt: skip
+
+
 def _check_same_options(out: Path, options: Options) -> None:
     """Resuming OUT with other sampling options would mix two kinds of data in one dataset (the JPEG
     quality too: frames of two qualities; a folder written before it was recorded is not checked)."""
     wanted = {"fps": options.fps, "short_side": options.short_side, "min_shots": options.min_shots,
               "detector": options.detector, "jpeg_quality": options.jpeg_quality}  # fmt: skip
+    saved = _saved_settings(out)
     path = out / SETTINGS_NAME
-    try:
-        saved = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        saved = None  # unreadable: rewritten below
     if isinstance(saved, dict):
         changed = [f"{k}={saved[k]!r} (now {v!r})" for k, v in wanted.items() if k in saved and saved[k] != v]
         if changed:
@@ -480,7 +541,7 @@ def _check_same_options(out: Path, options: Options) -> None:
                 f"{out}: was ingested with {', '.join(changed)}; re-run with the same options to resume, "
                 "or ingest into a new folder"
             )
-    path.write_text(json.dumps(wanted) + "\n")
+    path.write_text(json.dumps(wanted | {"keys": _key_scheme(out)}) + "\n")
 
 
 def _decode_threads(workers: int) -> int:
@@ -565,19 +626,20 @@ def _list_sources(src: str | Path) -> tuple[list[Source], int]:
         note = ignored_note([p for p in files if p.suffix.lower() not in VIDEO_EXTENSIONS], "video")
         if note:
             warn(f"{src}: {note}")
-        entries = [str(p) for p in paths]
+        root = Path(os.path.abspath(src)).name  # the folder's own name leads: two folders' clip.mp4 differ
+        entries = [(str(p), f"{root}/{p.relative_to(src).as_posix()}") for p in paths]
     elif src.suffix.lower() in VIDEO_EXTENSIONS:
-        entries = [str(src)]
+        entries = [(str(src), src.name)]
     else:
-        entries, base, local = _list_file_entries(src), src.parent, False
-    sources: dict[str, Source] = {}
+        entries, base, local = [(e, e) for e in _list_file_entries(src)], src.parent, False
+    sources: dict[str, Source] = {}  # by location
     repeats: list[tuple[str, str]] = []  # (entry, the entry listed before it that names the same video)
-    for given in entries:
-        source = _source(given, base, local)
-        if source.key in sources:
-            repeats.append((given, sources[source.key].given))
+    for given, name in entries:
+        source = _source(given, name, base, local)
+        if source.location in sources:
+            repeats.append((given, sources[source.location].given))
         else:
-            sources[source.key] = source
+            sources[source.location] = source
     if repeats:
         given, first = repeats[0]
         more = f" (and {len(repeats) - 1} more)" if len(repeats) > 1 else ""
@@ -617,11 +679,16 @@ def _list_file_entries(path: Path) -> list[str]:
     return entries
 
 
-def _source(given: str, base: Path, local: bool = False) -> Source:
+def _source(given: str, name: str, base: Path, local: bool = False) -> Source:
     """Resolve a path against the list's folder (URLs stay as they are, unless ``local``: a file
-    found in a folder is never a URL or a shell command) and derive its key."""
-    location = given if not local and is_remote(given) else _resolved(base / given)
-    return Source(given, location, source_key(location))
+    found in a folder is never a URL or a shell command) and derive its key from ``name``."""
+    remote = not local and is_remote(given)
+    location = given if remote else _resolved(base / given)
+    size = None
+    if not remote:
+        with contextlib.suppress(OSError):
+            size = os.stat(location).st_size
+    return Source(given, location, source_key(name), name, size)
 
 
 def _resolved(path: Path) -> str:
@@ -633,14 +700,15 @@ def _resolved(path: Path) -> str:
         return os.path.abspath(path)
 
 
-def source_key(location: str) -> str:
-    """Deterministic shard key: a readable sanitized stem plus a hash of the full location.
+def source_key(name: str) -> str:
+    """Deterministic shard key: a readable sanitized stem plus a hash of the whole name (a
+    :class:`Source`'s ``name``; in folders begun by an older vivi, its location).
 
     A file name that is not UTF-8 (Latin-1 names from an old archive or disk) reaches Python
     with its odd bytes as surrogates; they are hashed as those original bytes rather than
     stopping the whole listing with a UnicodeEncodeError."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(location.split("?")[0]).stem)[:40] or "video"
-    digest = hashlib.sha1(location.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name.split("?")[0]).stem)[:40] or "video"
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
     return f"{stem}-{digest}"
 
 
@@ -782,8 +850,8 @@ def _record(source: Source, status: str, error: str | None = None, **fields: obj
     base = dict(fps=None, num_frames=0, duration_s=None, width=None, height=None, decode_errors=0, shots=[])
     # "location": the absolute path (or URL) opened; "source" is relative to wherever the user ran
     # the command or kept the list, so a list of sources made later (vivi curate) needs this one
-    return {"source": source.given, "location": source.location, "key": source.key, "status": status,
-            "error": error, **(base | fields)}  # fmt: skip
+    return {"source": source.given, "location": source.location, "key": source.key, "size": source.size,
+            "status": status, "error": error, **(base | fields)}  # fmt: skip
 
 
 @dataclass(frozen=True)
