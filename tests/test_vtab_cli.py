@@ -44,8 +44,8 @@ def test_pickled_code_is_refused(tmp_path):
             return (marker.touch, ())
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(UserError, match=r"evil\.pth: not a plain state dict of tensors \(.*GLOBAL.*\); vivi loads "
-                                        r"\.pth files with weights_only=True and never runs code from one") as e:
+    with pytest.raises(UserError, match=r"evil\.pth: unreadable weights \(it holds pickled objects, not only tensors: .*GLOBAL.*; vivi never loads those: "
+                                        r"save model\.state_dict\(\), or use \.safetensors\)") as e:
         load_encoder(f"timm:test_resnet:{tmp_path / 'evil.pth'}")
     assert "False" not in str(e.value), "torch's advice to load it with weights_only=False is not passed on"
     assert not marker.exists()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from vivi.models.backbone import (
     run_backbone,
     run_backbone_metadata,
 )
-from vivi.train.checkpoint import compressed_member, refused_global
+from vivi.train.checkpoint import safe_torch_load
 
 
 @dataclass
@@ -149,21 +147,7 @@ def _read_checkpoint(path: Path) -> dict:
     def bad(why: str) -> UserError:
         return UserError(f"{path}: not a vivi checkpoint ({why})")
 
-    try:
-        if path.stat().st_size == 0:
-            raise bad("an empty file, 0 bytes")
-        _refuse_compressed(path, bad)
-        with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except UserError:
-        raise
-    except pickle.UnpicklingError as e:  # torch's own advice here is to load it with weights_only=False
-        if refused := refused_global(e):
-            raise bad(f"it holds pickled objects, not only tensors: {refused}; vivi never loads those") from None
-        raise bad(f"unreadable, cut short or not written by torch.save ({first_line(e)[:160]})") from None
-    except Exception as e:  # a cut file raises RuntimeError, random bytes others: all mean the same to the user
-        raise bad(f"unreadable, cut short or not written by torch.save ({first_line(e)[:160]})") from None
+    state = safe_torch_load(path, "not a vivi checkpoint")
     if not isinstance(state, dict):
         raise bad(f"it holds {type(state).__name__}, not a dict with 'step' and 'model'")
     missing = [k for k in ("step", "model") if k not in state]
@@ -247,35 +231,17 @@ def load_timm(name: str, weights: Path | None = None, seed: int = 0) -> nn.Modul
     return model
 
 
-def _refuse_compressed(path: Path, bad) -> None:
-    """A zip bomb (a record stored compressed, which torch.save never writes) refused before torch.load."""
-    if member := compressed_member(path):
-        raise bad(f"record {member} is compressed, which torch.save never does; refused unread")
-
-
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{path}: no such weights file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             return load_file(str(path))
-        _refuse_compressed(path, lambda why: UserError(f"{path}: unreadable weights ({why})"))
-        with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's own advice here is to load it with weights_only=False
-        if refused := refused_global(e):
-            raise UserError(f"{path}: not a plain state dict of tensors ({refused}); vivi loads .pth files with "
-                            "weights_only=True and never runs code from one: save model.state_dict(), or use "
-                            ".safetensors") from e
-        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
-        raise UserError(f"{path}: unreadable weights (not a file torch.save wrote{': ' if detail else ''}{detail})") from e
-    except UserError:
-        raise
-    except Exception as e:  # corrupt files raise many types; all mean the same to the user
-        raise UserError(f"{path}: unreadable weights ({first_line(e)})") from e
+        except Exception as e:  # corrupt files raise many types; all mean the same to the user
+            raise UserError(f"{path}: unreadable weights ({first_line(e)})") from None
+    state = safe_torch_load(path, "unreadable weights", ": save model.state_dict(), or use .safetensors")
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -137,20 +138,45 @@ def refused_global(e: BaseException) -> str | None:
     return next((line.strip() for line in str(e).splitlines()[1:] if "GLOBAL" in line), None)
 
 
+def safe_torch_load(path: Path, what: str, pickled_hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a one-line :class:`UserError`
+    ``"{path}: {what} ({why})"``; the one way vivi reads a torch file.
+
+    Refused before torch reads a byte: an empty file (a full disk, a crash before the data reached
+    the disk) and a compressed record (a zip bomb, see :func:`compressed_member`). Refused by
+    torch's restricted unpickler: pickled objects (code), named; its advice to load the file with
+    ``weights_only=False`` is not passed on; ``pickled_hint`` is said instead, after the reason.
+    """
+    try:
+        why = _refused_unread(path)
+        if why is None:
+            with warnings.catch_warnings():  # torch's note on the pickle protocol adds nothing here
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = refused_global(e)
+        why = f"it holds pickled objects, not only tensors: {refused}; vivi never loads those{pickled_hint}" if (
+            refused) else _unreadable(e)  # fmt: skip
+    except Exception as e:  # a cut file raises RuntimeError, random bytes others: all mean the same to the user
+        why = _unreadable(e)
+    raise UserError(f"{path}: {what} ({why})") from None
+
+
+def _refused_unread(path: Path) -> str | None:
+    if path.stat().st_size == 0:
+        return "an empty file, 0 bytes"
+    if member := compressed_member(path):
+        return f"record {member} is compressed, which torch.save never does; refused unread"
+    return None
+
+
+def _unreadable(e: BaseException) -> str:
+    return f"unreadable, cut short or not written by torch.save: {first_line(e)[:160]}"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load tensors and plain containers only: a checkpoint is never unpickled as code."""
-    try:
-        if path.stat().st_size == 0:  # what a full disk or a crash before the data reached the disk leaves
-            raise EOFError("an empty file, 0 bytes")
-        if member := compressed_member(path):
-            raise ValueError(f"record {member} is compressed, which torch.save never does; refused unread")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's first line advises weights_only=False: never passed on
-        why = f"it holds pickled objects, not only tensors: {refused}; vivi never loads those" if (
-            refused := refused_global(e)) else first_line(e)[:160]  # fmt: skip
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({why})") from None
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"{path}: corrupt or unreadable checkpoint ({first_line(e)[:160]})") from None
+    state = safe_torch_load(path, "corrupt or unreadable checkpoint")
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{path}: not a vivi checkpoint (missing model/step)")
     return state
