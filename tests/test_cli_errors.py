@@ -71,9 +71,33 @@ sys.exit(main(["curate", "/nonexistent", "--classifier", "random:tiny", "--label
 """
 
 
-@pytest.mark.parametrize("script", [SIGTERM_DURING_EVALUATE, SIGTERM_DURING_CURATE], ids=["evaluate", "curate"])
+SIGTERM_DURING = """
+import os, signal, sys, time
+import {module} as where
+
+def working(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+where.{function} = working
+from vivi.cli import main
+sys.exit(main({argv!r}))
+"""
+SIGTERM_DURING_SYNTH = SIGTERM_DURING.format(module="vivi.data.synth", function="render_corpus",
+                                             argv=["synth", "/tmp/never-written"])
+SIGTERM_DURING_DEMO = SIGTERM_DURING.format(module="vivi.demo", function="run_demo", argv=["demo"])
+SIGTERM_DURING_REPORT = SIGTERM_DURING.format(module="vivi.evaluate.report", function="load_results",
+                                              argv=["report", "r.json", "-o", "/tmp/never-written"])
+
+
+@pytest.mark.parametrize(
+    "script",
+    [SIGTERM_DURING_EVALUATE, SIGTERM_DURING_CURATE, SIGTERM_DURING_SYNTH, SIGTERM_DURING_DEMO, SIGTERM_DURING_REPORT],
+    ids=["evaluate", "curate", "synth", "demo", "report"],
+)
 def test_sigterm_stops_a_command_like_ctrl_c(script):
-    """SIGTERM used to kill `vivi evaluate` and `vivi curate` silently; now it says how to resume, as Ctrl-C does."""
+    """SIGTERM used to kill `vivi evaluate`, `curate`, `synth`, `demo` and `report` silently (exit 143, no
+    line); now it says how to resume, as Ctrl-C does."""
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().endswith("vivi: interrupted; re-run the same command to resume")

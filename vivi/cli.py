@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--size", type=int, default=96)
     s.add_argument("--fps", type=float, default=4.0)
-    s.set_defaults(func=_synth)
+    s.set_defaults(func=_sigterm_as_sigint(_synth))
 
     s = sub.add_parser("ingest", help="decode videos once, find shots, write shards + index.jsonl (resumable)")
     s.add_argument("src", help="a folder (searched recursively) or a text file of paths")
@@ -431,14 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive(int), help="pretraining steps per run (default 1200)")
     s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn); "
                    "PRESET@key=value[@key=value] is a variant with settings changed, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
-    s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~4-5 min per run)")
+    s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~3-5 min per run)")
     s.set_defaults(func=_sigterm_as_sigint(_study))  # SIGTERM mid-evaluation killed it silently
 
     s = sub.add_parser("presets", help="list the presets with their resolved settings")
     s.add_argument("name", nargs="?")
     s.add_argument("--scale", default="tiny")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_presets)
+    s.set_defaults(func=_sigterm_as_sigint(_presets))
 
     s = sub.add_parser(
         "evaluate",
@@ -488,14 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", nargs="+", metavar="RUN",
         help="run folders whose metrics.jsonl to plot (default: the runs the results were evaluated from)",
     )
-    s.set_defaults(func=_report)
+    s.set_defaults(func=_sigterm_as_sigint(_report))
 
     s = sub.add_parser("demo", help="synth -> ingest -> pretrain Ex-YT-F and VIVI-Ex(4) -> evaluate -> table")
     s.add_argument("--out", default="demo_out")
     s.add_argument("--seeds", type=_positive(int), default=1, help="repeat pretraining and evaluation with this many seeds")
     s.add_argument("--videos", type=_positive(int), default=None)
     s.add_argument("--steps", type=_positive(int), default=None)
-    s.set_defaults(func=_demo)
+    s.set_defaults(func=_sigterm_as_sigint(_demo))
     return p
 
 
