@@ -89,15 +89,20 @@ SIGTERM_DURING_DEMO = SIGTERM_DURING.format(module="vivi.demo", function="run_de
 SIGTERM_DURING_REPORT = SIGTERM_DURING.format(module="vivi.evaluate.report", function="load_results",
                                               argv=["report", "r.json", "-o", "/tmp/never-written"])
 
+# --device's check imports torch while the arguments are parsed: ~1 s in which SIGTERM killed any command silently
+SIGTERM_DURING_PARSING = SIGTERM_DURING.format(module="vivi.cli", function="_device",
+                                               argv=["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"])
+
 
 @pytest.mark.parametrize(
     "script",
-    [SIGTERM_DURING_EVALUATE, SIGTERM_DURING_CURATE, SIGTERM_DURING_SYNTH, SIGTERM_DURING_DEMO, SIGTERM_DURING_REPORT],
-    ids=["evaluate", "curate", "synth", "demo", "report"],
+    [SIGTERM_DURING_EVALUATE, SIGTERM_DURING_CURATE, SIGTERM_DURING_SYNTH, SIGTERM_DURING_DEMO, SIGTERM_DURING_REPORT,
+     SIGTERM_DURING_PARSING],
+    ids=["evaluate", "curate", "synth", "demo", "report", "parsing"],
 )
 def test_sigterm_stops_a_command_like_ctrl_c(script):
-    """SIGTERM used to kill `vivi evaluate`, `curate`, `synth`, `demo` and `report` silently (exit 143, no
-    line); now it says how to resume, as Ctrl-C does."""
+    """SIGTERM used to kill `vivi evaluate`, `curate`, `synth`, `demo` and `report`, and any command in its
+    first second, silently (exit 143, no line); now it says how to resume, as Ctrl-C does."""
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().endswith("vivi: interrupted; re-run the same command to resume")
@@ -193,3 +198,17 @@ def test_pretrain_on_mps_without_mps_is_one_line(tiny_data, tmp_path, capsys):
            "--set", "device=mps"]
     assert main(cmd) == 2
     assert "vivi: error: device='mps' requested but MPS (Apple silicon) is not available" in capsys.readouterr().err
+
+
+def test_a_flag_and_a_set_of_the_same_setting_are_refused(capsys):
+    """`--steps 3 --set optim.steps=5` trained 3 steps while the warning read "5, then 3"."""
+    code = main(["pretrain", "--preset", "VIVI-Ex(4)", "--data", "/nonexistent", "--out", "/nonexistent/run",
+                 "--steps", "3", "--set", "optim.steps=5"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "vivi: error: --steps 3 and --set optim.steps=5: the same setting twice; give one"
+
+
+def test_evaluate_seed_of_a_trained_model_is_refused(capsys):
+    """--seed was silently ignored for a run or a weights file (it seeds random encoders only)."""
+    assert main(["evaluate", "/nonexistent/run", "--task", "mini-vtab", "--seed", "3"]) == 2
+    assert "--seed 3: seeds a random encoder only" in capsys.readouterr().err

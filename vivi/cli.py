@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import math
@@ -103,14 +102,15 @@ def _pretrain(a: argparse.Namespace) -> None:
 
     cfg = _preset(a.preset, a.scale)
     overrides = list(a.set or [])
-    if a.seed is not None:
-        overrides.append(f"seed={a.seed}")
-    if a.steps is not None:
-        overrides.append(f"optim.steps={a.steps}")
-    if a.labelled is not None:
-        overrides.append(f"data.labelled={a.labelled}")
-    if a.labelled_fraction is not None:
-        overrides.append(f"data.labelled_fraction={a.labelled_fraction}")
+    given = {item.partition("=")[0].strip(): item.partition("=")[2] for item in overrides}
+    for key, flag, value in (("seed", "--seed", a.seed), ("optim.steps", "--steps", a.steps),
+                             ("data.labelled", "--labelled", a.labelled),
+                             ("data.labelled_fraction", "--labelled-fraction", a.labelled_fraction)):  # fmt: skip
+        if value is None:
+            continue
+        if key in given:  # which one wins would depend on the order of the words: neither is guessed
+            raise UserError(f"{flag} {value} and --set {key}={given[key]}: the same setting twice; give one")
+        overrides.append(f"{key}={value}")
     cfg = apply_overrides(cfg, overrides)
     if cfg.data.mode == "images":
         if a.data or not a.images:
@@ -201,6 +201,10 @@ def _evaluate(a: argparse.Namespace) -> None:
     if unused:  # silently ignored, they left a user believing the setting was used
         raise UserError(f"{' and '.join(unused)}: not used by --protocol {a.protocol} (--lr and --steps set "
                         "finetune, --k and --head robustness)")
+    random_init = a.model.startswith("random") or (a.model.startswith("timm:") and a.model.count(":") == 1)
+    if a.seed != 0 and not random_init:
+        raise UserError(f"--seed {a.seed}: seeds a random encoder only (random:..., or timm:NAME without weights); "
+                        f"{a.model} has trained weights")
     scale = vtab1k_scale(a.scale)
     if a.out is not None and not a.out.strip():  # "" evaluated everything and wrote it nowhere
         raise UserError("--out '': expected a results file name, e.g. --out results/model.json")
@@ -256,18 +260,6 @@ def _check_robustness_out(out: Path, model: str, task: str) -> None:
     if not same:
         raise UserError(f"{out}: holds the robustness result of {', '.join(tasks)}, which a result of {task} "
                         "would replace (one robustness task per file); choose another --out")
-
-
-def _sigterm_as_sigint(command: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-    """SIGTERM (a batch system's time limit, ``docker stop``) stops ``command`` as Ctrl-C does, with
-    the one-line "interrupted; re-run" instead of a silent death; the same handler as `vivi ingest`."""
-
-    @functools.wraps(command)
-    def run(a: argparse.Namespace) -> None:
-        with Interrupts():
-            command(a)
-
-    return run
 
 
 def _report(a: argparse.Namespace) -> None:
@@ -352,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--size", type=int, default=96)
     s.add_argument("--fps", type=float, default=4.0)
-    s.set_defaults(func=_sigterm_as_sigint(_synth))
+    s.set_defaults(func=_synth)
 
     s = sub.add_parser("ingest", help="decode videos once, find shots, write shards + index.jsonl (resumable)")
     s.add_argument("src", help="a folder (searched recursively) or a text file of paths")
@@ -385,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         "outs", nargs="+", metavar="OUT", help="ingest output folders or their URLs (e.g. the parts of an array job)"
     )
     s.add_argument("-o", metavar="DIR", help="where the PNG histograms go (default: the first OUT; needed for a URL)")
-    s.set_defaults(func=_sigterm_as_sigint(_ingest_stats))
+    s.set_defaults(func=_ingest_stats)
 
     s = sub.add_parser("pretrain", help="self-supervised pretraining with a paper preset")
     s.add_argument("--preset", required=True, help="a model name of the paper, e.g. VIVI-Ex(4); see `vivi presets`")
@@ -409,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("frames", nargs="+", help="image files or folders of images")
     s.add_argument("-o", required=True, metavar="DIR")
     s.add_argument("--max", type=_positive(int), default=16, help="at most this many frames")
-    s.set_defaults(func=_sigterm_as_sigint(_attention))
+    s.set_defaults(func=_attention)
 
     s = sub.add_parser("curate", help="select videos whose class histogram matches a target (VideoNet-style)")
     s.add_argument("outs", nargs="+", metavar="OUT", help="ingest folders whose videos are scored")
@@ -422,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "is classified as is left out of it, with a warning (the closest selection is kept)")
     s.add_argument("--frames", type=_positive(int), default=8, help="frames scored per video (evenly spaced)")
     s.add_argument("-o", required=True, metavar="LIST", help="the selected sources, one per line (+ LIST.json)")
-    s.set_defaults(func=_sigterm_as_sigint(_curate))
+    s.set_defaults(func=_curate)
 
     s = sub.add_parser("study", help="the paper's ablation on the built-in world, seeds, medians, claims checked")
     s.add_argument("-o", required=True, metavar="DIR", help="everything goes here; re-running resumes")
@@ -432,13 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", help="comma-separated presets (default: the paper's ablation + VITO, +Attn); "
                    "PRESET@key=value[@key=value] is a variant with settings changed, e.g. VIVI-Ex(4)@loss.video_weight=0.3")
     s.add_argument("--protocols", help="comma-separated (default: linear; linear,vtab1k adds ~3-5 min per run)")
-    s.set_defaults(func=_sigterm_as_sigint(_study))  # SIGTERM mid-evaluation killed it silently
+    s.set_defaults(func=_study)
 
     s = sub.add_parser("presets", help="list the presets with their resolved settings")
     s.add_argument("name", nargs="?")
     s.add_argument("--scale", default="tiny")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_sigterm_as_sigint(_presets))
+    s.set_defaults(func=_presets)
 
     s = sub.add_parser(
         "evaluate",
@@ -475,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", help="where the built-in suite is rendered (default: $VIVI_CACHE or ~/.cache/vivi)")
     s.add_argument("--device", type=_device, default="cpu")
     s.add_argument("--seed", type=SEED, default=0, help="seed of a random encoder (random:..., or timm:NAME without weights)")
-    s.set_defaults(func=_sigterm_as_sigint(_evaluate))  # results are written after each task
+    s.set_defaults(func=_evaluate)  # results are written after each task
 
     s = sub.add_parser("report", help="tables and plots comparing result files")
     s.add_argument("results", nargs="+")
@@ -488,14 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", nargs="+", metavar="RUN",
         help="run folders whose metrics.jsonl to plot (default: the runs the results were evaluated from)",
     )
-    s.set_defaults(func=_sigterm_as_sigint(_report))
+    s.set_defaults(func=_report)
 
     s = sub.add_parser("demo", help="synth -> ingest -> pretrain Ex-YT-F and VIVI-Ex(4) -> evaluate -> table")
     s.add_argument("--out", default="demo_out")
     s.add_argument("--seeds", type=_positive(int), default=1, help="repeat pretraining and evaluation with this many seeds")
     s.add_argument("--videos", type=_positive(int), default=None)
     s.add_argument("--steps", type=_positive(int), default=None)
-    s.set_defaults(func=_sigterm_as_sigint(_demo))
+    s.set_defaults(func=_demo)
     return p
 
 
@@ -514,9 +506,13 @@ def _allocation(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        # SIGTERM (a batch system's time limit, `docker stop`) stops every command as Ctrl-C does, with the
+        # one-line "interrupted; re-run" rather than a silent death, from the first moment: parsing
+        # --device alone imports torch (~1 s). `vivi pretrain` takes the signals over while it trains.
+        with Interrupts():
+            args = build_parser().parse_args(argv)
+            args.func(args)
     except UserError as e:
         if rank_zero() or not e.same_on_every_rank:
             print(f"vivi: {e.prefix}{e}", file=sys.stderr)
