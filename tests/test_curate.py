@@ -200,3 +200,21 @@ def test_a_share_that_rounds_to_no_video_is_named(capsys):
     selected, _ = match_distribution(np.array([0, 1, 1, 1]), np.ones(4), np.array([0.9, 0.1]), ["big", "small"])
     assert selected.tolist() == [0]
     assert "the share of small rounds to no video in the largest selection" in capsys.readouterr().err
+
+
+def test_the_list_keeps_names_that_are_not_utf8_and_leaves_out_line_breaks(tmp_path, capsys):
+    """A video named in Latin-1 (ingested fine) stopped `vivi curate` with a UnicodeEncodeError and an
+    empty list; a name with a line break read back as two "no such file" videos."""
+    from vivi.data.curate import Curation, write_curation
+    from vivi.data.ingest import list_sources
+
+    latin1 = str(tmp_path / "caf\udce9.mp4")  # b"caf\xe9.mp4", as Python names it
+    locations = [latin1, str(tmp_path / "two\nlines.mp4"), str(tmp_path / "plain.mp4")]
+    result = Curation(["a"], locations, np.zeros(3, dtype=int), np.ones(3), np.arange(3), np.ones(3), np.ones(1),
+                      locations)
+    out, details = write_curation(result, tmp_path / "list.txt")
+    assert out.read_bytes() == f"{tmp_path}/caf\xe9.mp4\n{tmp_path}/plain.mp4\n".encode("latin-1")
+    err = capsys.readouterr().err
+    assert "left out 1 selected video(s) whose path holds a line break" in err and err.count("\n") == 1
+    assert [s.location for s in list_sources(out)] == [latin1, locations[2]]  # read back as written
+    assert len(json.loads(details.read_text())["videos"]) == 3

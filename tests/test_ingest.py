@@ -792,3 +792,19 @@ def test_pipe_commands_and_fsspec_urls_are_ingested_like_their_files(videos, tmp
     assert gone.startswith("pipe command exited with status 1: ") and "gone.mp4" in gone
     assert records["nosuchproto://bucket/clip.mp4"]["error"] == "cannot read: ValueError: Protocol not known: nosuchproto"
     assert not list((tmp_path / "out").rglob("*.video"))
+
+
+def test_a_list_with_a_latin1_path_is_read_and_a_utf16_list_refused(videos, tmp_path):
+    """One path of an old disk's Latin-1 name refused the whole list; it now keeps its bytes, as a
+    folder listing names the file. UTF-16 (NUL bytes) is still no list, in one line."""
+    root, _ = videos
+    latin1 = os.fsdecode(str(tmp_path).encode() + b"/caf\xe9.mp4")
+    Path(latin1).write_bytes((root / "clip0.mp4").read_bytes())
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"caf\xe9.mp4\n" + f"{root}/clip1.mp4\n".encode())
+    assert [s.location for s in list_sources(listing)] == [latin1, str(root / "clip1.mp4")]
+    summary = run_ingest(listing, tmp_path / "out", fps=1.0)
+    assert (summary.videos_ok, summary.videos_error) == (2, 0)
+    listing.write_text(f"{root}/clip1.mp4\n", encoding="utf-16")
+    with pytest.raises(UserError, match=r"list\.txt: not a readable text list of videos \(UnicodeDecodeError\); a list is UTF-8"):
+        list_sources(listing)

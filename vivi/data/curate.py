@@ -225,7 +225,15 @@ def write_curation(result: Curation, out: Path) -> tuple[Path, Path]:
     histograms before and after, and every video's label, confidence and weight."""
     out.parent.mkdir(parents=True, exist_ok=True)
     listed = result.locations or result.sources  # absolute: the list works wherever it is read from
-    out.write_text("".join(listed[i] + "\n" for i in result.selected))
+    kept: list[str] = []
+    broken: list[str] = []  # a path with a line break would read back as two
+    for i in result.selected:
+        (broken if "\n" in listed[i] or "\r" in listed[i] else kept).append(listed[i])
+    if broken:
+        warn(f"{out}: left out {len(broken)} selected video(s) whose path holds a line break, e.g. "
+             f"{broken[0]!r}: a list holds one path per line (they are in {out.name}.json)")  # fmt: skip
+    # a name that is not UTF-8 is written as its own bytes, which `vivi ingest` reads back the same
+    out.write_bytes("".join(f"{line}\n" for line in kept).encode("utf-8", "surrogateescape"))
     chosen = set(result.selected.tolist())
     report = {
         "classes": result.classes,

@@ -69,19 +69,18 @@ FAULT_ENV = "VIVI_TEST_INGEST_FAULT"
 
 @dataclass(frozen=True)
 class Source:
-    """A video to ingest: as the user gave it, where to open it, and its shard key.
+    """A video to ingest: as the user gave it, where to open it, its shard key and its size in bytes
+    (None for a URL or an unreadable file).
 
-    ``name`` is what the key is made from (:data:`KEYS_BY_NAME`): the path within the folder given
+    The key is made from the video's name (:data:`KEYS_BY_NAME`): its path within the folder given
     (led by that folder's own name), the entry of a list as written, the file's name, or the URL;
-    never where the folder happens to sit, so the same videos get the same keys, and a run the same
-    batches, wherever they are ingested. ``size`` is the file's size in bytes (None for a URL or an
-    unreadable file).
+    never from where the folder happens to sit, so the same videos get the same keys, and a run the
+    same batches, wherever they are ingested.
     """
 
     given: str
     location: str
     key: str
-    name: str = ""
     size: int | None = None
 
 
@@ -665,12 +664,19 @@ def _hidden_videos(hidden: list[Path]) -> list[Path]:
 
 def _list_file_entries(path: Path) -> list[str]:
     """A list's lines, read as UTF-8 whatever the locale; a byte-order mark (Windows editors
-    write one) would otherwise become part of the first path, or turn a comment into a path."""
+    write one) would otherwise become part of the first path, or turn a comment into a path.
+
+    A path that is not UTF-8 (a Latin-1 name from an old disk, as `vivi curate` writes it back) keeps
+    its bytes (``surrogateescape``, as Python names such files), rather than refusing the whole list;
+    a file with NUL bytes (UTF-16, a binary file) is no list."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", b"\x00", 0, 1, "a NUL byte: UTF-16 or not text")
+        lines = text.splitlines()
     except (OSError, UnicodeDecodeError) as e:
         hint = "" if not isinstance(e, UnicodeDecodeError) else (
-            f"; a video needs one of the extensions {' '.join(VIDEO_EXTENSIONS)}, or a line in a text list"
+            f"; a list is UTF-8 text, one video per line; a video needs one of the extensions {' '.join(VIDEO_EXTENSIONS)}"
         )
         raise UserError(f"{path}: not a readable text list of videos ({e.__class__.__name__}){hint}") from None
     entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
@@ -688,7 +694,7 @@ def _source(given: str, name: str, base: Path, local: bool = False) -> Source:
     if not remote:
         with contextlib.suppress(OSError):
             size = os.stat(location).st_size
-    return Source(given, location, source_key(name), name, size)
+    return Source(given, location, source_key(name), size)
 
 
 def _resolved(path: Path) -> str:
@@ -701,8 +707,8 @@ def _resolved(path: Path) -> str:
 
 
 def source_key(name: str) -> str:
-    """Deterministic shard key: a readable sanitized stem plus a hash of the whole name (a
-    :class:`Source`'s ``name``; in folders begun by an older vivi, its location).
+    """Deterministic shard key: a readable sanitized stem plus a hash of the whole name (see
+    :class:`Source`; in folders begun by an older vivi, the video's location).
 
     A file name that is not UTF-8 (Latin-1 names from an old archive or disk) reaches Python
     with its odd bytes as surrogates; they are hashed as those original bytes rather than
