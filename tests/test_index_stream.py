@@ -88,3 +88,16 @@ def test_a_line_that_is_no_object_is_named(line):
     for data in (b'{"key": "a"}\n' + line + b"\n", b'{"key": "a"}\n' + line):  # terminated or last
         with pytest.raises(UserError, match=r"^i.jsonl: line 2 is JSON but not an object"):
             list(iter_records(chunked(data, 4), "i.jsonl"))
+
+
+def test_a_torn_last_record_is_left_out_with_one_line(tmp_path, capsys):
+    """A record cut short by a kill during ingest's append left its video out of training silently."""
+    whole = "".join(json.dumps(r) + "\n" for r in RECORDS)
+    (tmp_path / INDEX_NAME).write_text(whole + '{"key": "torn", "sta')
+    assert [r["key"] for r in iter_index([tmp_path])] == [r["key"] for r in RECORDS]
+    err = capsys.readouterr().err
+    assert f"{tmp_path / INDEX_NAME}: its last line is cut short (20 bytes" in err and err.count("\n") == 1
+    assert f"`vivi ingest` into {tmp_path} restores it" in err
+    (tmp_path / INDEX_NAME).write_text(whole)
+    list(iter_index([tmp_path]))
+    assert capsys.readouterr().err == ""

@@ -25,8 +25,9 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -186,9 +187,10 @@ def parse_records(data: bytes, index: str) -> list[dict]:
     return list(iter_records([data], index))
 
 
-def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
+def iter_records(chunks: Iterable[bytes], index: str, on_torn: Callable[[int], None] | None = None) -> Iterator[dict]:
     """The records of index.jsonl ``index``, given as its bytes in consecutive chunks (the whole
-    file, or a stream of it), one at a time; a torn last line is ignored."""
+    file, or a stream of it), one at a time; a torn last line is ignored (``on_torn`` is told its
+    length in bytes)."""
     pending: list[bytes] = []  # the pieces of a line that no chunk has ended yet (joined once)
     number = 0  # of the last line read
     for chunk in chunks:
@@ -208,6 +210,8 @@ def iter_records(chunks: Iterable[bytes], index: str) -> Iterator[dict]:
         try:
             json.loads(rest)
         except (ValueError, RecursionError):
+            if on_torn is not None:
+                on_torn(len(rest))
             return
         yield _record(rest, number + 1, index)
 
@@ -239,12 +243,19 @@ def iter_index(outs: Iterable[str | Path]) -> Iterator[dict]:
             hint = "; upload the whole ingest folder as is" if is_url(out) else ""
             raise UserError(f"{out}: no {INDEX_NAME} (run `vivi ingest` into it first{hint})")
         located: dict[str, str] = {}  # a shard as recorded -> its path, resolved once (a few syscalls each)
-        for record in iter_records(chunks, index):
+        for record in iter_records(chunks, index, partial(_torn_note, index, out)):
             if shard := record.get("shard"):
                 if not (isinstance(shard, str) and shard in located):
                     located[shard] = _inside(out, shard, index)  # checked once per shard; raises for a non-string
                 record["shard"] = located[shard]
             yield record
+
+
+def _torn_note(index: str, out: str | Path, size: int) -> None:
+    """A record cut short (a kill or a full disk during ingest's append) is a video that is left out:
+    said, with the repair (`vivi ingest` finds the video in its shard and writes its record again)."""
+    fix = "" if is_url(out) else f"; `vivi ingest` into {out} restores it from its shard"
+    warn(f"{index}: its last line is cut short ({size} bytes, a write that did not finish): that video is left out{fix}")
 
 
 def _inside(out: str | Path, shard: object, index: str) -> str:
