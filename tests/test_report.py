@@ -190,3 +190,25 @@ def test_a_nan_accuracy_reads_nan_not_as_not_evaluated():
     assert row == ["diverged", "nan", "40.0", "-", "nan", "40.0*", "nan"]  # depth not evaluated: "-"
     assert "nan: evaluated, but the accuracy is not a number" in table.splitlines()[0]
     assert "nan" not in results_table(RESULTS)
+
+
+def test_curves_are_found_from_a_backbone_file_or_a_checkpoint_and_drawn_for_one_row(tmp_path, monkeypatch):
+    """Results of RUN/backbone.safetensors or RUN/checkpoints/step_N.pt got no curves, and a run shorter
+    than log_every (one row) drew an empty panel."""
+    from matplotlib.axes import Axes
+
+    run_a = _metrics(tmp_path / "runs" / "a", [3.0])
+    run_b = _metrics(tmp_path / "runs" / "b", [2.5, 1.0])
+    results = [{**RESULTS[0], "model_source": str(run_a / "backbone.safetensors")},
+               {**RESULTS[1], "model_source": str(run_b / "checkpoints" / "step_00000020.pt")}]  # fmt: skip
+    markers = []
+    real_plot = Axes.plot
+
+    def plot(self, *args, **kwargs):
+        markers.append((len(args[0]), kwargs.get("marker")))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    md, _ = write_report(results, tmp_path / "report")
+    assert (md.parent / "curves.png").is_file() and f"{run_a}, {run_b}" in md.read_text()
+    assert (1, "o") in markers and (2, None) in markers

@@ -336,6 +336,15 @@ def load_metrics(run: Path) -> list[dict]:
     return rows
 
 
+def _run_of(source: object) -> Path | None:
+    """The run folder a result's model came from, where its metrics.jsonl is: the run itself, its
+    ``backbone.safetensors`` or one of its ``checkpoints/step_N.pt``; None for anything else."""
+    if not isinstance(source, str) or not source:
+        return None
+    path = Path(source)
+    return next((p for p in (path, path.parent, path.parent.parent) if (p / "metrics.jsonl").is_file()), None)
+
+
 def curves_plot(runs: Sequence[Path], path: Path) -> Path:
     """PNG with one panel per logged quantity (losses, learning rate, throughput) against step, one line per run."""
     series = {Path(r).name if Path(r).is_dir() else Path(r).parent.name: load_metrics(r) for r in runs}
@@ -349,8 +358,8 @@ def curves_plot(runs: Sequence[Path], path: Path) -> Path:
     for ax, key in zip(axes.flat, keys):
         for name, rows in series.items():
             pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), label=name)
+            if pts:  # a run shorter than log_every has one row: a line alone would draw nothing
+                ax.plot(*zip(*pts), label=name, marker="o" if len(pts) == 1 else None)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -461,8 +470,7 @@ def write_report(
                   "Linear probe fitted on clean images, tested on ImageNet-C corruptions at severities 1-5.", "",
                   f"![accuracy per severity]({sev.name})", ""]  # fmt: skip
     if not runs:
-        runs = [Path(r["model_source"]) for r in results
-                if r.get("model_source") and (Path(r["model_source"]) / "metrics.jsonl").is_file()]  # fmt: skip
+        runs = [run for r in results if (run := _run_of(r.get("model_source"))) is not None]
     runs = list(dict.fromkeys(runs))  # one run's linear, knn and vtab1k results: its curves once
     if runs:
         curves = curves_plot(runs, out_dir / "curves.png")
