@@ -236,9 +236,10 @@ def test_unreadable_images_become_black_and_are_recorded_only_with_a_size(tmp_pa
 
 def test_linked_folders_are_followed_hidden_files_skipped_and_other_files_noted(tmp_path, capsys):
     root = _folder(tmp_path / "d", {"train": {"x": 2}, "test": {"x": 1, "y": 1}})
-    _folder(tmp_path / "elsewhere", {"y": {"deep": 2}})
+    _folder(tmp_path / "elsewhere", {"y": {"deep": 2}, "z": {"deep": 2}})
     (root / "train" / "y").symlink_to(tmp_path / "elsewhere" / "y")  # a linked class folder ...
-    (root / "train" / "x" / "more").symlink_to(tmp_path / "elsewhere" / "y" / "deep")  # ... and subfolder
+    (root / "train" / "x" / "more").symlink_to(tmp_path / "elsewhere" / "z" / "deep")  # ... and subfolder (other files:
+    # the same file under two classes is refused, tests/test_image_folder_faults.py)
     (root / "train" / "x" / "._0.png").write_bytes(b"AppleDouble")
     (root / "train" / "x" / "notes.txt").write_text("hi")
     (root / "train" / "x" / "Thumbs.db").write_bytes(b"\0")

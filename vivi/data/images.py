@@ -33,9 +33,13 @@ from vivi.data.tasks import (
     JPEG_START,
     UnreadableImage,
     _scan_classes,
+    check_one_label,
+    check_regular_file,
     damaged_note,
+    hidden_note,
     image_error,
     libjpeg_messages,
+    not_regular_reason,
     over_pixel_limit,
     pixel_limit_reason,
     quiet_pil,
@@ -82,10 +86,15 @@ def scan_images(root: Path, labelled: bool) -> ImageFolder:
         classes = sorted(by_class)
         paths = [p for c in classes for p in by_class[c]]
         labels = np.array([i for i, c in enumerate(classes) for _ in by_class[c]], dtype=np.int64)
+        if labelled:  # one file under two classes (a linked class folder) would be taught as both
+            check_one_label(paths, labels, classes, top.name)
         return ImageFolder(top, classes, paths, labels)
     listed_files = [p for p in top.iterdir() if not p.is_dir() and not p.name.startswith(".")]  # broken links too
     paths = sorted(p for p in listed_files if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
+        hidden = sorted(p for p in top.iterdir() if p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if hidden:  # ".00.png" only: "no images" misled
+            raise UserError(f"{top}: no images, only hidden ones ({hidden_note(hidden)})")
         raise UserError(f"{top}: no images (extensions: {' '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
     note = ignored_note([p for p in listed_files if p.suffix.lower() not in IMAGE_EXTENSIONS], "image")
     if note:
@@ -125,14 +134,82 @@ def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-def open_labelled(spec: str, fraction: float, seed: int) -> ImageFolder:
-    """The labelled images of ``spec``, restricted to a class-balanced ``fraction``."""
+PROBE_SIZE = 32  # what a drawn image is decoded to, to know it decodes (the verdict does not depend on it)
+
+
+def open_labelled(spec: str, fraction: float, seed: int, size: int = PROBE_SIZE) -> ImageFolder:
+    """The labelled images of ``spec``, restricted to a class-balanced ``fraction`` drawn among the
+    images that decode (:func:`readable_subset`; ``size``: what they are decoded to, as training will)."""
     folder = scan_images(parse_labelled(spec), labelled=True)
     if fraction >= 1:
         return folder
-    return folder.subset(
-        balanced_subset(folder.labels, fraction, seed), f" (labelled_fraction={fraction} of {len(folder.paths)})"
+    subset = folder.subset(
+        readable_subset(folder, fraction, seed, size), f" (labelled_fraction={fraction} of {len(folder.paths)})"
     )
+    subset.probed["unreadable"] = {}  # every kept header was read by the draw: not read again
+    return subset
+
+
+def readable_subset(folder: ImageFolder, fraction: float, seed: int, size: int) -> np.ndarray:
+    """:func:`balanced_subset` among the images that can be read: each class's seeded permutation
+    is walked (:func:`_draw_class`), a broken file replaced by the next one, so the subset is the
+    same as before when nothing is broken.
+
+    Drawing among the files let the 10% of a class be its one broken file, and co-training stopped
+    with "none of the 1 kept images of class 'cat' decodes" though the class had 6 readable images.
+    Costs a header read per kept image and per broken one passed over (which :func:`unreadable_images`
+    then does not repeat) and one decode per class (:func:`check_decodes`, run after, decodes one kept
+    image per class again: the files may change in between). The files passed over are named in one
+    warning; a class none of whose images can be read is refused in one line."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(folder.labels).tolist()
+    orders = [rng.permutation(np.flatnonzero(folder.labels == c)) for c in classes]  # as balanced_subset draws
+
+    def walk(order: np.ndarray) -> tuple[list[int], list[str]]:
+        return _draw_class(folder.paths, order, max(1, round(fraction * len(order))), size)
+
+    if len(classes) > 64:  # a read waits on the disk and decodes mostly without the GIL
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            walks = list(pool.map(walk, orders))
+    else:
+        walks = [walk(order) for order in orders]
+    if lost := [(folder.classes[c], reasons) for c, (kept, reasons) in zip(classes, walks) if not kept]:
+        name, reasons = lost[0]
+        more = f" (and {len(lost) - 1} more such classes)" if len(lost) > 1 else ""
+        raise UserError(
+            f"{folder.root / name}: none of the {len(reasons)} images of class '{name}' decodes "
+            f"({listed(reasons)}){more}, so training would never see the class its head has a logit for; "
+            "replace the images or remove the class folder"
+        )
+    if passed := [r for _, reasons in walks for r in reasons]:
+        warn(f"{folder.root}: passed over {len(passed)} unreadable image{'s' if len(passed) != 1 else ''} drawing the "
+             f"labelled_fraction={fraction}, each replaced by another image of its class: {listed(passed)}")
+    return np.sort(np.asarray([i for kept, _ in walks for i in kept], dtype=np.int64))
+
+
+def _draw_class(paths: Sequence[Path], order: np.ndarray, wanted: int, size: int) -> tuple[list[int], list[str]]:
+    """The first ``wanted`` positions of ``order`` whose header reads (the first one kept also
+    decoded, so a class is known to train), and ``path (reason)`` of each passed over."""
+    kept: list[int] = []
+    passed: list[str] = []
+    for i in order.tolist():
+        if len(kept) == wanted:
+            break
+        reason = _header_problem(paths[i]) or (None if kept else _decode_problem(paths[i], size))
+        if reason:
+            passed.append(f"{paths[i]} ({reason})")
+        else:
+            kept.append(i)
+    return kept, passed
+
+
+def _decode_problem(path: Path, size: int) -> str | None:
+    """Why ``path`` does not decode as training reads it, or None when it does."""
+    try:
+        load_image(path, size, [])  # libjpeg's complaints: said by the loader
+    except UnreadableImage as e:
+        return e.reason
+    return None
 
 
 def unreadable_images(folder: ImageFolder) -> dict[int, str]:
@@ -221,7 +298,9 @@ def _header_problems(paths: Sequence[Path], chunk: int = 1024) -> list[str | Non
 
 
 def _header_problem(path: Path) -> str | None:
-    """Why PIL cannot open ``path``'s header, or None when it can."""
+    """Why PIL cannot open ``path``'s header, or None when it can (a named pipe is never opened)."""
+    if reason := not_regular_reason(path):
+        return reason
     try:
         with quiet_pil(), Image.open(path) as img:
             return pixel_limit_reason(img.size) if over_pixel_limit(img.size) else None
@@ -235,6 +314,7 @@ def load_image(path: Path, size: int, notes: list[str] | None = None) -> torch.T
     A JPEG that decodes with libjpeg's complaints is named in a warning (in ``notes`` when given:
     a loader worker's warnings are said once by whoever collects them)."""
     messages: list[str] = []
+    check_regular_file(path)  # reading a named pipe blocks forever
     try:
         data = path.read_bytes()
         jpeg = data[:2] == JPEG_START

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 import sys
 import tempfile
@@ -28,7 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from vivi.data.files import JUNK_NAMES, file_id, ignored_note, input_dir, is_hidden, walk_files
+from vivi.data.files import JUNK_NAMES, file_id, ignored_note, input_dir, is_hidden, walk_files_and_hidden
 from vivi.data.frames import to_rgb
 from vivi.errors import UserError, listed, warn
 
@@ -158,6 +159,28 @@ class ImageTask:
     test: ImageSplit
     source: str = ""  # where the task was read from, for error messages
     val_from: str = ""  # how val was made (val/, held out of train/, ...): copied into results entries
+    held_out: HeldOut | None = None  # val held out of train/: drawn again once it is known what decodes
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """An image folder without val/: the files of train/ (``pool``) and the positions in it of the
+    first draw's train and val (``train_idx``, ``val_idx``: what ``task.train`` / ``task.val`` hold).
+
+    That draw is over every file, as which ones decode is known only once they are read. Drawn
+    again by :meth:`redraw` over the files that decoded, after the features of train and val are
+    extracted (each file decoded once): a class whose held-out files were all broken was missing
+    from val, and the probe's C was chosen without it (50% instead of 100%)."""
+
+    pool: FileSplit
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    def redraw(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) positions in ``pool``, held out among the files that decoded so far."""
+        ok = np.flatnonzero(self.pool.readable())
+        kept, held = stratified_holdout(self.pool.labels[ok], VAL_FRACTION, VAL_SEED)
+        return _copies_held_too(self.pool, ok[kept], ok[held])
 
 
 def check_readable(
@@ -316,6 +339,28 @@ def damaged_note(path: Path | str, messages: list[str]) -> str:
     return f"{path}: damaged JPEG data, decoded anyway (libjpeg: {messages[0]}{more})"
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))  # fmt: skip
+
+
+def not_regular_reason(path: Path) -> str | None:
+    """``not a regular file (a named pipe)`` for a FIFO, socket, device or folder named like an
+    image (links followed: ``os.stat``), else None (a missing file or link loop: opening it says).
+    Opening a named pipe with no writer blocks forever: one ``pipe.png`` hung a whole evaluation."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), None)
+    return f"not a regular file ({kind})" if kind else None
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise :class:`UnreadableImage` for a path that is no regular file, before anything opens it."""
+    if reason := not_regular_reason(path):
+        raise UnreadableImage(path, reason)
+
+
 def image_error(path: Path, error: BaseException) -> UnreadableImage:
     """The user-facing error for ``path`` failing to decode with ``error``."""
     if path.is_symlink() and not path.exists():
@@ -348,6 +393,7 @@ def read_image(path: Path, at_least: int | None = None) -> torch.Tensor:
     """Decode one file to uint8 ``[3, H, W]`` RGB, upright according to its EXIF orientation.
     With ``at_least``, a JPEG may be decoded at 1/2 .. 1/8 scale when both sides stay at least
     that large (a 12-megapixel phone photo decodes ~4x faster for a 64 px model)."""
+    check_regular_file(path)
     try:
         with quiet_pil(), Image.open(path) as img:
             if over_pixel_limit(img.size):
@@ -485,20 +531,44 @@ def _load_image_folder(root: Path) -> ImageTask:
         raise UserError(f"{root / 'train'}: {found}; need at least 2 (train/<class>/<image>)")
     classes = sorted(train_files)
     train = _file_split(train_files, classes)
+    check_one_label(train.paths, train.labels, classes, "train")  # first: a linked class is also absent from test/
     test = _file_split(_checked_classes(root / "test", classes), classes)
+    check_one_label(test.paths, test.labels, classes, "test")
+    held_out = None
     if (root / "val").is_dir():
         val = _file_split(_checked_classes(root / "val", classes), classes)
+        check_one_label(val.paths, val.labels, classes, "val")
         val_from = "val/"
     else:
         train_idx, val_idx = stratified_holdout(train.labels, VAL_FRACTION, VAL_SEED)
         if len(val_idx) == 0:
             raise UserError(f"{root / 'train'}: one image per class leaves none to hold out; add val/")
         train_idx, val_idx = _copies_held_too(train, train_idx, val_idx)
+        held_out = HeldOut(train, train_idx, val_idx)
         train, val = train.subset(train_idx), train.subset(val_idx)
         val_from = f"held out of train/ ({VAL_FRACTION:.0%}, seed {VAL_SEED})"
     _check_disjoint({"train": train, "val": val, "test": test})
     name = root.resolve().name
-    return ImageTask(name, "custom", classes, train, val, test, source=str(root), val_from=val_from)
+    return ImageTask(name, "custom", classes, train, val, test, source=str(root), val_from=val_from,
+                     held_out=held_out)
+
+
+def check_one_label(paths: Sequence[Path], labels: np.ndarray, classes: list[str], where: str) -> None:
+    """Refuse one file reached under two class labels (a class folder that is a link to another,
+    ``ln -s a c``, or a link inside one class to another class's image): the same pixels taught as
+    two classes cut accuracy to 50-57% without a word. One file twice in one class is left alone
+    (one image, one label). A stat per file, as :func:`_check_disjoint` does anyway."""
+    seen: dict[tuple[int, int], tuple[int, Path]] = {}
+    for path, label in zip(paths, labels.tolist()):
+        ident = file_id(path)
+        if ident is None:
+            continue
+        first = seen.setdefault(ident, (label, path))
+        if first[0] != label:
+            raise UserError(
+                f"{path}: the same file as {first[1]} (a link), under two classes of {where}/ "
+                f"({classes[label]} and {classes[first[0]]}); an image with two labels cannot be learnt: remove one"
+            )
 
 
 def _copies_held_too(files: FileSplit, kept: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -535,18 +605,19 @@ def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
     skipped), sorted. Other files are left out with a note counting them by extension; broken
     links to images are kept, so reading them reports them. Folders without images are skipped
     when no folder has images (see :func:`_skip_imageless`)."""
-    found, others, imageless = {}, [], {}
+    found, others, imageless, hidden_images = {}, [], {}, {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p.name)):
         if not os.access(class_dir, os.R_OK | os.X_OK):  # else listed as empty: "no images" misleads
             raise UserError(f"{class_dir}: cannot list the class folder (permission denied)")
-        files = walk_files(class_dir)
+        files, hidden = walk_files_and_hidden(class_dir)
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         if images:
             found[class_dir.name] = images
             others += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
         else:
             imageless[class_dir] = files
-    _skip_imageless(split_dir, imageless, class_layout=bool(found))
+            hidden_images[class_dir] = [p for p in hidden if p.suffix.lower() in IMAGE_EXTENSIONS]
+    _skip_imageless(split_dir, imageless, class_layout=bool(found), hidden_images=hidden_images)
     note = ignored_note(others, "image")
     if note:
         warn(f"{split_dir}: {note}")
@@ -559,7 +630,10 @@ def _scan_classes(split_dir: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _skip_imageless(split_dir: Path, imageless: dict[Path, list[Path]], class_layout: bool) -> None:
+def _skip_imageless(
+    split_dir: Path, imageless: dict[Path, list[Path]], class_layout: bool,
+    hidden_images: dict[Path, list[Path]] | None = None,
+) -> None:
     """Sub-folders without images beside no class folder are no classes: ``annotations/`` in a flat
     folder of images stopped the command with "no images" for that folder. They are skipped with
     one warning. Among class folders, one without images is still an error: a class lost (empty,
@@ -569,11 +643,20 @@ def _skip_imageless(split_dir: Path, imageless: dict[Path, list[Path]], class_la
     extensions = " ".join(e[1:] for e in IMAGE_EXTENSIONS)
     if class_layout:
         first, files = next(iter(imageless.items()))
+        if hidden := (hidden_images or {}).get(first):  # ".00.png" only: "an empty folder" misled
+            raise UserError(f"{first}: no images in this class folder, only hidden ones ({hidden_note(hidden)})")
         holds = _by_extension(files) or "an empty folder"
         raise UserError(f"{first}: no images in this class folder ({holds}; extensions read: {extensions})")
     named = [f"{d.name}/ ({_by_extension(files) or 'empty'})" for d, files in imageless.items()]
     folders = f"{len(named)} sub-folders" if len(named) != 1 else "1 sub-folder"
     warn(f"{split_dir}: skipped {folders} without images (extensions: {extensions}): {listed(named)}")
+
+
+def hidden_note(hidden: list[Path]) -> str:
+    """``.00.png, .01.png and 3 more: names starting with '.' are hidden; rename them to use them``."""
+    more = f" and {len(hidden) - 2} more" if len(hidden) > 2 else ""
+    names = ", ".join(p.name for p in hidden[:2])
+    return f"{names}{more}: names starting with '.' are hidden; rename them to use them"
 
 
 def _by_extension(files: list[Path]) -> str:

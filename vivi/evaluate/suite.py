@@ -53,8 +53,10 @@ class EvalSettings:
 
 def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> list:
     """``[train x, train y, val x, val y, test x, test y]``: frozen features and labels of each
-    split (shared by the probes), without the images that turned out unreadable."""
-    arrays = []
+    split (shared by the probes), without the images that turned out unreadable. An image folder's
+    val held out of train/ is drawn again among the images that decoded (:meth:`HeldOut.redraw`),
+    from the features just extracted: no image is decoded twice."""
+    arrays, full = [], []
     for name in ("train", "val", "test"):
         split = getattr(task, name)
         feats = extract_features(
@@ -68,20 +70,34 @@ def _split_features(model: torch.nn.Module, task: ImageTask, settings: EvalSetti
         )
         keep = split.readable()
         arrays += [feats[keep], split.labels[keep]]
+        full.append(feats)
+    if task.held_out is not None:
+        arrays[:4] = _redrawn(task, full[0], full[1])
     check_readable(task, arrays[1], arrays[5], arrays[3])
     return arrays
+
+
+def _redrawn(task: ImageTask, train_x: np.ndarray, val_x: np.ndarray) -> list:
+    """``[train x, train y, val x, val y]`` of the hold-out drawn again over the train/ files that
+    decoded, from the features of the first draw's train and val (together: every file of train/)."""
+    held = task.held_out
+    pool_x = np.empty((len(held.pool), train_x.shape[1]), dtype=train_x.dtype)
+    pool_x[held.train_idx], pool_x[held.val_idx] = train_x, val_x
+    kept, val = held.redraw()
+    labels = held.pool.labels
+    return [pool_x[kept], labels[kept], pool_x[val], labels[val]]
 
 
 def _linear(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """Frozen features of each split, then the logistic-regression probe."""
     arrays = _split_features(model, task, settings)
-    return {**linear_probe(*arrays), **_val_coverage(task, arrays[3])}
+    return {**linear_probe(*arrays), **_val_coverage(task, arrays[3]), **_test_coverage(task, arrays[5])}
 
 
 def _knn(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
     """Frozen features of each split, then weighted kNN on L2-normalised features."""
     arrays = _split_features(model, task, settings)
-    return {**knn_probe(*arrays), **_val_coverage(task, arrays[3])}
+    return {**knn_probe(*arrays), **_val_coverage(task, arrays[3]), **_test_coverage(task, arrays[5])}
 
 
 def _val_from(task: ImageTask) -> dict:
@@ -101,9 +117,34 @@ def _val_coverage(task: ImageTask, val_y: np.ndarray) -> dict:
     if not missing:
         return {}
     names = [task.classes[c] for c in missing]
-    warn(f"{task.source or task.name}: no validation image of class {listed(names)} (a class with one training "
-         "image is never held out of train/; add val/): the probe's setting was chosen without it")  # fmt: skip
+    if task.held_out is not None:  # held out among the images that decode: only a class of one is never held out
+        why = "a class with one readable training image is never held out of train/; add val/"
+    else:
+        why = "its images in val/ are unreadable: listed with the skipped images"
+    warn(f"{task.source or task.name}: no validation image of class {listed(names)} ({why}): the probe's setting "
+         "was chosen without it")  # fmt: skip
     return {"val_missing_classes": names}
+
+
+def _test_coverage(task: ImageTask, test_y: np.ndarray, say: bool = True) -> dict:
+    """``{"test_missing_classes": [names]}`` (and, with ``say``, a warning) when classes have no
+    readable test image (every test/<class>/ file broken): the result said 100% on n_test 3, over
+    the other class only, without a hint. Recorded, not refused: the measurement over the classes
+    left is still a true one, the features (an hour on a large folder) are already extracted, and
+    the entry names the classes it leaves out, as ``val_missing_classes`` does; a task with no
+    readable test image at all is refused (:func:`check_readable`). {} when every class is in test."""
+    missing = sorted(set(range(len(task.classes))) - set(int(y) for y in test_y))
+    if not missing:
+        return {}
+    names = [task.classes[c] for c in missing]
+    if say:
+        _warn_test_missing(task, names)
+    return {"test_missing_classes": names}
+
+
+def _warn_test_missing(task: ImageTask, names: list[str]) -> None:
+    warn(f"{task.source or task.name}: no readable test image of class {listed(names)} (listed with the skipped "
+         "images): accuracy and balanced accuracy are over the other classes only")  # fmt: skip
 
 
 def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
@@ -114,7 +155,7 @@ def _finetune(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -
     scores = trials.evaluate(Trial(task, setting, "final", seed=0))
     _, train_y, _, val_y, _, test_y = trials.data(task)  # what was used: a small folder is used whole
     return {**scores, "lr": setting.lr, "steps": setting.steps, "n_train": len(train_y) + len(val_y),
-            "n_test": len(test_y)}
+            "n_test": len(test_y), **_test_coverage(task, test_y)}
 
 
 def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings) -> dict:
@@ -135,7 +176,7 @@ def _corruptions(model: torch.nn.Module, task: ImageTask, settings: EvalSettings
     by_severity = [round(sum(v[i] for v in corrupted.values()) / len(corrupted), 4) for i in range(len(SEVERITIES))]
     clean = predict(test)
     return {"accuracy": accuracy(clean, y), "balanced_accuracy": balanced_accuracy(clean, y), "C": c,
-            "corrupted": corrupted, "severity_mean": by_severity, "n_test": len(y)}
+            "corrupted": corrupted, "severity_mean": by_severity, "n_test": len(y), **_test_coverage(task, y)}
 
 
 Protocol = Callable[[torch.nn.Module, ImageTask, EvalSettings], dict]
@@ -265,6 +306,8 @@ def _evaluate_vtab1k(
     for task, entry in zip(tasks, entries):
         entry.update(state["counts"].get(task.name, {}), **_val_from(task), source=_absolute(task.source),
                      provenance=provenance())
+        if missing := entry.get("test_missing_classes"):
+            _warn_test_missing(task, missing)
         if skipped := state["skipped"].get(task.name):
             entry["skipped_images"] = skipped
             images = f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}"  # kept from a resumed run too
@@ -284,7 +327,8 @@ def _counted(trials: FinetuneTrials, state: dict) -> Callable[[Trial], dict]:
     def trial(t: Trial) -> dict:
         scores = trials.evaluate(t)  # accuracy and balanced accuracy
         _, train_y, _, val_y, _, test_y = trials.data(t.task)  # cached: the images just used
-        state["counts"][t.task.name] = {"n_train": len(train_y), "n_val": len(val_y), "n_test": len(test_y)}
+        state["counts"][t.task.name] = {"n_train": len(train_y), "n_val": len(val_y), "n_test": len(test_y),
+                                        **_test_coverage(t.task, test_y, say=False)}  # said once, with the entry
         if skipped := skipped_images(t.task):
             state["skipped"][t.task.name] = skipped
         return scores

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vivi.data.tasks import FileSplit, ImageSplit, ImageTask, check_readable
+from vivi.data.tasks import FileSplit, ImageSplit, ImageTask, check_readable, skipped_text
 from vivi.errors import UserError, warn
 from vivi.evaluate.finetune import FinetuneSetting, finetune, predict, preload
 from vivi.evaluate.metrics import accuracy, balanced_accuracy
@@ -83,9 +83,10 @@ def check_sizes(task: ImageTask, scale: Vtab1kScale) -> None:
 
 def vtab1k_splits(task: ImageTask, scale: Vtab1kScale, strict: bool = True):
     """(train800, val200, test): the first n_train of train and the first n_val of val (of an image
-    folder, drawn: see :func:`_leading`). Not ``strict`` (one fine-tune, no sweep to compare across
-    tasks): all of a smaller task, with a note from :meth:`FinetuneTrials.data` once the images
-    are read (it counts those that decode)."""
+    folder, drawn over its files: see :func:`_leading`; :meth:`FinetuneTrials.data` draws among the
+    files that decode instead, :func:`draw_readable`, the same images when all do). Not ``strict``
+    (one fine-tune, no sweep to compare across tasks): all of a smaller task, with a note from
+    :meth:`FinetuneTrials.data` once the images are read (it counts those that decode)."""
     if strict:
         check_sizes(task, scale)
     return _leading(task.train, scale.n_train), _leading(task.val, scale.n_val), task.test
@@ -117,10 +118,67 @@ def spread_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([firsts, rest])[:n])
 
 
+@dataclass
+class Drawn:
+    """What :func:`draw_readable` took: decoded images, their labels (in split order), and the
+    classes none of whose files decoded (every one was tried)."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    lost: list[int]
+
+
+def draw_readable(split: FileSplit, n: int, image_size: int) -> Drawn:
+    """``n`` decodable images of an image folder's ``split``, drawn as :func:`spread_sample` draws
+    (the same ``n`` when every file decodes), a file that does not decode replaced by the next of
+    the seeded order, of its own class for a class's first image. Drawing among the files and
+    dropping broken ones after shrank VTAB-1k's 1000 without a word (421 broken of 1200: 457 +
+    122). Each file is decoded once; only as many as needed are read."""
+    order = np.random.default_rng(SAMPLE_SEED).permutation(len(split))
+    labels = split.labels[order]
+    tried = np.zeros(len(split), dtype=bool)
+    taken: dict[int, torch.Tensor] = {}
+
+    def take(i: int) -> bool:
+        tried[i] = True
+        image = split.images([i], size=image_size)[0]  # a broken file: recorded in split.broken
+        if split.paths[i] in split.broken:
+            return False
+        taken[i] = image
+        return True
+
+    _, first = np.unique(labels, return_index=True)
+    for c in labels[np.sort(first)]:  # one image of every class first, while n allows
+        if len(taken) >= n:
+            break
+        next((i for i in order[labels == c] if take(int(i))), None)
+    for i in order:
+        if len(taken) >= n:
+            break
+        if not tried[i]:
+            take(int(i))
+    chosen = sorted(taken)
+    held = set(split.labels[chosen].tolist())
+    lost = [int(c) for c in np.unique(split.labels) if c not in held and tried[split.labels == c].all()]
+    images = torch.stack([taken[i] for i in chosen]) if chosen else torch.zeros(0, 3, image_size, image_size,
+                                                                                 dtype=torch.uint8)  # fmt: skip
+    return Drawn(images, split.labels[chosen], lost)
+
+
+def _refuse_too_few_readable(task: ImageTask, scale: Vtab1kScale, n_train: int, n_val: int) -> None:
+    """Refuse, in one line naming the folder, a task of which fewer than 800 train or 200 val images decode."""
+    if n_train < scale.n_train or n_val < scale.n_val:
+        raise UserError(
+            f"{task.source or task.name}: vtab1k needs {scale.n_train} train and {scale.n_val} val images that "
+            f"decode, only {n_train} of {len(task.train)} train and {n_val} of {len(task.val)} val files do; "
+            f"{skipped_text(task)}"
+        )
+
+
 def _note_smaller(task: ImageTask, scale: Vtab1kScale, n_train: int, n_val: int) -> None:
     """Warn that a task smaller than VTAB-1k's train + val is used whole; the counts are of the
     images that decoded, the ones the fine-tune sees (broken files are named separately)."""
-    if len(task.train) < scale.n_train or len(task.val) < scale.n_val:
+    if n_train < scale.n_train or n_val < scale.n_val:
         warn(f"{task.source or task.name}: fine-tuning on all {n_train} train + {n_val} val images, "
              f"fewer than VTAB-1k's {scale.n_train} + {scale.n_val}")  # fmt: skip
 
@@ -253,20 +311,43 @@ class FinetuneTrials:
         397 classes, ~50 of them) is VTAB-1k's protocol, and refusing it stopped the suite."""
         if self._cache is None or self._cache[0] is not task:
             self._cache = None  # free the previous task's images first
-            splits = vtab1k_splits(task, self.scale, self.strict)
-            arrays = []
-            for split in splits:
-                images = preload(split, self.image_size)
-                keep = split.readable()  # unreadable files were preloaded as black images: drop them
-                arrays += [images[torch.from_numpy(keep)], split.labels[keep]]
-            # classes not in train800 at all are counted as present, so only those lost to broken files stop it
-            absent = np.setdiff1d(np.arange(len(task.classes)), splits[0].labels)
+            if isinstance(task.train, FileSplit) and isinstance(task.val, FileSplit):
+                arrays, absent = self._drawn(task)
+            else:
+                arrays, absent = self._preloaded(task)
             kept_y = np.concatenate([arrays[1], absent])
             check_readable(task, kept_y, arrays[5], arrays[3] if self.strict else None)  # the sweep needs val
-            if not self.strict:
+            if self.strict:
+                _refuse_too_few_readable(task, self.scale, len(arrays[1]), len(arrays[3]))
+            else:
                 _note_smaller(task, self.scale, len(arrays[1]), len(arrays[3]))
             self._cache = (task, tuple(arrays))
         return self._cache[1]
+
+    def _preloaded(self, task: ImageTask) -> tuple[list, np.ndarray]:
+        """Arrays of the first 800 / 200 (VTAB records, mini-VTAB), and the classes train800 lacks."""
+        splits = vtab1k_splits(task, self.scale, self.strict)
+        arrays = []
+        for split in splits:
+            images = preload(split, self.image_size)
+            keep = split.readable()  # unreadable files were preloaded as black images: drop them
+            arrays += [images[torch.from_numpy(keep)], split.labels[keep]]
+        # classes not in train800 at all are counted as present, so only those lost to broken files stop it
+        return arrays, np.setdiff1d(np.arange(len(task.classes)), splits[0].labels)
+
+    def _drawn(self, task: ImageTask) -> tuple[list, np.ndarray]:
+        """An image folder's arrays, 800 / 200 drawn among the images that decode (:func:`draw_readable`),
+        and the classes train800 lacks for want of room (not those all of whose files are broken)."""
+        if self.strict:
+            check_sizes(task, self.scale)
+        train = draw_readable(task.train, self.scale.n_train, self.image_size)
+        val = draw_readable(task.val, self.scale.n_val, self.image_size)
+        test = preload(task.test, self.image_size)
+        keep = task.test.readable()
+        arrays = [train.images, train.labels, val.images, val.labels]
+        arrays += [test[torch.from_numpy(keep)], task.test.labels[keep]]
+        unvisited = set(range(len(task.classes))) - set(train.labels.tolist()) - set(train.lost)
+        return arrays, np.array(sorted(unvisited), dtype=np.int64)
 
     def __call__(self, t: Trial) -> float:
         return self.evaluate(t)["accuracy"]

@@ -89,7 +89,7 @@ def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageF
         if cfg.loss.frame_loss != "supervised":
             folder = scan_images(data[0], labelled=False)
         else:
-            folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed)
+            folder = open_labelled(f"imagefolder:{data[0]}", cfg.data.labelled_fraction, cfg.seed, cfg.data.load_size)
             cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)  # saved in config.json
         check_batch(folder, cfg.data.videos, "data.videos")  # before the run folder is written
         check_decodes(folder, cfg.data.load_size, per_class=cfg.loss.frame_loss == "supervised")
@@ -144,7 +144,7 @@ def _labelled_source(cfg: RunConfig, world: int = 1) -> ImageFolder | None:
             f"preset {cfg.preset} co-trains with labelled images: pass --labelled imagefolder:DIR "
             "(sets data.labelled)"
         )
-    folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed)
+    folder = open_labelled(d.labelled, d.labelled_fraction, cfg.seed, d.load_size)
     check_batch(folder, d.labelled_batch, "data.labelled_batch", world)  # fills and splits: before the run folder is written
     check_decodes(folder, d.load_size, per_class=True)  # a class none of whose kept images decodes: alike on every rank
     cfg.model.classes, cfg.model.class_names = len(folder.classes), list(folder.classes)
