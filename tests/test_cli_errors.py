@@ -9,9 +9,11 @@ from collections import Counter
 import pytest
 import torch
 
+from vivi import cli
 from vivi.cli import main
 from vivi.data.ingest import IngestSummary
 from vivi.data.stats import DatasetStats, format_stats
+from vivi.errors import UserError
 
 
 @pytest.mark.parametrize("value", ["100000", "4"])
@@ -51,6 +53,7 @@ def evaluating(*args, **kwargs):
     time.sleep(30)
 
 encoders.load_encoder = evaluating
+from vivi import cli
 from vivi.cli import main
 sys.exit(main(["evaluate", "random:tiny", "--task", "imagefolder:/nonexistent"]))
 """
@@ -65,6 +68,7 @@ def fitting(*args, **kwargs):
     time.sleep(30)
 
 classifier.probe_classifier = fitting
+from vivi import cli
 from vivi.cli import main
 sys.exit(main(["curate", "/nonexistent", "--classifier", "random:tiny", "--labelled", "imagefolder:/nonexistent",
                "-o", "/tmp/list.txt"]))
@@ -80,6 +84,7 @@ def working(*args, **kwargs):
     time.sleep(30)
 
 where.{function} = working
+from vivi import cli
 from vivi.cli import main
 sys.exit(main({argv!r}))
 """
@@ -212,3 +217,41 @@ def test_evaluate_seed_of_a_trained_model_is_refused(capsys):
     """--seed was silently ignored for a run or a weights file (it seeds random encoders only)."""
     assert main(["evaluate", "/nonexistent/run", "--task", "mini-vtab", "--seed", "3"]) == 2
     assert "--seed 3: seeds a random encoder only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("peer", [True, False], ids=["peer-stopped", "other-error"])
+def test_an_interrupt_during_teardown_does_not_hide_that_a_peer_stopped(monkeypatch, capsys, peer):
+    """Under torchrun, a process whose peer died raises PeerStopped (naming the checkpoint to resume from),
+    and torchrun's SIGTERM reaches it while that error unwinds: the user saw only "interrupted" (130)."""
+    from vivi.train.distributed import PeerStopped
+
+    error = PeerStopped("another process of this run stopped; last good checkpoint: R/step_2.pt") if peer else (
+        UserError("a file it could not read, handled below"))  # fmt: skip
+
+    def command(a):
+        try:
+            raise error
+        finally:
+            raise KeyboardInterrupt  # torchrun's SIGTERM, arriving in the teardown
+
+    monkeypatch.setattr(cli, "_presets", command)
+    code = main(["presets"])
+    err = capsys.readouterr().err
+    if peer:
+        assert (code, err.strip()) == (error.exit_code, f"vivi: {error.prefix}{error}")
+    else:
+        assert (code, err.strip()) == (130, "vivi: interrupted; re-run the same command to resume")
+
+
+def test_pretrain_refuses_a_folder_that_an_ingest_is_still_writing(tiny_data, tmp_path, capsys):
+    """A run on a folder being ingested took the videos indexed so far and could never resume once the
+    ingest had added more (its data changed)."""
+    from vivi.folder_lock import lock_folder
+
+    with lock_folder(tiny_data, "ingest", "written"):
+        code = main(["pretrain", "--preset", "VIVI-Ex(4)", "--data", str(tiny_data), "--out", str(tmp_path / "run"),
+                     "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tiny_data} is being written by a vivi ingest (pid " in err and "train on it once that ingest" in err
+    assert not (tmp_path / "run").exists()

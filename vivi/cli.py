@@ -505,6 +505,26 @@ def _allocation(error: BaseException) -> str:
     return found.group(0).strip() if found else type(error).__name__
 
 
+def _said(e: UserError) -> int:
+    """Print ``e`` on one line (under torchrun, once: by rank 0 when every rank raises it) and return its exit code."""
+    if rank_zero() or not e.same_on_every_rank:
+        print(f"vivi: {e.prefix}{e}", file=sys.stderr)
+    return e.exit_code
+
+
+def _error_behind(interrupt: KeyboardInterrupt) -> UserError | None:
+    """The error an interrupt cut short on its way out, where that error says more (``over_interrupt``).
+    Under torchrun, when one process dies the others' collective fails (``PeerStopped``, naming the
+    last checkpoint) and torchrun SIGTERMs them while they tear down: "interrupted" hid what had
+    happened and where to resume."""
+    seen, depth = interrupt.__context__, 0
+    while seen is not None and depth < 20:
+        if isinstance(seen, UserError) and seen.over_interrupt:
+            return seen
+        seen, depth = seen.__context__, depth + 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         # SIGTERM (a batch system's time limit, `docker stop`) stops every command as Ctrl-C does, with the
@@ -514,10 +534,10 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             args.func(args)
     except UserError as e:
-        if rank_zero() or not e.same_on_every_rank:
-            print(f"vivi: {e.prefix}{e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
+        return _said(e)
+    except KeyboardInterrupt as e:
+        if (cause := _error_behind(e)) is not None:
+            return _said(cause)
         print("vivi: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `vivi presets --json | head`: the reader has all it wanted

@@ -22,6 +22,9 @@ class UserError(Exception):
     # raised alike by every process of a torchrun job (a requested stop, a check all ranks agreed on):
     # rank 0 says it, the others exit quietly instead of repeating the line N times
     same_on_every_rank = False
+    # said even when an interrupt (Ctrl-C, SIGTERM) arrives while it is on its way out: what it says
+    # (another process stopped, where to resume) is why the interrupt came
+    over_interrupt = False
 
 
 class JobError(UserError):

@@ -241,6 +241,8 @@ class PeerStopped(UserError):
     gloo or torch.distributed error naming a closed or reset connection or a broken pipe (:data:`PEER_GONE`).
     """
 
+    over_interrupt = True  # torchrun SIGTERMs the survivors while this is on its way out
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.same_on_every_rank = os.environ.get("LOCAL_RANK", "0") != "0"
