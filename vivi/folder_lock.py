@@ -56,14 +56,39 @@ def lock_folder(folder: Path, command: str, doing: str) -> IO[str] | None:
             warn(f"{folder}: its filesystem does not support file locks ({e.strerror or e}); another vivi "
                  f"{command} started on this folder at the same time would not be detected")
             return None
-        lock.seek(0)
-        holder = lock.read(200).partition("\n")[0].strip()  # empty if read just as the holder rewrites it
+        holder = _holder(lock)
         lock.close()
-        raise UserError(f"{folder} is being {doing} by another vivi {command}{f' ({holder})' if holder else ''}; "
-                        "wait for it to finish or stop it") from None
+        raise UserError(f"{folder} is being {doing} by another vivi {command}{holder}; wait for it to finish or "
+                        "stop it") from None
     lock.seek(0)
     lock.truncate()
     lock.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M')}\n")
     lock.flush()
     _held.add(lock)
     return lock
+
+
+def _holder(lock: IO[str]) -> str:
+    """`` (pid 12 on host a, since 2026-12-04 10:00)`` as the holder wrote it; "" if read just as it rewrites it."""
+    lock.seek(0)
+    holder = lock.read(200).partition("\n")[0].strip()
+    return f" ({holder})" if holder else ""
+
+
+def check_not_locked(folder: Path, command: str, doing: str, why: str) -> None:
+    """Refuse to read ``folder`` while a ``vivi {command}`` holds its lock (a shared lock would wait):
+    training on a folder that `vivi ingest` is still writing took the videos indexed so far, and the
+    run could never resume once the ingest had added more (its data had changed). Nothing is held
+    afterwards; a folder without a lock file, or whose lock cannot be read, is not checked."""
+    try:
+        lock = (folder / LOCK_NAME).open("r", errors="replace")
+    except OSError:
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise UserError(f"{folder} is being {doing} by a vivi {command}{_holder(lock)}; {why}") from None
+            return  # no locks on this filesystem
+        fcntl.flock(lock, fcntl.LOCK_UN)

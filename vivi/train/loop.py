@@ -34,9 +34,11 @@ from vivi.config import RunConfig, batch_lr_note
 from vivi.data.augment import StepAugment, augment, hsv_jitter
 from vivi.data.batches import VideoTable, loader_workers, make_loader, rank_slice, training_videos
 from vivi.data.images import ImageFolder, check_batch, check_decodes, image_batches, open_labelled, scan_images
+from vivi.data.remote import is_url
 from vivi.data.shards import iter_index
 from vivi.data.table_cache import cache_key, load_table, save_table
 from vivi.errors import JobError, UserError, warn
+from vivi.folder_lock import check_not_locked
 from vivi.models.backbone import save_run_backbone
 from vivi.models import build_model
 from vivi.models.ema import momentum_schedule
@@ -94,6 +96,10 @@ def _frame_source(cfg: RunConfig, data: list[Path | str]) -> VideoTable | ImageF
         check_batch(folder, cfg.data.videos, "data.videos")  # before the run folder is written
         check_decodes(folder, cfg.data.load_size, per_class=cfg.loss.frame_loss == "supervised")
         return folder
+    for folder in data:
+        if not is_url(str(folder)):
+            check_not_locked(Path(folder), "ingest", "written", "train on it once that ingest has finished (a run on "
+                             "the videos indexed so far could not resume once more were added)")  # fmt: skip
     return training_videos(iter_index(data), cfg.data, ", ".join(str(d) for d in data))
 
 
