@@ -171,7 +171,9 @@ def _refused_unread(path: Path) -> str | None:
 
 
 def _unreadable(e: BaseException) -> str:
-    return f"unreadable, cut short or not written by torch.save: {first_line(e)[:160]}"
+    """torch's first sentence only: the next ones ("This is an internal miniz error. If you are seeing
+    this error, there is a high likelihood ...") were cut mid-sentence and say what this line says."""
+    return f"unreadable, cut short or not written by torch.save: {first_line(e).split('. ')[0][:160]}"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
