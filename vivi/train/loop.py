@@ -334,7 +334,8 @@ def _pretrain(
             _set_rng_state(rngs[ctx.rank], gen, device)
         elif ctx.main:  # the data is still exact (a function of the step); the augmentations are not
             print(
-                f"vivi: warning: {last_ckpt} was written by {len(rngs)} processes, this run has {ctx.world}: "
+                f"vivi: warning: {last_ckpt} was written by {len(rngs)} process{'es' if len(rngs) != 1 else ''}, "
+                f"this run has {ctx.world}: "
                 "the data order continues exactly, the augmentation random streams restart",
                 file=sys.stderr,
             )
