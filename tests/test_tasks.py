@@ -255,3 +255,13 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_that_still_covers_the_size(t
     small = read_image(tmp_path / "photo.jpg", at_least=64)
     assert small.shape == (3, 75, 100)  # 1/8 scale: both sides still >= 64
     assert read_image(tmp_path / "photo.jpg").shape == (3, 600, 800)
+
+
+def test_a_val_folder_without_class_folders_says_so_not_missing_classes(tmp_path):
+    """val/ holding only a README was refused as "missing classes present in train/: a, b"."""
+    root = _folder(tmp_path / "d", {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
+    (root / "val").mkdir()
+    (root / "val" / "README").write_text("to fill")
+    with pytest.raises(UserError, match=r"val: no images in class folders \(train/'s classes: a, b\): add "
+                                        r"val/<class>/<image>; or remove val/ to hold out a fifth of train/"):
+        load_tasks(f"imagefolder:{root}")

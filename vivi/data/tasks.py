@@ -673,6 +673,10 @@ def _checked_classes(split_dir: Path, classes: list[str]) -> dict[str, list[Path
         hint = _unicode_twins(extra, classes)
         raise UserError(f"{split_dir}: classes not present in train/: {', '.join(extra)}{hint}")
     missing = sorted(set(classes) - set(found))
+    if missing and not found:  # val/ holding a README, or empty class folders only: "missing a, b" misled
+        hint = "; or remove val/ to hold out a fifth of train/" if split_dir.name == "val" else ""
+        raise UserError(f"{split_dir}: no images in class folders (train/'s classes: {listed(classes)}): add "
+                        f"{split_dir.name}/<class>/<image>{hint}")  # fmt: skip
     if missing:
         raise UserError(f"{split_dir}: missing classes present in train/: {', '.join(missing)}")
     return found
