@@ -276,3 +276,25 @@ def test_warnings_are_said_once_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     warn("said by rank 0")
     assert capsys.readouterr().err.splitlines() == ["vivi: warning: said by rank 0"]
+
+
+def test_one_file_ingested_from_a_list_and_its_folder_is_trained_on_once(tiny_world, tiny_data, tmp_path, capsys):
+    """Keys come from names as listed, so a curated list (absolute paths) of a folder's videos gives
+    them other keys: trained on together, each video counted twice. Their location and size say they
+    are one; the smaller key is kept whatever the order of --data."""
+    from vivi.config import apply_overrides, preset
+    from vivi.data.batches import training_videos
+    from vivi.data.ingest import ingest
+    from vivi.data.shards import read_index
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p.resolve()}\n" for p in sorted((tiny_world / "videos").glob("*.mp4"))))
+    ingest(listing, tmp_path / "again", workers=1, short_side=96, progress=False)
+    cfg = apply_overrides(preset("Ex-YT-S"), ["data.frames=2"]).data
+    alone = training_videos(read_index([tiny_data]), cfg, "a")
+    capsys.readouterr()
+    both = [training_videos(read_index(outs), cfg, "b") for outs in ([tiny_data, tmp_path / "again"],
+                                                                    [tmp_path / "again", tiny_data])]  # fmt: skip
+    assert len(alone) == len(both[0]) == len(both[1]) == 3
+    assert [both[0].key(i) for i in range(3)] == [both[1].key(i) for i in range(3)]
+    assert "3 videos appear more than once" in capsys.readouterr().err

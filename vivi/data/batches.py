@@ -187,6 +187,25 @@ class _Kept(NamedTuple):
     span: tuple[int, int] | None  # None: an older index, found from the shard's headers
 
 
+def _same_file(record: dict, key: str, by_file: dict[tuple[str, object], str], first: dict[str, _Kept]) -> str | None:
+    """The key under which the file of ``record`` is already kept, if another; then the smaller key
+    wins (what ``--data`` order puts first must not choose the batches): a larger one held is dropped.
+
+    A key is made from a video's name as it was listed, so one file ingested alone, from a list (a
+    curated one holds absolute paths) and in its folder has three keys; its ``location`` and
+    ``size`` say it is one video. Records without a location are not compared."""
+    location = record.get("location")
+    if not isinstance(location, str) or not location:
+        return None
+    held = by_file.setdefault((location, record.get("size")), key)
+    if held == key:
+        return None
+    if key < held:
+        first.pop(held, None)
+        by_file[(location, record.get("size"))] = key
+    return held
+
+
 def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: str) -> VideoTable:
     """The videos able to supply a clip under ``cfg``, located in their shards; a clear error when none.
 
@@ -198,6 +217,7 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
     order of several ``--data`` folders matter.
     """
     first: dict[str, _Kept] = {}  # key -> what its first record says
+    by_file: dict[tuple[str, object], str] = {}  # (location, size) -> the key it is kept under
     canonical: dict[str, str] = {}  # a shard as the records give it -> _shard_path's string, made once
     ok = most = longest = 0
     not_ok: Counter[str] = Counter()  # status -> videos, for the message when none is ok
@@ -215,6 +235,8 @@ def training_videos(records: Iterable[dict[str, Any]], cfg: DataConfig, where: s
             raise UserError(f"{where}: the index record of {str(name)[:100]} is malformed ({type(e).__name__}: "
                             f"{str(e)[:100]}); re-run `vivi ingest` into a new folder") from None  # fmt: skip
         most, longest = max(most, len(lengths)), max([longest, *lengths])
+        if (held := _same_file(r, key, by_file, first)) is not None and held <= key:
+            continue  # this file under another key (ingested alone, in a list and in its folder): once
         if key not in first:
             if shard := r.get("shard"):
                 first[key] = _Kept(lengths, canonical.get(shard) or canonical.setdefault(shard, _shard_path(r)), recorded_span(r))
