@@ -255,3 +255,12 @@ def test_pretrain_refuses_a_folder_that_an_ingest_is_still_writing(tiny_data, tm
     assert code == 2 and err.count("\n") == 1, err
     assert f"{tiny_data} is being written by a vivi ingest (pid " in err and "train on it once that ingest" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_curate_refuses_a_list_inside_an_ingest_folder(tiny_data, capsys):
+    """`vivi curate D ... -o D/index.jsonl` replaced the ingest's index with a list of paths."""
+    before = (tiny_data / "index.jsonl").read_bytes()
+    code = main(["curate", str(tiny_data), "--classifier", "random:tiny", "--labelled", "imagefolder:/nonexistent",
+                 "-o", str(tiny_data / "index.jsonl")])
+    assert code == 2 and "is inside the ingest folder" in capsys.readouterr().err
+    assert (tiny_data / "index.jsonl").read_bytes() == before

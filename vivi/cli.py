@@ -59,6 +59,11 @@ def _curate(a: argparse.Namespace) -> None:
     output_dir(Path(a.o).parent, create=False)  # before the scoring, not after it
     if Path(a.o).is_dir():
         raise UserError(f"-o {a.o}: is a folder; -o names the list file to write, e.g. {Path(a.o) / 'selected.txt'}")
+    inside = Path(a.o).resolve().parent
+    if any(inside == Path(o).resolve() for o in a.outs) or (inside / "ingest.json").is_file():
+        # `-o D/index.jsonl` replaced the ingest's index with a list of paths: D was lost to every command
+        raise UserError(f"-o {a.o}: is inside the ingest folder {inside}, whose files it could replace; "
+                        "write the list elsewhere, e.g. -o selected.txt")
     clf = probe_classifier(a.classifier, a.labelled) if a.labelled else head_classifier(Path(a.classifier))
     result = curate([Path(o) for o in a.outs], clf.probabilities, clf.classes, clf.size, a.target, a.frames)
     listing, details = write_curation(result, Path(a.o))
