@@ -252,9 +252,10 @@ def ingest(
     # one ingest per folder: a second one into OUT would decode the same videos into other shards
     # and append them to the index again; it stops here, before OUT is read or changed
     with lock_folder(out, "ingest", "written") or contextlib.nullcontext():
-        if _key_scheme(out) == KEYS_BY_LOCATION:  # a folder begun before keys were made from names
+        keys = _key_scheme(out)
+        if keys == KEYS_BY_LOCATION:  # a folder begun before keys were made from names
             sources = [replace(s, key=source_key(s.location)) for s in sources]
-        _check_same_options(out, options)
+        _check_same_options(out, options, keys)
         done_records, next_shard = recover(out)
         _check_same_videos(out, sources, done_records)
         done = {r["key"] for r in done_records}
@@ -526,21 +527,21 @@ def _check_same_videos(out: Path, sources: list[Source], done: list[dict]) -> No
              "not ingested again")  # fmt: skip
 
 
-def _check_same_options(out: Path, options: Options) -> None:
+def _check_same_options(out: Path, options: Options, keys: int) -> None:
     """Resuming OUT with other sampling options would mix two kinds of data in one dataset (the JPEG
     quality too: frames of two qualities; a folder written before it was recorded is not checked)."""
     wanted = {"fps": options.fps, "short_side": options.short_side, "min_shots": options.min_shots,
               "detector": options.detector, "jpeg_quality": options.jpeg_quality}  # fmt: skip
     saved = _saved_settings(out)
     path = out / SETTINGS_NAME
-    if isinstance(saved, dict):
+    if saved is not None:
         changed = [f"{k}={saved[k]!r} (now {v!r})" for k, v in wanted.items() if k in saved and saved[k] != v]
         if changed:
             raise UserError(
                 f"{out}: was ingested with {', '.join(changed)}; re-run with the same options to resume, "
                 "or ingest into a new folder"
             )
-    path.write_text(json.dumps(wanted | {"keys": _key_scheme(out)}) + "\n")
+    path.write_text(json.dumps(wanted | {"keys": keys}) + "\n")  # keys: OUT's scheme, recorded for its resumes
 
 
 def _decode_threads(workers: int) -> int:
